@@ -1,0 +1,33 @@
+"""Shared test set-up: offline Hugging Face, Triton's interpreter when there is no GPU, and a data dir per test."""
+
+import os
+
+# Before anything imports huggingface_hub or triton: they read these at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
+from pathlib import Path
+
+import pytest
+
+
+def require_or_skip(available: bool, reason: str) -> None:
+    """Skip a test whose real dependency is absent, except in CI, where it must run: there it fails instead."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must run this test; tests/system_deps.sh should have installed it)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "longhand-data"
+    path.mkdir()
+    return path

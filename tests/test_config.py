@@ -1,0 +1,79 @@
+import argparse
+
+import pytest
+
+from app.config import Config, ConfigError, add_config_arguments, default_data_dir, load_config
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_defaults_put_data_outside_the_repo_and_bind_localhost(tmp_path):
+    config = load_config(parse([]), environ={"HOME": str(tmp_path)})
+    assert config.data_dir == tmp_path / ".local" / "share" / "longhand"
+    assert config.database_url == f"sqlite:///{tmp_path}/.local/share/longhand/longhand.db"
+    assert config.host == "127.0.0.1"
+    assert config.port == 7860
+    assert config.model == "default"
+    assert config.allow_download is False and config.trust_remote_code is False and config.share is False
+
+
+def test_xdg_data_home_is_honoured(tmp_path):
+    assert default_data_dir({"XDG_DATA_HOME": str(tmp_path), "HOME": "/nowhere"}) == tmp_path / "longhand"
+
+
+def test_environment_fills_what_flags_leave_out(tmp_path):
+    env = {
+        "HOME": str(tmp_path),
+        "LONGHAND_DATA_DIR": str(tmp_path / "d"),
+        "LONGHAND_PORT": "9000",
+        "LONGHAND_DEVICE": "cpu",
+        "LONGHAND_ALLOW_DOWNLOAD": "yes",
+        "LONGHAND_DATABASE_URL": "postgresql+psycopg://u@localhost/longhand",
+    }
+    config = load_config(parse([]), environ=env)
+    assert config.data_dir == tmp_path / "d"
+    assert config.port == 9000
+    assert config.device == "cpu"
+    assert config.allow_download is True
+    assert config.database_url == "postgresql+psycopg://u@localhost/longhand"
+
+
+def test_flags_beat_the_environment(tmp_path):
+    env = {"HOME": str(tmp_path), "LONGHAND_PORT": "9000", "LONGHAND_HOST": "0.0.0.0"}
+    config = load_config(parse(["--port", "7000", "--host", "127.0.0.1", "--trust-remote-code"]), environ=env)
+    assert config.port == 7000
+    assert config.host == "127.0.0.1"
+    assert config.trust_remote_code is True
+
+
+def test_database_url_follows_data_dir(tmp_path):
+    config = load_config(parse(["--data-dir", str(tmp_path / "novels")]), environ={"HOME": "/x"})
+    assert config.database_url == f"sqlite:///{tmp_path}/novels/longhand.db"
+    assert config.exports_dir == tmp_path / "novels" / "exports"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--port", "seventy"], {}, "--port must be a port number"),
+        (["--port", "70000"], {}, "between 1 and 65535"),
+        ([], {"LONGHAND_PORT": "0"}, "LONGHAND_PORT must be between"),
+        (["--device", "tpu"], {}, "--device must be one of auto, cpu, cuda"),
+        ([], {"LONGHAND_DTYPE": "int4"}, "LONGHAND_DTYPE must be one of"),
+        ([], {"LONGHAND_SHARE": "maybe"}, "LONGHAND_SHARE must be a boolean"),
+        (["--auth", "nocolon"], {}, "--auth must look like user:password"),
+        (["--model", "  "], {}, "--model must not be empty"),
+    ],
+)
+def test_bad_settings_name_the_setting(argv, env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(parse(argv), environ={"HOME": "/x", **env})
+
+
+def test_auth_pair():
+    config = Config(data_dir=__import__("pathlib").Path("/d"), database_url="sqlite://", auth="ann:s3:cret")
+    assert config.auth_pair == ("ann", "s3:cret")
