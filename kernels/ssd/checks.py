@@ -1,0 +1,26 @@
+"""Argument checks shared by the scan and the step: one-line ValueErrors naming what was expected and what arrived."""
+
+import torch
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def expect_shapes(op: str, expected: dict[str, tuple[torch.Tensor | None, tuple[int, ...]]]) -> None:
+    """expected: name -> (tensor or None, shape). None tensors are optional inputs left out."""
+    for name, (tensor, shape) in expected.items():
+        if tensor is not None:
+            expect(tuple(tensor.shape) == shape, f"{op}: {name} must have shape {list(shape)}, got {list(tensor.shape)}")
+
+
+def expect_common(op: str, tensors: list[torch.Tensor | None], dt_limit: tuple[float, float]) -> None:
+    """One device, floating-point dtypes, a sane dt_limit."""
+    present = [t for t in tensors if t is not None]
+    devices = {str(t.device) for t in present}
+    expect(len(devices) == 1, f"{op}: all tensors must be on one device, got {sorted(devices)}")
+    for t in present:
+        expect(t.is_floating_point(), f"{op}: tensors must be floating point, got {t.dtype}")
+    expect(len(dt_limit) == 2 and dt_limit[0] <= dt_limit[1],
+           f"{op}: dt_limit must be (min, max) with min <= max, got {tuple(dt_limit)}")
