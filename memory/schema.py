@@ -1,0 +1,310 @@
+"""The ORM schema of a novel: every table Longhand persists, as SQLAlchemy 2 `DeclarativeBase` + `Mapped[]` classes.
+
+Owns table and column definitions only; reading and writing goes through `memory.store`. Timestamps are naive UTC
+(`utcnow()`), so values round-trip identically on SQLite and PostgreSQL. Text columns use `SafeText`, which keeps
+NUL characters on PostgreSQL (whose `text` type refuses them) by a reversible escape.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+# Origins of a paragraph's current text.
+ORIGINS = ("generated", "written", "edited", "imported")
+
+# Escape character for NUL on PostgreSQL: DLE (U+0010) doubles itself, NUL becomes DLE + "0".
+_ESC = "\x10"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_uid() -> str:
+    return uuid.uuid4().hex
+
+
+def escape_nul(text: str) -> str:
+    if _ESC not in text and "\x00" not in text:
+        return text
+    return text.replace(_ESC, _ESC + _ESC).replace("\x00", _ESC + "0")
+
+
+def unescape_nul(text: str) -> str:
+    if _ESC not in text:
+        return text
+    out, i, n = [], 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == _ESC and i + 1 < n:
+            nxt = text[i + 1]
+            out.append("\x00" if nxt == "0" else nxt)
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+class SafeText(TypeDecorator):
+    """Unlimited text that keeps every character, NUL included, on every backend."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect) -> str | None:
+        if value is None or dialect.name != "postgresql":
+            return value
+        return escape_nul(value)
+
+    def process_result_value(self, value: str | None, dialect) -> str | None:
+        if value is None or dialect.name != "postgresql":
+            return value
+        return unescape_nul(value)
+
+
+class SafeJSON(TypeDecorator):
+    """JSON whose strings may hold NUL on PostgreSQL too (`json` keeps `\\u0000`; we escape anyway for `jsonb`)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect) -> Any:
+        if value is None or dialect.name != "postgresql":
+            return value
+        return _map_strings(value, escape_nul)
+
+    def process_result_value(self, value: Any, dialect) -> Any:
+        if value is None or dialect.name != "postgresql":
+            return value
+        return _map_strings(value, unescape_nul)
+
+
+def _map_strings(value: Any, fn) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    if isinstance(value, dict):
+        return {fn(k): _map_strings(v, fn) for k, v in value.items()}
+    return value
+
+
+intpk = Annotated[int, mapped_column(Integer, primary_key=True, autoincrement=True)]
+novel_fk = Annotated[int, mapped_column(ForeignKey("novels.id", ondelete="CASCADE"), index=True)]
+created = Annotated[datetime, mapped_column(DateTime, default=utcnow)]
+updated = Annotated[datetime, mapped_column(DateTime, default=utcnow, onupdate=utcnow)]
+text_col = Annotated[str, mapped_column(SafeText, default="")]
+
+# Stable constraint names so migrations can refer to them on every backend.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {str: SafeText, dict[str, Any]: SafeJSON, list[str]: SafeJSON}
+
+
+class Novel(Base):
+    __tablename__ = "novels"
+    # AUTOINCREMENT: a deleted novel's id is never reused (caches key on it).
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[intpk]
+    uid: Mapped[str] = mapped_column(String(32), default=new_uid, unique=True)
+    title: Mapped[text_col]
+    premise: Mapped[text_col]
+    style_notes: Mapped[text_col]
+    # {"model": ..., "sampling": {...}, "penalties": {...}, "retrieval": {...}, ...}: owned by app/.
+    settings: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
+    # Bumped whenever any embedding of this novel changes, so retrieval caches know when to reload.
+    embedding_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[created]
+    updated_at: Mapped[updated]
+
+    paragraphs: Mapped[list[Paragraph]] = relationship(
+        back_populates="novel", order_by="Paragraph.position", cascade="all, delete-orphan", passive_deletes=True)
+    memories: Mapped[list[ShortTermMemory]] = relationship(
+        back_populates="novel", order_by="ShortTermMemory.version", cascade="all, delete-orphan",
+        passive_deletes=True)
+    plan_sets: Mapped[list[PlanSet]] = relationship(
+        back_populates="novel", order_by="PlanSet.id", cascade="all, delete-orphan", passive_deletes=True)
+    lore_entries: Mapped[list[LoreEntry]] = relationship(
+        back_populates="novel", order_by="LoreEntry.id", cascade="all, delete-orphan", passive_deletes=True)
+    revisions: Mapped[list[Revision]] = relationship(
+        back_populates="novel", order_by="Revision.seq", cascade="all, delete-orphan", passive_deletes=True)
+    snapshots: Mapped[list[StateSnapshot]] = relationship(
+        back_populates="novel", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class Paragraph(Base):
+    __tablename__ = "paragraphs"
+    __table_args__ = (
+        UniqueConstraint("novel_id", "position"),
+        CheckConstraint("version >= 1", name="version_positive"),
+    )
+
+    id: Mapped[intpk]
+    novel_id: Mapped[novel_fk]
+    position: Mapped[int]  # 1-based order in the manuscript
+    text: Mapped[text_col]
+    words: Mapped[int] = mapped_column(Integer, default=0)  # len(text.split()), kept for the library's totals
+    origin: Mapped[str] = mapped_column(String(16), default="written")  # one of ORIGINS
+    version: Mapped[int] = mapped_column(Integer, default=1)  # optimistic concurrency: bumped on every edit
+    created_at: Mapped[created]
+    updated_at: Mapped[updated]
+
+    novel: Mapped[Novel] = relationship(back_populates="paragraphs")
+    embeddings: Mapped[list[Embedding]] = relationship(
+        back_populates="paragraph", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class ShortTermMemory(Base):
+    """One version of a novel's running summary; the highest version is the current one."""
+
+    __tablename__ = "short_term_memories"
+    __table_args__ = (UniqueConstraint("novel_id", "version"),)
+
+    id: Mapped[intpk]
+    novel_id: Mapped[novel_fk]
+    version: Mapped[int]
+    text: Mapped[text_col]
+    origin: Mapped[str] = mapped_column(String(16), default="written")
+    created_at: Mapped[created]
+
+    novel: Mapped[Novel] = relationship(back_populates="memories")
+
+
+class PlanSet(Base):
+    """The plans proposed after paragraph `position` (0 = before the first), which one was chosen, what was used."""
+
+    __tablename__ = "plan_sets"
+
+    id: Mapped[intpk]
+    novel_id: Mapped[novel_fk]
+    position: Mapped[int]
+    plans: Mapped[list[str]] = mapped_column(SafeJSON, default=list)
+    chosen_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    used_text: Mapped[str | None] = mapped_column(SafeText, nullable=True)
+    # The paragraph written from this plan set, once one was.
+    paragraph_id: Mapped[int | None] = mapped_column(
+        ForeignKey("paragraphs.id", ondelete="SET NULL"), nullable=True, index=True)
+    created_at: Mapped[created]
+
+    novel: Mapped[Novel] = relationship(back_populates="plan_sets")
+
+
+class LoreEntry(Base):
+    """A story-bible entry: injected when always on, or when a key appears as a whole word, or by similarity."""
+
+    __tablename__ = "lore_entries"
+
+    id: Mapped[intpk]
+    novel_id: Mapped[novel_fk]
+    name: Mapped[text_col]
+    keys: Mapped[list[str]] = mapped_column(SafeJSON, default=list)
+    body: Mapped[text_col]
+    always_on: Mapped[bool] = mapped_column(Boolean, default=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[created]
+    updated_at: Mapped[updated]
+
+    novel: Mapped[Novel] = relationship(back_populates="lore_entries")
+    embeddings: Mapped[list[Embedding]] = relationship(
+        back_populates="lore_entry", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class Revision(Base):
+    """One user-visible action: an ordered list of row changes (before/after), undoable and redoable as a unit.
+
+    `changes` holds `{"entity": table, "id": pk, "before": row|None, "after": row|None}` and
+    `{"entity": "shift", "from": position, "delta": ±1}` entries. `state` is "done", "undone" (redoable) or
+    "dropped" (undone, then superseded by a new action).
+    """
+
+    __tablename__ = "revisions"
+    __table_args__ = (UniqueConstraint("novel_id", "seq"),)
+
+    id: Mapped[intpk]
+    novel_id: Mapped[novel_fk]
+    seq: Mapped[int]
+    kind: Mapped[str] = mapped_column(String(32))  # e.g. "paragraph.edit", "step", "lore.add"
+    cause: Mapped[text_col]  # what the user did, in words
+    changes: Mapped[list[dict[str, Any]]] = mapped_column(SafeJSON, default=list)
+    state: Mapped[str] = mapped_column(String(8), default="done")
+    created_at: Mapped[created]
+
+    novel: Mapped[Novel] = relationship(back_populates="revisions")
+
+
+class StateSnapshot(Base):
+    """A recurrent model's state after reading the manuscript up to paragraph `position`; the bytes live in a file."""
+
+    __tablename__ = "state_snapshots"
+    __table_args__ = (UniqueConstraint("novel_id", "position", "fingerprint"),)
+
+    id: Mapped[intpk]
+    novel_id: Mapped[novel_fk]
+    position: Mapped[int]
+    fingerprint: Mapped[str] = mapped_column(String(200))
+    dtype: Mapped[str] = mapped_column(String(16))
+    nbytes: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(500))  # relative to the snapshot store's root
+    created_at: Mapped[created]
+
+    novel: Mapped[Novel] = relationship(back_populates="snapshots")
+
+
+class Embedding(Base):
+    """A unit vector (float32 bytes) for a paragraph or a lore entry, tagged with the embedder that made it."""
+
+    __tablename__ = "embeddings"
+    __table_args__ = (
+        CheckConstraint("(paragraph_id IS NULL) <> (lore_entry_id IS NULL)", name="one_owner"),
+        UniqueConstraint("paragraph_id", "embedder"),
+        UniqueConstraint("lore_entry_id", "embedder"),
+        Index("ix_embeddings_novel_embedder", "novel_id", "embedder"),
+    )
+
+    id: Mapped[intpk]
+    novel_id: Mapped[int] = mapped_column(ForeignKey("novels.id", ondelete="CASCADE"))
+    paragraph_id: Mapped[int | None] = mapped_column(
+        ForeignKey("paragraphs.id", ondelete="CASCADE"), nullable=True)
+    lore_entry_id: Mapped[int | None] = mapped_column(
+        ForeignKey("lore_entries.id", ondelete="CASCADE"), nullable=True)
+    embedder: Mapped[str] = mapped_column(String(200))
+    dim: Mapped[int]
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # little-endian float32, L2-normalized
+    created_at: Mapped[created]
+
+    paragraph: Mapped[Paragraph | None] = relationship(back_populates="embeddings")
+    lore_entry: Mapped[LoreEntry | None] = relationship(back_populates="embeddings")
+
+
+TABLES_IN_ORDER = (Novel, Paragraph, ShortTermMemory, PlanSet, LoreEntry, Revision, StateSnapshot, Embedding)
