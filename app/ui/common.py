@@ -1,0 +1,110 @@
+"""What every tab shares: turning failures into one readable message, and checking what the user typed or pasted.
+
+`handler` wraps an event function (plain or generator) so any exception reaches the page as a `gr.Error` with one
+line, never a traceback (the traceback goes to the server log). `clean_text` rejects empty or oversized input and
+removes control characters.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import inspect
+import logging
+import re
+import unicodedata
+
+import gradio as gr
+
+log = logging.getLogger("longhand.ui")
+
+# Largest text a single box accepts: a long chapter, far below the 1 MB pastes we refuse.
+MAX_TEXT_CHARS = 100_000
+MAX_PREMISE_CHARS = 20_000
+MAX_SHORT_CHARS = 300
+# Tab, newline and carriage return are text; every other C0/C1 control character (and DEL) is not.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+class InputError(ValueError):
+    """The user's input cannot be used; the message says which field and why."""
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first[:500]
+
+
+def _user_message(exc: BaseException) -> str:
+    # Errors of our own packages carry messages written for the user; anything else is a bug, named by its type.
+    module = type(exc).__module__.split(".")[0]
+    if isinstance(exc, (InputError, ValueError, LookupError, PermissionError, FileNotFoundError)) \
+            or module in ("app", "memory", "models"):
+        return one_line(exc)
+    return f"Something went wrong ({type(exc).__name__}: {one_line(exc)}). Nothing was saved by this action."
+
+
+def as_gr_error(exc: BaseException) -> gr.Error:
+    return gr.Error(html.escape(_user_message(exc)), print_exception=False)
+
+
+def handler(fn):
+    """Wrap an event handler so that every failure shows in the page as one readable line.
+
+    Gradio decides whether to stream by `inspect.isgeneratorfunction`, so a generator stays a generator.
+    """
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except GeneratorExit:
+                raise
+            except Exception as exc:
+                log.exception("handler %s failed", fn.__name__)
+                raise as_gr_error(exc) from None
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            log.exception("handler %s failed", fn.__name__)
+            raise as_gr_error(exc) from None
+    return call
+
+
+def clean_text(value: str | None, field: str, *, required: bool = False, max_chars: int = MAX_TEXT_CHARS) -> str:
+    """Normalise line endings, drop control characters, check emptiness and size; raise `InputError` with one line."""
+    text = "" if value is None else str(value)
+    if len(text) > max_chars:
+        size = len(text.encode("utf-8"))
+        shown = f"{size / 1_000_000:.1f} MB" if size >= 100_000 else f"{len(text):,} characters"
+        raise InputError(f"{field} is too long ({shown}); the limit is {max_chars:,} characters.")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = unicodedata.normalize("NFC", _CONTROL.sub("", text))
+    if required and not text.strip():
+        raise InputError(f"{field} is empty: please write something first.")
+    return text.strip()
+
+
+def require_novel(novel_id) -> int:
+    if novel_id in (None, ""):
+        raise InputError("No novel is open: create or open one in the Library tab.")
+    return int(novel_id)
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def escape(text: str) -> str:
+    """Text for a Markdown/HTML component, shown literally (a paragraph may contain `<`, `*` or `#`)."""
+    escaped = html.escape(text)
+    return re.sub(r"([\\`*_{}\[\]#+\-!|~>])", r"\\\1", escaped)

@@ -1,0 +1,67 @@
+"""The Context tab: the engine's inspector, showing the exact text the next step will send to the model,
+the token count of each section and the budget. Refreshed when the tab is opened and on demand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from app.ui import services
+from app.ui.common import clean_text, handler
+
+SECTION_HEADERS = ["section", "tokens", "kept"]
+
+
+def _engine_for(novel_id: int):
+    from app.ui.settings import load_settings
+
+    settings = load_settings(novel_id)
+    return services.current().engine(settings["model"], settings["device"], settings["dtype"])
+
+
+@handler
+def inspect(novel_id, instruction: str):
+    """(prompt text, section rows, budget line) for the next step with `instruction` as its plan."""
+    if novel_id in (None, ""):
+        return "", [], "Open a novel to see what the next step will read."
+    novel_id = int(novel_id)
+    plan = clean_text(instruction, "The instruction")
+    preview = _engine_for(novel_id).inspect_context(novel_id, plan)
+    rows = [[section.name, section.tokens, "yes" if getattr(section, "kept", True) else "dropped"]
+            for section in preview.sections]
+    total = sum(section.tokens for section in preview.sections)
+    budget = f"{total:,} tokens of a {preview.budget:,}-token budget."
+    strategy = getattr(preview, "strategy", None)
+    if strategy:
+        budget += f" Context strategy: {strategy}."
+    return preview.prompt_text, rows, budget
+
+
+@dataclass
+class ContextTab:
+    budget_md: gr.Markdown
+    sections_table: gr.Dataframe
+    context_box: gr.Textbox
+    refresh_context_btn: gr.Button
+
+
+def build() -> ContextTab:
+    gr.Markdown("The exact text the next step will send, built from the plan in the Write tab's instruction box.")
+    budget_md = gr.Markdown("", elem_id="context_budget")
+    sections_table = gr.Dataframe(headers=SECTION_HEADERS, interactive=False, label="Tokens per section",
+                                  elem_id="context_sections")
+    context_box = gr.Textbox(label="Prompt of the next step", lines=20, max_lines=60, interactive=False,
+                             elem_id="context_box")
+    refresh_context_btn = gr.Button("Refresh", elem_id="refresh_context_btn")
+    return ContextTab(budget_md, sections_table, context_box, refresh_context_btn)
+
+
+def outputs(tab: ContextTab) -> list:
+    return [tab.context_box, tab.sections_table, tab.budget_md]
+
+
+def wire(tab: ContextTab, context_tab: gr.Tab, novel_state: gr.State, instruction_box: gr.Textbox) -> None:
+    context_tab.select(inspect, [novel_state, instruction_box], outputs(tab))
+    tab.refresh_context_btn.click(inspect, [novel_state, instruction_box], outputs(tab))

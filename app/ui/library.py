@@ -1,0 +1,255 @@
+"""The Library tab: the list of novels; create, open, rename, delete (after a backup), import and export.
+
+Handlers are plain functions over the store; `wire()` binds them. Opening or creating a novel only sets the open
+novel's id: `app.ui.build_app` chains every tab's refresh after it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from app.ui import services
+from app.ui.common import MAX_PREMISE_CHARS, MAX_SHORT_CHARS, InputError, clean_text, handler, require_novel
+
+EXPORT_FORMATS = {"JSON (re-importable)": "json", "Markdown": "markdown", "Plain text": "txt", "EPUB": "epub"}
+IMPORT_SUFFIXES = [".json"]
+TABLE_HEADERS = ["id", "title", "words", "paragraphs", "last edited"]
+MODEL_CHOICES = ["default"]
+
+
+@dataclass
+class LibraryTab:
+    novels_table: gr.Dataframe
+    novel_dropdown: gr.Dropdown
+    open_btn: gr.Button
+    premise_box: gr.Textbox
+    genre_box: gr.Textbox
+    style_box: gr.Textbox
+    model_box: gr.Dropdown
+    create_btn: gr.Button
+    rename_box: gr.Textbox
+    rename_btn: gr.Button
+    delete_confirm: gr.Checkbox
+    delete_btn: gr.Button
+    export_format: gr.Radio
+    export_btn: gr.Button
+    export_file: gr.File
+    import_file: gr.File
+    import_btn: gr.Button
+    status_md: gr.Markdown
+
+
+# ---------------------------------------------------------------- handlers
+
+
+def _summaries() -> list:
+    from memory import store
+
+    with services.current().session() as session:
+        return list(store.list_novels(session))
+
+
+def _field(summary, name: str, default=None):
+    if isinstance(summary, dict):
+        return summary.get(name, default)
+    return getattr(summary, name, default)
+
+
+def novel_rows() -> list[list]:
+    """One row per novel: id, title, words, paragraphs, last edited (newest first)."""
+    rows = []
+    for summary in _summaries():
+        edited = _field(summary, "last_edited") or _field(summary, "updated_at")
+        rows.append([
+            _field(summary, "id"), _field(summary, "title"), _field(summary, "words", 0),
+            _field(summary, "paragraphs", 0), edited.strftime("%Y-%m-%d %H:%M") if edited else "",
+        ])
+    return rows
+
+
+def novel_choices() -> list[tuple[str, int]]:
+    return [(f"{row[1]} (#{row[0]})", row[0]) for row in novel_rows()]
+
+
+@handler
+def refresh(novel_id: int | None):
+    """The table and the picker, with the open novel selected."""
+    choices = novel_choices()
+    ids = {value for _, value in choices}
+    return (
+        gr.update(value=novel_rows_or_empty(), headers=TABLE_HEADERS),
+        gr.update(choices=choices, value=novel_id if novel_id in ids else None),
+    )
+
+
+def novel_rows_or_empty() -> list[list]:
+    return novel_rows() or [["", "(no novels yet: create one below)", "", "", ""]]
+
+
+@handler
+def create_novel(premise: str, genre: str, style: str, model: str) -> tuple[int, str]:
+    """Create a novel from a premise; returns (novel id, status). The Write tab then streams its opening."""
+    from memory import store
+
+    premise = clean_text(premise, "The premise", required=True, max_chars=MAX_PREMISE_CHARS)
+    genre = clean_text(genre, "Genre notes", max_chars=MAX_PREMISE_CHARS)
+    style = clean_text(style, "Style notes", max_chars=MAX_PREMISE_CHARS)
+    model = clean_text(model, "Model", max_chars=4096) or "default"
+    if model != "default":
+        from app.offline import resolve_model
+
+        config = services.current().config
+        resolve_model(model, config.models_dir, config.allow_download)
+    title = premise.split("\n")[0][:60].strip() or "Untitled"
+    style_notes = "\n".join(part for part in (f"Genre: {genre}" if genre else "", style) if part)
+    with services.current().session() as session, session.begin():
+        novel = store.create_novel(session, title=title, premise=premise, style_notes=style_notes,
+                                   settings={"model": model})
+        novel_id = novel.id
+    return novel_id, f"Created **{title}**. The opening is being written in the Write tab."
+
+
+@handler
+def open_novel(novel_id) -> tuple[int, str]:
+    from memory import store
+
+    novel_id = require_novel(novel_id)
+    with services.current().session() as session:
+        novel = store.get_novel(session, novel_id)
+        return novel_id, f"Opened **{novel.title}**."
+
+
+@handler
+def rename_novel(novel_id, new_title: str) -> str:
+    from memory import store
+
+    novel_id = require_novel(novel_id)
+    title = clean_text(new_title, "The new title", required=True, max_chars=MAX_SHORT_CHARS)
+    with services.current().session() as session, session.begin():
+        store.rename_novel(session, novel_id, title)
+    return f"Renamed to **{title}**."
+
+
+@handler
+def delete_novel(novel_id, confirmed: bool) -> tuple[None, bool, str]:
+    """Delete after a backup of the whole database; needs the confirmation box ticked. Closes the novel."""
+    from memory import store
+
+    novel_id = require_novel(novel_id)
+    if not confirmed:
+        raise InputError("Tick 'Yes, delete it' first: deleting cannot be undone from the app (a backup is kept).")
+    config = services.current().config
+    with services.current().session() as session, session.begin():
+        novel = store.get_novel(session, novel_id)
+        if novel is None:
+            raise InputError(f"Novel #{novel_id} no longer exists.")
+        title = novel.title
+        backup = store.delete_novel(session, novel_id, backups_dir=config.backups_dir)
+    where = f" A backup is at `{backup}`." if backup else ""
+    return None, False, f"Deleted **{title}**.{where}"
+
+
+def _download_dir() -> Path:
+    """A fresh folder outside the data dir: Gradio copies the export from here into its cache and serves only it."""
+    config = services.current().config
+    folder = Path(tempfile.mkdtemp(prefix="longhand-export-"))
+    if folder.resolve().is_relative_to(config.data_dir.resolve()):
+        shutil.rmtree(folder)
+        raise InputError("The system temp folder lies inside the data folder; set TMPDIR elsewhere to download.")
+    return folder
+
+
+@handler
+def export_novel(novel_id, format_label: str) -> tuple[str, str]:
+    """Write the export into the data dir's exports folder and offer a copy of that one file for download."""
+    from memory import exchange
+
+    novel_id = require_novel(novel_id)
+    fmt = EXPORT_FORMATS.get(format_label, format_label)
+    if fmt not in EXPORT_FORMATS.values():
+        raise InputError(f"Unknown export format {format_label!r}.")
+    config = services.current().config
+    config.exports_dir.mkdir(parents=True, exist_ok=True)
+    with services.current().session() as session:
+        saved = Path(exchange.export_novel(session, novel_id, fmt, config.exports_dir))
+    download = _download_dir() / saved.name
+    shutil.copyfile(saved, download)
+    return str(download), f"Exported to `{saved}`; the download is below."
+
+
+@handler
+def import_novel(file_path) -> tuple[int, str]:
+    from memory import exchange
+
+    if not file_path:
+        raise InputError("Choose a .json file exported from Longhand first.")
+    path = Path(file_path if isinstance(file_path, str) else file_path.name)
+    if path.suffix.lower() not in IMPORT_SUFFIXES:
+        raise InputError(f"{path.name} is not a Longhand JSON export (.json).")
+    with services.current().session() as session, session.begin():
+        novel = exchange.import_json(session, path.read_text(encoding="utf-8"))
+        novel_id, title = novel.id, novel.title
+    return novel_id, f"Imported **{title}**."
+
+
+# ---------------------------------------------------------------- layout
+
+
+def build() -> LibraryTab:
+    status_md = gr.Markdown("", elem_id="library_status")
+    novels_table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, label="Your novels",
+                                elem_id="novels_table", max_height=320)
+    with gr.Row():
+        novel_dropdown = gr.Dropdown(label="Novel", choices=[], interactive=True, scale=3, elem_id="novel_dropdown")
+        open_btn = gr.Button("Open", variant="primary", scale=1, elem_id="open_btn")
+    with gr.Accordion("New novel", open=True):
+        premise_box = gr.Textbox(label="Premise", lines=3, elem_id="premise_box",
+                                 placeholder="A lighthouse keeper finds a message in a bottle addressed to her.",
+                                 info="What the story is about; the model proposes a title, an opening and plans.")
+        with gr.Row():
+            genre_box = gr.Textbox(label="Genre notes", lines=1, elem_id="genre_box", placeholder="gothic mystery")
+            style_box = gr.Textbox(label="Style notes", lines=1, elem_id="style_box",
+                                   placeholder="first person, short sentences")
+        model_box = gr.Dropdown(label="Model", choices=MODEL_CHOICES, value="default", allow_custom_value=True,
+                                elem_id="model_box",
+                                info="'default' (SmolLM2-135M, offline), a local folder or .gguf, or a server URL")
+        create_btn = gr.Button("Create and write the opening", variant="primary", elem_id="create_btn")
+    with gr.Accordion("Rename or delete", open=False):
+        with gr.Row():
+            rename_box = gr.Textbox(label="New title", scale=3, elem_id="rename_box")
+            rename_btn = gr.Button("Rename", scale=1, elem_id="rename_btn")
+        with gr.Row():
+            delete_confirm = gr.Checkbox(label="Yes, delete it (a backup of the database is made first)",
+                                         value=False, elem_id="delete_confirm")
+            delete_btn = gr.Button("Delete novel", variant="stop", elem_id="delete_btn")
+    with gr.Accordion("Import and export", open=False):
+        with gr.Row():
+            export_format = gr.Radio(list(EXPORT_FORMATS), value="Markdown", label="Export format",
+                                     elem_id="export_format")
+            export_btn = gr.Button("Export", elem_id="export_btn")
+        export_file = gr.File(label="Download", interactive=False, elem_id="export_file")
+        import_file = gr.File(label="Import a Longhand JSON export", file_types=IMPORT_SUFFIXES, type="filepath",
+                              elem_id="import_file")
+        import_btn = gr.Button("Import", elem_id="import_btn")
+    return LibraryTab(novels_table, novel_dropdown, open_btn, premise_box, genre_box, style_box, model_box,
+                      create_btn, rename_box, rename_btn, delete_confirm, delete_btn, export_format, export_btn,
+                      export_file, import_file, import_btn, status_md)
+
+
+def refresh_outputs(tab: LibraryTab) -> list:
+    return [tab.novels_table, tab.novel_dropdown]
+
+
+def wire(tab: LibraryTab, novel_state: gr.State, on_novel_changed) -> None:
+    """`on_novel_changed(dependency)` chains every tab's refresh after an event that changed the open novel."""
+    on_novel_changed(tab.open_btn.click(open_novel, [tab.novel_dropdown], [novel_state, tab.status_md]))
+    on_novel_changed(tab.rename_btn.click(rename_novel, [novel_state, tab.rename_box], [tab.status_md]))
+    on_novel_changed(tab.delete_btn.click(delete_novel, [novel_state, tab.delete_confirm],
+                                          [novel_state, tab.delete_confirm, tab.status_md]))
+    tab.export_btn.click(export_novel, [novel_state, tab.export_format], [tab.export_file, tab.status_md])
+    on_novel_changed(tab.import_btn.click(import_novel, [tab.import_file], [novel_state, tab.status_md]))

@@ -1,0 +1,328 @@
+"""The Memory tab: the short-term memory (edit, save, history, restore), the long-term memory (every paragraph,
+editable in place, with a retrieval search showing scores) and the story bible (add, edit, remove entries).
+
+Every save passes the version the page last read; when another tab saved first, the store's conflict message is
+shown and nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from app.ui import services
+from app.ui.common import MAX_SHORT_CHARS, InputError, clean_text, handler, require_novel
+
+PARAGRAPH_HEADERS = ["#", "text", "words"]
+SEARCH_HEADERS = ["#", "score", "text"]
+LORE_HEADERS = ["id", "name", "keys", "always on", "body"]
+NEW_ENTRY = "(new entry)"
+
+
+# ---------------------------------------------------------------- short-term memory
+
+
+def _memory(novel_id: int) -> tuple[str, int, list[tuple[str, int]]]:
+    from memory import store
+
+    with services.current().session() as session:
+        current = store.current_memory(session, novel_id)
+        history = store.memory_history(session, novel_id)
+        choices = [(f"v{m.version} · {m.origin} · {m.created_at:%Y-%m-%d %H:%M}", m.version)
+                   for m in reversed(history)]
+        if current is None:
+            return "", 0, choices
+        return current.text, current.version, choices
+
+
+@handler
+def save_memory(novel_id, text: str, version) -> tuple[int, object, str]:
+    """Save the edited short-term memory if nobody saved since `version` was read; returns the new version."""
+    from memory import store
+
+    novel_id = require_novel(novel_id)
+    text = clean_text(text, "The short-term memory", required=True)
+    with services.current().session() as session, session.begin():
+        saved = store.set_memory(session, novel_id, text, expected_version=int(version or 0))
+        new_version = saved.version
+    _, _, choices = _memory(novel_id)
+    return new_version, gr.update(choices=choices, value=None), f"Memory saved (version {new_version})."
+
+
+@handler
+def show_memory_version(novel_id, chosen_version) -> str:
+    from memory import store
+
+    if chosen_version in (None, "") or novel_id in (None, ""):
+        return ""
+    with services.current().session() as session:
+        for memory in store.memory_history(session, int(novel_id)):
+            if memory.version == int(chosen_version):
+                return memory.text
+    raise InputError(f"Memory version {chosen_version} no longer exists.")
+
+
+@handler
+def restore_memory(novel_id, chosen_version, version) -> tuple[str, int, object, str]:
+    """Make an earlier version the current memory again (as a new version: nothing is lost)."""
+    from memory import store
+
+    novel_id = require_novel(novel_id)
+    if chosen_version in (None, ""):
+        raise InputError("Pick a version in the history first.")
+    old_text = show_memory_version(novel_id, chosen_version)
+    with services.current().session() as session, session.begin():
+        saved = store.set_memory(session, novel_id, old_text, expected_version=int(version or 0),
+)
+        new_version = saved.version
+    _, _, choices = _memory(novel_id)
+    return old_text, new_version, gr.update(choices=choices, value=None), \
+        f"Restored version {chosen_version} as version {new_version}."
+
+
+# ---------------------------------------------------------------- long-term memory
+
+
+def _paragraph_rows(novel_id: int) -> tuple[list[list], list[dict]]:
+    from memory import store
+
+    with services.current().session() as session:
+        paragraphs = list(store.paragraphs(session, novel_id))
+        rows = [[p.position, p.text, len(p.text.split())] for p in paragraphs]
+        versions = [{"id": p.id, "position": p.position, "version": p.version, "text": p.text} for p in paragraphs]
+    return rows, versions
+
+
+def _table_rows(table) -> list[list]:
+    if table is None:
+        return []
+    if hasattr(table, "values"):  # a pandas DataFrame
+        return [list(row) for row in table.values.tolist()]
+    return [list(row) for row in table]
+
+
+@handler
+def save_paragraph_edits(novel_id, table, read_versions: list[dict]) -> tuple[list[list], list[dict], str]:
+    """Save each paragraph whose text changed in the table, checking the version read with it."""
+    from memory import store
+
+    novel_id = require_novel(novel_id)
+    rows = _table_rows(table)
+    by_position = {item["position"]: item for item in (read_versions or [])}
+    changed = []
+    for row in rows:
+        if not row or row[0] in (None, ""):
+            continue
+        item = by_position.get(int(row[0]))
+        if item is None:
+            continue
+        text = clean_text(row[1], f"Paragraph {row[0]}", required=True)
+        if text != item["text"]:
+            changed.append((item, text))
+    if not changed:
+        new_rows, versions = _paragraph_rows(novel_id)
+        return new_rows, versions, "No paragraph changed."
+    embedder = services.current().embedder()
+    vectors = embedder.embed([text for _, text in changed])
+    with services.current().session() as session, session.begin():
+        for (item, text), vector in zip(changed, vectors):
+            store.edit_paragraph(session, item["id"], text, expected_version=item["version"],
+                                 embedding=store.Vector(embedder.name, vector))
+    new_rows, versions = _paragraph_rows(novel_id)
+    numbers = ", ".join(str(item["position"]) for item, _ in changed)
+    return new_rows, versions, f"Saved paragraph {numbers}; its retrieval entry is refreshed."
+
+
+@handler
+def search_memory(novel_id, query: str, k) -> list[list]:
+    """What retrieval returns for `query`: the top-k earlier paragraphs with their similarity scores."""
+    from memory.retrieval import top_k
+
+    novel_id = require_novel(novel_id)
+    query = clean_text(query, "The search query", required=True, max_chars=5000)
+    vector = services.current().embedder().embed([query])[0]
+    with services.current().session() as session:
+        found = top_k(session, novel_id, vector, int(k or 5))
+        rows = [[paragraph.position, round(float(score), 3), paragraph.text] for paragraph, score in found]
+    return rows or [["", "", "(no paragraphs yet)"]]
+
+
+# ---------------------------------------------------------------- story bible
+
+
+def _lore(novel_id: int) -> tuple[list[list], list[tuple[str, int]]]:
+    from memory import store
+
+    with services.current().session() as session:
+        entries = list(store.lore_entries(session, novel_id))
+        rows = [[e.id, e.name, ", ".join(e.keys), "yes" if e.always_on else "", e.body] for e in entries]
+        choices = [(NEW_ENTRY, 0)] + [(f"{e.name} (#{e.id})", e.id) for e in entries]
+    return rows, choices
+
+
+@handler
+def pick_lore(novel_id, entry_id) -> tuple[str, str, str, bool, int]:
+    """Fill the editor with an entry (or empty it for a new one)."""
+    from memory import store
+
+    if entry_id in (None, "", 0) or novel_id in (None, ""):
+        return "", "", "", False, 0
+    with services.current().session() as session:
+        entry = store.get_lore(session, int(entry_id))
+        return entry.name, ", ".join(entry.keys), entry.body, entry.always_on, entry.version
+
+
+def _keys(text: str) -> list[str]:
+    keys = [key.strip() for key in clean_text(text, "Keys", max_chars=5000).split(",")]
+    return [key for key in keys if key]
+
+
+@handler
+def save_lore(novel_id, entry_id, name: str, keys: str, body: str, always_on: bool, version):
+    """Add a new entry, or save the picked one (checking its version)."""
+    from memory import store
+
+    novel_id = require_novel(novel_id)
+    name = clean_text(name, "The entry's name", required=True, max_chars=MAX_SHORT_CHARS)
+    body = clean_text(body, "The entry's text", required=True)
+    key_list = _keys(keys)
+    if not key_list and not always_on:
+        raise InputError("Give the entry at least one key (a word that triggers it) or tick 'always on'.")
+    with services.current().session() as session, session.begin():
+        if entry_id in (None, "", 0):
+            entry = store.add_lore(session, novel_id, name=name, keys=key_list, body=body, always_on=bool(always_on))
+            message = f"Added **{name}** to the story bible."
+        else:
+            entry = store.edit_lore(session, int(entry_id), expected_version=int(version or 0), name=name,
+                                      keys=key_list, body=body, always_on=bool(always_on))
+            message = f"Saved **{name}**."
+        new_id, new_version = entry.id, entry.version
+    rows, choices = _lore(novel_id)
+    return rows, gr.update(choices=choices, value=new_id), new_version, message
+
+
+@handler
+def remove_lore(novel_id, entry_id):
+    from memory import store
+
+    novel_id = require_novel(novel_id)
+    if entry_id in (None, "", 0):
+        raise InputError("Pick the entry to remove first.")
+    with services.current().session() as session, session.begin():
+        store.delete_lore(session, int(entry_id))
+    rows, choices = _lore(novel_id)
+    return rows, gr.update(choices=choices, value=0), "", "", "", False, 0, "Entry removed."
+
+
+# ---------------------------------------------------------------- refresh
+
+
+@handler
+def refresh(novel_id):
+    if novel_id in (None, ""):
+        return ("", 0, gr.update(choices=[], value=None), "", [], [], [], gr.update(choices=[(NEW_ENTRY, 0)], value=0))
+    novel_id = int(novel_id)
+    text, version, history = _memory(novel_id)
+    rows, versions = _paragraph_rows(novel_id)
+    lore_rows, lore_choices = _lore(novel_id)
+    return (text, version, gr.update(choices=history, value=None), "", rows, versions, lore_rows,
+            gr.update(choices=lore_choices, value=0))
+
+
+# ---------------------------------------------------------------- layout
+
+
+@dataclass
+class MemoryTab:
+    memory_box: gr.Textbox
+    memory_version: gr.State
+    save_memory_btn: gr.Button
+    memory_history: gr.Dropdown
+    history_preview: gr.Textbox
+    restore_memory_btn: gr.Button
+    paragraph_table: gr.Dataframe
+    paragraph_versions: gr.State
+    save_paragraphs_btn: gr.Button
+    search_box: gr.Textbox
+    search_k: gr.Slider
+    search_btn: gr.Button
+    search_results: gr.Dataframe
+    lore_table: gr.Dataframe
+    lore_pick: gr.Dropdown
+    lore_name: gr.Textbox
+    lore_keys: gr.Textbox
+    lore_body: gr.Textbox
+    lore_always_on: gr.Checkbox
+    lore_version: gr.State
+    save_lore_btn: gr.Button
+    remove_lore_btn: gr.Button
+    status_md: gr.Markdown
+
+
+def build() -> MemoryTab:
+    status_md = gr.Markdown("", elem_id="memory_status")
+    memory_version = gr.State(0)
+    paragraph_versions = gr.State([])
+    lore_version = gr.State(0)
+    with gr.Accordion("Short-term memory", open=True):
+        memory_box = gr.Textbox(label="Short-term memory (the running summary the next step reads)", lines=6,
+                                elem_id="memory_box")
+        save_memory_btn = gr.Button("Save memory", variant="primary", elem_id="save_memory_btn")
+        with gr.Row():
+            memory_history = gr.Dropdown([], label="History", elem_id="memory_history", scale=2)
+            restore_memory_btn = gr.Button("Restore this version", elem_id="restore_memory_btn", scale=1)
+        history_preview = gr.Textbox(label="That version", lines=3, interactive=False, elem_id="history_preview")
+    with gr.Accordion("Long-term memory: every paragraph", open=False):
+        paragraph_table = gr.Dataframe(headers=PARAGRAPH_HEADERS, datatype=["number", "str", "number"],
+                                       interactive=True, static_columns=[0, 2], wrap=True, max_height=420,
+                                       label="Edit a paragraph's text in place, then save", elem_id="paragraph_table")
+        save_paragraphs_btn = gr.Button("Save paragraph edits", elem_id="save_paragraphs_btn")
+        with gr.Row():
+            search_box = gr.Textbox(label="What would retrieval find for…", scale=3, elem_id="search_box")
+            search_k = gr.Slider(1, 20, value=5, step=1, label="top-k", scale=1)
+            search_btn = gr.Button("Search", scale=1, elem_id="search_btn")
+        search_results = gr.Dataframe(headers=SEARCH_HEADERS, interactive=False, wrap=True,
+                                      label="Retrieved paragraphs and scores (cosine similarity)",
+                                      elem_id="search_results")
+    with gr.Accordion("Story bible", open=False):
+        lore_table = gr.Dataframe(headers=LORE_HEADERS, interactive=False, wrap=True, elem_id="lore_table")
+        lore_pick = gr.Dropdown([(NEW_ENTRY, 0)], value=0, label="Entry", elem_id="lore_pick")
+        with gr.Row():
+            lore_name = gr.Textbox(label="Name", elem_id="lore_name")
+            lore_keys = gr.Textbox(label="Keys", info="comma-separated words that bring this entry into the context",
+                                   elem_id="lore_keys")
+            lore_always_on = gr.Checkbox(label="Always on", info="in every step's context", elem_id="lore_always_on")
+        lore_body = gr.Textbox(label="Text", lines=4, elem_id="lore_body")
+        with gr.Row():
+            save_lore_btn = gr.Button("Save entry", variant="primary", elem_id="save_lore_btn")
+            remove_lore_btn = gr.Button("Remove entry", variant="stop", elem_id="remove_lore_btn")
+    return MemoryTab(memory_box, memory_version, save_memory_btn, memory_history, history_preview,
+                     restore_memory_btn, paragraph_table, paragraph_versions, save_paragraphs_btn, search_box,
+                     search_k, search_btn, search_results, lore_table, lore_pick, lore_name, lore_keys, lore_body,
+                     lore_always_on, lore_version, save_lore_btn, remove_lore_btn, status_md)
+
+
+def refresh_outputs(tab: MemoryTab) -> list:
+    return [tab.memory_box, tab.memory_version, tab.memory_history, tab.history_preview, tab.paragraph_table,
+            tab.paragraph_versions, tab.lore_table, tab.lore_pick]
+
+
+def wire(tab: MemoryTab, novel_state: gr.State, on_novel_changed) -> None:
+    tab.save_memory_btn.click(save_memory, [novel_state, tab.memory_box, tab.memory_version],
+                              [tab.memory_version, tab.memory_history, tab.status_md])
+    tab.memory_history.input(show_memory_version, [novel_state, tab.memory_history], [tab.history_preview])
+    tab.restore_memory_btn.click(restore_memory, [novel_state, tab.memory_history, tab.memory_version],
+                                 [tab.memory_box, tab.memory_version, tab.memory_history, tab.status_md])
+    on_novel_changed(tab.save_paragraphs_btn.click(
+        save_paragraph_edits, [novel_state, tab.paragraph_table, tab.paragraph_versions],
+        [tab.paragraph_table, tab.paragraph_versions, tab.status_md]))
+    tab.search_btn.click(search_memory, [novel_state, tab.search_box, tab.search_k], [tab.search_results])
+    tab.search_box.submit(search_memory, [novel_state, tab.search_box, tab.search_k], [tab.search_results])
+    tab.lore_pick.input(pick_lore, [novel_state, tab.lore_pick],
+                        [tab.lore_name, tab.lore_keys, tab.lore_body, tab.lore_always_on, tab.lore_version])
+    lore_fields = [tab.lore_name, tab.lore_keys, tab.lore_body, tab.lore_always_on]
+    tab.save_lore_btn.click(save_lore, [novel_state, tab.lore_pick, *lore_fields, tab.lore_version],
+                            [tab.lore_table, tab.lore_pick, tab.lore_version, tab.status_md])
+    tab.remove_lore_btn.click(remove_lore, [novel_state, tab.lore_pick],
+                              [tab.lore_table, tab.lore_pick, *lore_fields, tab.lore_version, tab.status_md])

@@ -1,0 +1,275 @@
+"""The Write tab: the numbered manuscript, the next paragraph streaming in, the three plans, and the step buttons.
+
+Next step, Retry, Undo, Redo, Auto-write N and Stop. Streaming handlers are generators that yield the growing
+draft; the engine commits a step only when it is complete, so Stop (or closing the page) saves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import gradio as gr
+
+from app.ui import services
+from app.ui.common import InputError, clean_text, handler, require_novel, word_count
+
+CUSTOM_PLAN = "(my own instruction)"
+
+
+# ---------------------------------------------------------------- reading the store
+
+
+def _novel_view(novel_id: int) -> dict:
+    """What the tab shows, read in one short transaction."""
+    from memory import store
+
+    with services.current().session() as session:
+        novel = store.get_novel(session, novel_id)
+        paragraphs = [(p.position, p.text) for p in store.paragraphs(session, novel_id)]
+        plan_set = store.current_plans(session, novel_id)
+        plans = list(plan_set.plans) if plan_set is not None else []
+        return {"title": novel.title, "paragraphs": paragraphs, "plans": plans,
+                "can_undo": store.can_undo(session, novel_id), "can_redo": store.can_redo(session, novel_id)}
+
+
+def manuscript_html(title: str, paragraphs: list[tuple[int, str]]) -> str:
+    """The manuscript with paragraph numbers; the text is escaped, so whatever a paragraph holds shows literally."""
+    if not paragraphs:
+        return f"<div class='lh-manuscript'><h2>{html.escape(title)}</h2><p><em>No paragraphs yet.</em></p></div>"
+    body = "".join(
+        f"<p class='lh-para' data-position='{position}'><span class='lh-num'>{position}</span> "
+        f"{html.escape(text)}</p>" for position, text in paragraphs)
+    return f"<div class='lh-manuscript'><h2>{html.escape(title)}</h2>{body}</div>"
+
+
+def counts_line(paragraphs: list[tuple[int, str]]) -> str:
+    words = sum(word_count(text) for _, text in paragraphs)
+    line = f"{len(paragraphs)} paragraphs · {words:,} words"
+    generator = services.current().loaded_generator()
+    if generator is not None:
+        tokens = sum(generator.count_tokens(text) for _, text in paragraphs)
+        line += f" · {tokens:,} tokens ({generator.name})"
+    return line
+
+
+# ---------------------------------------------------------------- handlers
+
+
+@handler
+def refresh(novel_id):
+    """Manuscript, plans, instruction, counts and button states for the open novel."""
+    if novel_id in (None, ""):
+        return (manuscript_html("No novel open", []), gr.update(choices=[], value=None), "",
+                "Create or open a novel in the Library tab.", "", gr.update(interactive=False),
+                gr.update(interactive=False))
+    view = _novel_view(int(novel_id))
+    plans = view["plans"]
+    return (
+        manuscript_html(view["title"], view["paragraphs"]),
+        gr.update(choices=[(plan, plan) for plan in plans], value=plans[0] if plans else None),
+        plans[0] if plans else "",
+        counts_line(view["paragraphs"]),
+        "",
+        gr.update(interactive=view["can_undo"]),
+        gr.update(interactive=view["can_redo"]),
+    )
+
+
+def choose_plan(plan: str | None) -> str:
+    """Picking a plan puts its text in the instruction box, where the writer may rewrite it."""
+    return plan or ""
+
+
+def _settings(novel_id: int) -> dict:
+    from app.ui.settings import load_settings
+
+    return load_settings(novel_id)
+
+
+def _engine_for(novel_id: int):
+    settings = _settings(novel_id)
+    return services.current().engine(settings["model"], settings["device"], settings["dtype"])
+
+
+def _run(novel_id: int, make_events, what: str):
+    """Drive one engine generator, yielding (draft text, status line) as the paragraph grows.
+
+    Stop sets the cancel flag; the engine then stops between tokens and commits nothing of the unfinished step.
+    """
+    from app.engine import Cancelled
+
+    svc = services.current()
+    key = f"novel-{novel_id}"
+    cancel = svc.cancel_event(key)
+    draft = ""
+    try:
+        yield draft, f"Loading the model and {what}…"
+        for event in make_events(cancel):
+            kind = getattr(event, "kind", "")
+            if kind == "token":
+                draft += event.text
+                yield draft, f"{what.capitalize()}…"
+            elif kind == "paragraph":
+                draft = event.text
+                yield draft, "Paragraph written; updating the memory and the plans…"
+            elif kind == "notice":
+                gr.Warning(html.escape(event.text))
+            elif kind == "progress":
+                yield draft, event.text
+        yield draft, "Saved."
+    except Cancelled:
+        yield draft, "Stopped. Nothing of the unfinished paragraph was saved."
+    finally:
+        svc.finished(key, cancel)
+
+
+@handler
+def start_story(novel_id):
+    """Write the opening of a new novel (title, first paragraph, memory, plans), streaming the paragraph."""
+    novel_id = require_novel(novel_id)
+    engine = _engine_for(novel_id)
+    yield from _run(novel_id, lambda cancel: engine.start(novel_id, cancel=cancel), "writing the opening")
+
+
+@handler
+def next_step(novel_id, instruction: str):
+    """Write the next paragraph following the instruction (a chosen plan, maybe rewritten), streaming it."""
+    novel_id = require_novel(novel_id)
+    plan = clean_text(instruction, "The instruction", required=True)
+    engine = _engine_for(novel_id)
+    yield from _run(novel_id, lambda cancel: engine.step(novel_id, plan, cancel=cancel),
+                    "writing the next paragraph")
+
+
+@handler
+def retry(novel_id):
+    """Regenerate the last step from the same inputs (the old one stays reachable with Undo)."""
+    novel_id = require_novel(novel_id)
+    engine = _engine_for(novel_id)
+    yield from _run(novel_id, lambda cancel: engine.retry(novel_id, cancel=cancel), "rewriting the last paragraph")
+
+
+@handler
+def auto_write(novel_id, steps, progress=gr.Progress()):
+    """Write N steps, the model choosing each plan; each finished step is saved, Stop ends after the current token."""
+    novel_id = require_novel(novel_id)
+    try:
+        steps = int(steps)
+    except (TypeError, ValueError):
+        raise InputError("Auto-write needs a number of steps.") from None
+    if not 1 <= steps <= 100:
+        raise InputError("Auto-write takes between 1 and 100 steps.")
+    engine = _engine_for(novel_id)
+
+    def events(cancel):
+        for event in engine.auto_write(novel_id, steps, cancel=cancel):
+            if getattr(event, "kind", "") == "progress":
+                progress((event.done, steps), desc=f"step {event.done + 1} of {steps}")
+            yield event
+
+    yield from _run(novel_id, events, f"auto-writing {steps} steps")
+
+
+@handler
+def stop(novel_id) -> str:
+    novel_id = require_novel(novel_id)
+    if services.current().cancel(f"novel-{novel_id}"):
+        return "Stopping after the current token…"
+    return "Nothing is running."
+
+
+@handler
+def undo(novel_id) -> str:
+    novel_id = require_novel(novel_id)
+    with services.current().session() as session, session.begin():
+        from memory import store
+
+        if not store.undo(session, novel_id):
+            return "Nothing to undo."
+    return "Undone: the paragraph, memory and plans are as they were before the last step."
+
+
+@handler
+def redo(novel_id) -> str:
+    novel_id = require_novel(novel_id)
+    with services.current().session() as session, session.begin():
+        from memory import store
+
+        if not store.redo(session, novel_id):
+            return "Nothing to redo."
+    return "Redone."
+
+
+# ---------------------------------------------------------------- layout
+
+
+@dataclass
+class WriteTab:
+    manuscript_html: gr.HTML
+    counts_md: gr.Markdown
+    draft_box: gr.Textbox
+    status_md: gr.Markdown
+    plan_radio: gr.Radio
+    instruction_box: gr.Textbox
+    next_step_btn: gr.Button
+    retry_btn: gr.Button
+    undo_btn: gr.Button
+    redo_btn: gr.Button
+    auto_steps: gr.Number
+    auto_write_btn: gr.Button
+    stop_btn: gr.Button
+
+
+def build() -> WriteTab:
+    with gr.Row():
+        with gr.Column(scale=3):
+            counts_md = gr.Markdown("", elem_id="counts_md")
+            manuscript = gr.HTML(manuscript_html("No novel open", []), elem_id="manuscript")
+            draft_box = gr.Textbox(label="Next paragraph (streaming)", lines=6, max_lines=20, interactive=False,
+                                   elem_id="draft_box", autoscroll=True)
+            status_md = gr.Markdown("", elem_id="write_status")
+        with gr.Column(scale=2):
+            plan_radio = gr.Radio([], label="Plans for the next paragraph", elem_id="plan_radio",
+                                  info="pick one; it is copied below, where you may rewrite it")
+            instruction_box = gr.Textbox(label="Instruction for the next paragraph", lines=4, elem_id="instruction_box")
+            with gr.Row():
+                next_step_btn = gr.Button("Next step", variant="primary", elem_id="next_step_btn")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop_btn")
+            with gr.Row():
+                retry_btn = gr.Button("Retry", elem_id="retry_btn")
+                undo_btn = gr.Button("Undo", elem_id="undo_btn", interactive=False)
+                redo_btn = gr.Button("Redo", elem_id="redo_btn", interactive=False)
+            with gr.Row():
+                auto_steps = gr.Number(value=3, precision=0, minimum=1, maximum=100, label="Auto-write steps",
+                                       elem_id="auto_steps")
+                auto_write_btn = gr.Button("Auto-write N", elem_id="auto_write_btn")
+    return WriteTab(manuscript, counts_md, draft_box, status_md, plan_radio, instruction_box, next_step_btn,
+                    retry_btn, undo_btn, redo_btn, auto_steps, auto_write_btn, stop_btn)
+
+
+def refresh_outputs(tab: WriteTab) -> list:
+    return [tab.manuscript_html, tab.plan_radio, tab.instruction_box, tab.counts_md, tab.draft_box,
+            tab.undo_btn, tab.redo_btn]
+
+
+def stream_outputs(tab: WriteTab) -> list:
+    return [tab.draft_box, tab.status_md]
+
+
+def wire(tab: WriteTab, novel_state: gr.State, on_novel_changed) -> None:
+    tab.plan_radio.input(choose_plan, [tab.plan_radio], [tab.instruction_box], queue=False)
+    running = [
+        tab.next_step_btn.click(next_step, [novel_state, tab.instruction_box], stream_outputs(tab),
+                                concurrency_id="generation", show_progress="hidden"),
+        tab.retry_btn.click(retry, [novel_state], stream_outputs(tab), concurrency_id="generation",
+                            show_progress="hidden"),
+        tab.auto_write_btn.click(auto_write, [novel_state, tab.auto_steps], stream_outputs(tab),
+                                 concurrency_id="generation", show_progress="minimal",
+                                 show_progress_on=[tab.status_md]),
+    ]
+    for dependency in running:
+        on_novel_changed(dependency)
+    on_novel_changed(tab.undo_btn.click(undo, [novel_state], [tab.status_md]))
+    on_novel_changed(tab.redo_btn.click(redo, [novel_state], [tab.status_md]))
+    tab.stop_btn.click(stop, [novel_state], [tab.status_md], queue=False)
