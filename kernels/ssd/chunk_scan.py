@@ -8,6 +8,7 @@ intra-chunk part, with the D skip and the silu(z) gate fused.
 
 import contextlib
 import math
+import os
 
 import torch
 import triton
@@ -21,6 +22,18 @@ from kernels.ssd.reference import ssd_chunk_scan_torch
 def _softplus(x):
     # Same threshold as torch.nn.functional.softplus and mamba_ssm: above 20, softplus(x) == x in fp32.
     return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))), x)
+
+
+@triton.jit
+def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
+    """acc + a @ b, fp32 accumulation. Operands arrive already rounded to the input dtype.
+
+    DOT_UPCAST: Triton 3.9's interpreter multiplies bf16 operands as their raw uint16 bits; upcasting the (already
+    bf16-rounded) operands to fp32 gives the exact products a GPU's bf16 dot accumulates in fp32.
+    """
+    if DOT_UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -61,7 +74,7 @@ def _ssd_chunk_state_kernel(
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
     CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
 ):
     i_p, i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // heads, i_bh % heads
@@ -86,7 +99,7 @@ def _ssd_chunk_state_kernel(
         b_cum = tl.load(p_cum + p_chunk + o_k)
         b_scale = tl.exp(b_cum_end - b_cum) * b_dt  # [BLOCK_K]: decay to the chunk end times dt
         b_x = (b_x.to(tl.float32) * b_scale[None, :]).to(p_x.dtype.element_ty)
-        b_acc += tl.dot(b_x, b_B.to(p_x.dtype.element_ty), input_precision=DOT_PRECISION)
+        b_acc = _dot(b_x, b_B.to(p_x.dtype.element_ty), b_acc, DOT_PRECISION, DOT_UPCAST)
 
     o_out = (i_bh * n_chunks + i_c) * head_dim * state_size + o_p[:, None] * state_size + o_n[None, :]
     tl.store(p_states + o_out, b_acc, mask=m_p[:, None] & m_n[None, :])
@@ -133,7 +146,7 @@ def _ssd_chunk_output_kernel(
     s_y_b, s_y_l, s_y_h, s_y_p,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
 ):
     i_mp, i_c, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     n_p_blocks = tl.cdiv(head_dim, BLOCK_P)
@@ -157,7 +170,8 @@ def _ssd_chunk_output_kernel(
     # From the state at the chunk start (written by the state-passing kernel), decayed to each position.
     o_state = (i_bh * n_chunks + i_c) * head_dim * state_size + o_p[None, :] * state_size + o_n[:, None]
     b_start = tl.load(p_states + o_state, mask=m_n[:, None] & m_p[None, :], other=0.0)  # [BLOCK_N, BLOCK_P]
-    b_acc = tl.dot(b_C, b_start.to(dot_dtype), input_precision=DOT_PRECISION) * tl.exp(b_cum_m)[:, None]
+    b_acc = tl.zeros([BLOCK_M, BLOCK_P], dtype=tl.float32)
+    b_acc = _dot(b_C, b_start.to(dot_dtype), b_acc, DOT_PRECISION, DOT_UPCAST) * tl.exp(b_cum_m)[:, None]
 
     # Inside the chunk, causally: y_m += sum_{k <= m} (C_m . B_k) exp(cum_m - cum_k) dt_k x_k.
     for i_k in range(0, (i_m + 1) * BLOCK_M, BLOCK_M):
@@ -166,7 +180,7 @@ def _ssd_chunk_output_kernel(
         m_k = o_s < seq_len
         b_B = tl.load(p_B + i_b * s_B_b + o_s[None, :] * s_B_l + i_g * s_B_g + o_n[:, None] * s_B_n,
                       mask=m_n[:, None] & m_k[None, :], other=0.0).to(dot_dtype)  # [BLOCK_N, BLOCK_M]
-        b_scores = tl.dot(b_C, b_B, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_M]
+        b_scores = _dot(b_C, b_B, tl.zeros([BLOCK_M, BLOCK_M], dtype=tl.float32), DOT_PRECISION, DOT_UPCAST)
         b_cum_k = tl.load(p_cum + p_chunk + o_k)
         b_dt_k = tl.load(p_dt + p_chunk + o_k)
         m_causal = o_m[:, None] >= o_k[None, :]
@@ -174,7 +188,7 @@ def _ssd_chunk_output_kernel(
         b_weights = (b_scores * tl.exp(b_log_decay) * b_dt_k[None, :]).to(dot_dtype)
         b_x = tl.load(p_x + i_b * s_x_b + o_s[:, None] * s_x_l + i_h * s_x_h + o_p[None, :] * s_x_p,
                       mask=m_k[:, None] & m_p[None, :], other=0.0).to(dot_dtype)  # [BLOCK_M, BLOCK_P]
-        b_acc += tl.dot(b_weights, b_x, input_precision=DOT_PRECISION)
+        b_acc = _dot(b_weights, b_x, b_acc, DOT_PRECISION, DOT_UPCAST)
 
     m_mp = m_m[:, None] & m_p[None, :]
     if HAS_D:
@@ -204,6 +218,7 @@ def _ssd_chunk_scan_triton(
     block_n = max(16, triton.next_power_of_2(state_size))
     # fp32 inputs keep fp32 products (no TF32 truncation on GPUs that would use it); bf16/fp16 use their own dots.
     dot_precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    dot_upcast = x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
     f32 = dict(device=x.device, dtype=torch.float32)
     dt_chunked = torch.empty(batch, heads, n_chunks, chunk, **f32)
     cum_chunked = torch.empty(batch, heads, n_chunks, chunk, **f32)
@@ -224,7 +239,7 @@ def _ssd_chunk_scan_triton(
             x, B, dt_chunked, cum_chunked, states,
             seq_len, heads, head_dim, state_size, heads // groups, n_chunks,
             *x.stride(), *B.stride(),
-            CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_m, DOT_PRECISION=dot_precision,
+            CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_m, DOT_PRECISION=dot_precision, DOT_UPCAST=dot_upcast,
         )
         block_pn = min(1024, triton.next_power_of_2(head_dim * state_size))
         _ssd_state_passing_kernel[(triton.cdiv(head_dim * state_size, block_pn), batch * heads)](
@@ -239,7 +254,7 @@ def _ssd_chunk_scan_triton(
             seq_len, heads, head_dim, state_size, heads // groups, n_chunks,
             *x.stride(), *B.stride(), *C.stride(), *D_strides, *z_strides, *y.stride(),
             HAS_D=D is not None, HAS_Z=z is not None,
-            CHUNK=chunk, BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_N=block_n, DOT_PRECISION=dot_precision,
+            CHUNK=chunk, BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_N=block_n, DOT_PRECISION=dot_precision, DOT_UPCAST=dot_upcast,
         )
 
 
