@@ -1,0 +1,64 @@
+"""The native runtime for Mamba2 and Bamba-style hybrids: config, model, checkpoint loader and backend.
+
+Serves Hugging Face `Mamba2ForCausalLM` and `BambaForCausalLM` safetensors folders through our own kernels
+(kernels.ssd, kernels.conv1d, kernels.gated_norm), with the decode step captured in a CUDA graph on GPU.
+Imports `kernels/` and `models.errors` only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from models.errors import ModelLoadError
+from models.mamba2.backend import DEFAULT_MAX_SEQ_LEN, NativeBackend, checkpoint_identity
+from models.mamba2.config import PRESETS, SUPPORTED_ARCHITECTURES, ConfigError, Mamba2Config
+from models.mamba2.loader import CheckpointError, load_model, read_config
+from models.mamba2.model import Model, State, build_model
+
+__all__ = [
+    "PRESETS", "SUPPORTED_ARCHITECTURES", "CheckpointError", "ConfigError", "Mamba2Config", "Model",
+    "NativeBackend", "State", "build_model", "load_model", "load_native_backend", "read_config", "supports",
+]
+
+
+def supports(folder: str | Path) -> bool:
+    """True when `folder` holds a checkpoint of an architecture the native runtime serves."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return False
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    architectures = config.get("architectures") or []
+    return any(a in SUPPORTED_ARCHITECTURES for a in architectures) and not config.get("auto_map")
+
+
+def load_native_backend(
+    folder: str | Path,
+    *,
+    name: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+    cuda_graph: bool | None = None,
+    identity: str | None = None,
+) -> NativeBackend:
+    """Load a Mamba2 / Bamba safetensors folder (weights and tokenizer); one-line `ModelLoadError` on failure."""
+    folder = Path(folder)
+    try:
+        model = load_model(folder, device=device, dtype=dtype)
+    except (ConfigError, CheckpointError) as exc:
+        raise ModelLoadError(f"Could not load {folder} natively: {exc}") from None
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"{folder} has no usable tokenizer ({first}): copy the tokenizer files into it") from None
+    return NativeBackend(model, tokenizer, name=name or folder.name, identity=identity or checkpoint_identity(folder),
+                         max_seq_len=max_seq_len, cuda_graph=cuda_graph)
