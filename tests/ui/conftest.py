@@ -1,0 +1,38 @@
+"""Fixtures for the UI handler tests: a real SQLite store in a temp data dir, installed as the app's services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.config import Config
+from app.offline import resolve_model
+from app.ui import services
+
+
+@pytest.fixture
+def ui_config(data_dir: Path) -> Config:
+    return Config(data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'longhand.db'}")
+
+
+@pytest.fixture
+def ui_services(ui_config: Config) -> services.Services:
+    source = resolve_model("default", ui_config.models_dir)
+    installed = services.Services(config=ui_config, source=source, session_factory=services.open_store(ui_config))
+    services.install(installed)
+    return installed
+
+
+@pytest.fixture(scope="session")
+def real_embedder():
+    from app.offline import default_embedder_path
+    from memory.retrieval import Embedder
+
+    return Embedder(default_embedder_path())
+
+
+@pytest.fixture
+def with_embedder(ui_services: services.Services, real_embedder) -> services.Services:
+    ui_services._embedder = real_embedder
+    return ui_services

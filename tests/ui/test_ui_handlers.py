@@ -1,0 +1,298 @@
+"""Each tab's handlers called as plain functions over a real SQLite store (and the real MiniLM embedder)."""
+
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+import pytest
+
+from app.ui import common, library, memory_tab, settings, story_chart, write
+from memory import store
+
+
+def _novel(ui_services, premise="A lighthouse keeper finds a message in a bottle.") -> int:
+    novel_id, _ = library.create_novel(premise, "gothic", "short sentences", "default")
+    return novel_id
+
+
+def _add_paragraphs(ui_services, novel_id, texts, embedder=None):
+    with ui_services.session() as s, s.begin():
+        for text in texts:
+            store.add_paragraph(s, novel_id, text, embedding=embedder.vector(text) if embedder else None)
+
+
+# ---------------------------------------------------------------- input checks
+
+
+def test_clean_text_rejects_empty_huge_and_strips_control_characters():
+    with pytest.raises(common.InputError, match="empty"):
+        common.clean_text("   \n ", "The premise", required=True)
+    with pytest.raises(common.InputError, match=r"too long \(1\.0 MB\)"):
+        common.clean_text("x" * 1_000_000, "The premise", max_chars=common.MAX_PREMISE_CHARS)
+    assert common.clean_text("a\x00b\x1bc\r\nd\te\x7f", "Text") == "abc\nd\te"
+
+
+def test_handler_turns_exceptions_into_one_line_gr_errors():
+    @common.handler
+    def broken():
+        raise KeyError("boom\nsecond line")
+
+    @common.handler
+    def broken_stream():
+        yield 1
+        raise RuntimeError("stream failed\ntraceback here")
+
+    with pytest.raises(gr.Error) as caught:
+        broken()
+    assert "\n" not in caught.value.message and "boom" in caught.value.message
+    stream = broken_stream()
+    assert next(stream) == 1
+    with pytest.raises(gr.Error) as caught:
+        next(stream)
+    assert "stream failed" in caught.value.message and "traceback" not in caught.value.message
+
+
+# ---------------------------------------------------------------- library
+
+
+def test_create_list_open_rename(ui_services):
+    novel_id = _novel(ui_services)
+    rows = library.novel_rows()
+    assert [row[0] for row in rows] == [novel_id]
+    assert rows[0][1].startswith("A lighthouse keeper")
+    assert library.open_novel(novel_id)[0] == novel_id
+    library.rename_novel(novel_id, "The Bottle")
+    assert library.novel_rows()[0][1] == "The Bottle"
+    with ui_services.session() as s:
+        novel = store.get_novel(s, novel_id)
+        assert novel.style_notes == "Genre: gothic\nshort sentences"
+        assert novel.settings["model"] == "default"
+
+
+@pytest.mark.parametrize("premise, message", [
+    ("", "empty"),
+    ("\x00\x01 \x02", "empty"),
+    ("word " * 250_000, "too long"),
+])
+def test_create_checks_the_premise(ui_services, premise, message):
+    with pytest.raises(gr.Error, match=message):
+        library.create_novel(premise, "", "", "default")
+    assert library.novel_rows() == []
+
+
+def test_create_refuses_a_missing_model(ui_services, tmp_path):
+    with pytest.raises(gr.Error, match="No model at"):
+        library.create_novel("A premise.", "", "", str(tmp_path / "nothing-here"))
+
+
+def test_open_a_deleted_novel_says_so(ui_services):
+    with pytest.raises(gr.Error, match="No novel with id 99"):
+        library.open_novel(99)
+
+
+def test_delete_needs_confirmation_and_backs_up_first(ui_services):
+    novel_id = _novel(ui_services)
+    with pytest.raises(gr.Error, match="Tick"):
+        library.delete_novel(novel_id, False)
+    assert len(library.novel_rows()) == 1
+    closed, confirmed, message = library.delete_novel(novel_id, True)
+    assert closed is None and confirmed is False and "Deleted" in message
+    assert library.novel_rows() == []
+    backups = list(ui_services.config.backups_dir.iterdir())
+    assert backups, "a backup must exist before the delete"
+
+
+def test_export_offers_a_copy_outside_the_data_dir(ui_services):
+    novel_id = _novel(ui_services)
+    _add_paragraphs(ui_services, novel_id, ["The sea was grey.", "She opened the bottle."])
+    path, message = library.export_novel(novel_id, "Markdown")
+    assert "She opened the bottle." in open(path, encoding="utf-8").read()
+    data_dir = ui_services.config.data_dir.resolve()
+    from pathlib import Path
+
+    assert not Path(path).resolve().is_relative_to(data_dir)
+    assert any(ui_services.config.exports_dir.iterdir())
+
+
+def test_json_export_imports_back_as_a_new_novel(ui_services):
+    novel_id = _novel(ui_services)
+    _add_paragraphs(ui_services, novel_id, ["First.", "Second."])
+    path, _ = library.export_novel(novel_id, "JSON (re-importable)")
+    new_id, message = library.import_novel(path)
+    assert new_id != novel_id and "Imported" in message
+    with ui_services.session() as s:
+        assert [p.text for p in store.paragraphs(s, new_id)] == ["First.", "Second."]
+
+
+def test_import_refuses_other_files(ui_services, tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    with pytest.raises(gr.Error, match="not a Longhand JSON export"):
+        library.import_novel(str(bad))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(gr.Error):
+        library.import_novel(str(broken))
+    assert library.novel_rows() == []
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_settings_round_trip_per_novel(ui_services):
+    first, second = _novel(ui_services), _novel(ui_services, "Another premise.")
+    values = dict(zip(settings.FIELD_NAMES, settings.refresh(first)))
+    assert values["temperature"] == 0.8 and values["retrieval_top_k"] == 3
+    values.update(temperature=0.3, repetition=1.15, penalty_range=64, dry_multiplier=0.8,
+                  dry_sequence_breakers='["\\n", "."]', retrieval_top_k=5, max_new_tokens=40)
+    settings.save_settings(first, *[values[name] for name in settings.FIELD_NAMES])
+    saved = dict(zip(settings.FIELD_NAMES, settings.refresh(first)))
+    assert saved["temperature"] == 0.3 and saved["penalty_range"] == 64 and saved["max_new_tokens"] == 40
+    assert json.loads(saved["dry_sequence_breakers"]) == ["\n", "."]
+    untouched = dict(zip(settings.FIELD_NAMES, settings.refresh(second)))
+    assert untouched["temperature"] == 0.8
+    with ui_services.session() as s:
+        stored = store.get_novel(s, first).settings
+    assert stored["sampling"]["temperature"] == 0.3 and stored["penalties"]["range"] == 64
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("top_p", 0.0, "top_p"),
+    ("repetition", 0.0, "repetition"),
+    ("dry_sequence_breakers", "not json", "JSON list"),
+    ("retrieval_top_k", 50, "top-k"),
+    ("device", "tpu", "device"),
+])
+def test_settings_refuse_bad_values(ui_services, field, value, message):
+    novel_id = _novel(ui_services)
+    values = dict(zip(settings.FIELD_NAMES, settings.refresh(novel_id)))
+    values[field] = value
+    with pytest.raises(gr.Error, match=message):
+        settings.save_settings(novel_id, *[values[name] for name in settings.FIELD_NAMES])
+
+
+# ---------------------------------------------------------------- memory
+
+
+def test_memory_save_history_restore(ui_services):
+    novel_id = _novel(ui_services)
+    refreshed = memory_tab.refresh(novel_id)
+    text, version = refreshed[0], refreshed[1]
+    assert text == "" and version == 1
+    version, _, message = memory_tab.save_memory(novel_id, "Mara keeps the bottle hidden.", version)
+    assert version == 2 and "saved" in message
+    version, _, _ = memory_tab.save_memory(novel_id, "Mara threw the bottle back.", version)
+    assert memory_tab.show_memory_version(novel_id, 2) == "Mara keeps the bottle hidden."
+    text, version, _, message = memory_tab.restore_memory(novel_id, 2, version)
+    assert text == "Mara keeps the bottle hidden." and version == 4
+    assert memory_tab.refresh(novel_id)[0] == "Mara keeps the bottle hidden."
+
+
+def test_stale_memory_edit_shows_the_conflict_and_keeps_the_other_tab_s_text(ui_services):
+    novel_id = _novel(ui_services)
+    version = memory_tab.refresh(novel_id)[1]
+    memory_tab.save_memory(novel_id, "Saved in tab one.", version)
+    with pytest.raises(gr.Error, match="changed elsewhere"):
+        memory_tab.save_memory(novel_id, "Saved in tab two, from a stale page.", version)
+    assert memory_tab.refresh(novel_id)[0] == "Saved in tab one."
+
+
+def test_paragraph_table_edits_save_and_conflict(with_embedder):
+    novel_id = _novel(with_embedder)
+    _add_paragraphs(with_embedder, novel_id, ["The sea was grey.", "She opened the bottle."],
+                    with_embedder.embedder())
+    refreshed = memory_tab.refresh(novel_id)
+    rows, versions = refreshed[4], refreshed[5]
+    stale_versions = [dict(item) for item in versions]
+    rows[1][1] = "She broke the bottle on the rocks."
+    new_rows, versions, message = memory_tab.save_paragraph_edits(novel_id, rows, versions)
+    assert "Saved paragraph 2" in message
+    assert new_rows[1][1] == "She broke the bottle on the rocks."
+    found = memory_tab.search_memory(novel_id, "broken glass on rocks", 1)
+    assert found[0][0] == 2 and 0 < found[0][1] <= 1
+    rows[1][1] = "A stale tab's version."
+    with pytest.raises(gr.Error, match="changed elsewhere"):
+        memory_tab.save_paragraph_edits(novel_id, rows, stale_versions)
+    with with_embedder.session() as s:
+        assert store.paragraphs(s, novel_id)[1].text == "She broke the bottle on the rocks."
+
+
+def test_search_ranks_the_relevant_paragraph_first(with_embedder):
+    novel_id = _novel(with_embedder)
+    texts = ["The lighthouse lamp needed oil.", "A storm tore the nets of the fishermen.",
+             "Mara's grandmother baked bread every morning."]
+    _add_paragraphs(with_embedder, novel_id, texts, with_embedder.embedder())
+    rows = memory_tab.search_memory(novel_id, "baking bread in the kitchen", 3)
+    assert rows[0][0] == 3
+    assert rows[0][1] > rows[1][1] >= rows[2][1]
+
+
+def test_story_bible_add_edit_remove(ui_services):
+    novel_id = _novel(ui_services)
+    rows, picker, version, message = memory_tab.save_lore(novel_id, 0, "Mara", "Mara, keeper", "The keeper.",
+                                                          False, 0)
+    entry_id = picker["value"]
+    assert rows[0][1] == "Mara" and rows[0][2] == "Mara, keeper" and "Added" in message
+    assert memory_tab.pick_lore(novel_id, entry_id) == ("Mara", "Mara, keeper", "The keeper.", False, 1)
+    rows, _, version, _ = memory_tab.save_lore(novel_id, entry_id, "Mara", "Mara", "The keeper, 40.", True, 1)
+    assert version == 2 and rows[0][3] == "yes" and rows[0][4] == "The keeper, 40."
+    with pytest.raises(gr.Error, match="changed elsewhere"):
+        memory_tab.save_lore(novel_id, entry_id, "Mara", "Mara", "stale", True, 1)
+    with pytest.raises(gr.Error, match="key"):
+        memory_tab.save_lore(novel_id, 0, "Nobody", "", "No keys, not always on.", False, 0)
+    rows, *_ = memory_tab.remove_lore(novel_id, entry_id)
+    assert rows == []
+
+
+# ---------------------------------------------------------------- write (store side) and chart
+
+
+def test_write_refresh_numbers_and_escapes_the_manuscript(ui_services):
+    novel_id = _novel(ui_services)
+    _add_paragraphs(ui_services, novel_id, ["The sea was grey.", "<script>alert(1)</script> & more"])
+    with ui_services.session() as s, s.begin():
+        store.set_plans(s, novel_id, ["She reads it.", "She burns it.", "She hides it."])
+    manuscript, radio, instruction, counts, *_ = write.refresh(novel_id)
+    assert "data-position='2'" in manuscript and "<script>" not in manuscript and "&lt;script&gt;" in manuscript
+    assert [choice[0] for choice in radio["choices"]] == ["She reads it.", "She burns it.", "She hides it."]
+    assert instruction == "She reads it."
+    assert counts.startswith("2 paragraphs · 7 words")
+    assert write.choose_plan("She burns it.") == "She burns it."
+
+
+def test_undo_redo_through_the_write_tab(ui_services):
+    novel_id = _novel(ui_services)
+    _add_paragraphs(ui_services, novel_id, ["One.", "Two."])
+    assert "Undone" in write.undo(novel_id)
+    with ui_services.session() as s:
+        assert [p.text for p in store.paragraphs(s, novel_id)] == ["One."]
+    assert write.redo(novel_id) == "Redone."
+    with ui_services.session() as s:
+        assert [p.text for p in store.paragraphs(s, novel_id)] == ["One.", "Two."]
+
+
+def test_stop_without_a_generation_says_so(ui_services):
+    novel_id = _novel(ui_services)
+    assert write.stop(novel_id) == "Nothing is running."
+    event = ui_services.cancel_event(f"novel-{novel_id}")
+    assert write.stop(novel_id).startswith("Stopping")
+    assert event.is_set()
+
+
+def test_repetition_score_catches_a_loop():
+    paragraphs = ["The keeper climbed the stairs to light the lamp.",
+                  "Outside, the gulls screamed over a restless sea.",
+                  "The keeper climbed the stairs to light the lamp."]
+    scores = story_chart.repetition_scores(paragraphs)
+    assert scores[0] == 0.0 and scores[1] == 0.0 and scores[2] == 1.0
+    words, repetition = story_chart.chart_frames(paragraphs)
+    assert list(words["words"]) == [9, 8, 9] and list(repetition["paragraph"]) == [1, 2, 3]
+
+
+def test_chart_refresh_for_a_novel(ui_services):
+    novel_id = _novel(ui_services)
+    _add_paragraphs(ui_services, novel_id, ["a b c d", "a b c d"])
+    words, repetition, summary = story_chart.refresh(novel_id)
+    assert list(repetition["repetition"]) == [0.0, 1.0]
+    assert summary.startswith("2 paragraphs, 8 words; 1 paragraph(s)")
