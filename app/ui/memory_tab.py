@@ -141,7 +141,7 @@ def search_memory(novel_id, query: str, k) -> list[list]:
 
     novel_id = require_novel(novel_id)
     query = clean_text(query, "The search query", required=True, max_chars=5000)
-    vector = services.current().embedder().embed([query])[0]
+    vector = services.current().embedder().vector(query)
     with services.current().session() as session:
         found = top_k(session, novel_id, vector, int(k or 5))
         rows = [[paragraph.position, round(float(score), 3), paragraph.text] for paragraph, score in found]

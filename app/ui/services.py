@@ -83,9 +83,9 @@ class Services:
 
                 snapshot_store = None
                 if generator.supports_state:
-                    from memory.snapshots import SqlSnapshotStore
+                    from memory.snapshots import FileSnapshotStore
 
-                    snapshot_store = SqlSnapshotStore(self.session_factory)
+                    snapshot_store = FileSnapshotStore(self.session_factory, self.config.data_dir / "snapshots")
                 self._engine = Engine(self.session_factory, generator, self.embedder(),
                                       snapshot_store=snapshot_store)
             return self._engine
