@@ -119,3 +119,10 @@ def init_db(engine: Engine, backups_dir: Path | str | None = None, *, keep: int 
                keep=keep)
     migrations.upgrade(engine)
     return head
+
+
+def open_database(url: str, backups_dir: Path | str | None = None) -> tuple[Engine, sessionmaker[Session]]:
+    """Engine + session factory for `url`, with the schema created or upgraded (backing up first)."""
+    engine = make_engine(url)
+    init_db(engine, backups_dir)
+    return engine, make_sessionmaker(engine)

@@ -125,6 +125,11 @@ NAMING = {
 }
 
 
+# SQLite AUTOINCREMENT on every table: an id, once used, is never reused, as with PostgreSQL's sequences. The
+# history and the JSON import rely on it (a deleted row's id in a revision must never name a different row).
+AUTOINCREMENT = {"sqlite_autoincrement": True}
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {str: SafeText, dict[str, Any]: SafeJSON, list[str]: SafeJSON}
@@ -132,8 +137,7 @@ class Base(DeclarativeBase):
 
 class Novel(Base):
     __tablename__ = "novels"
-    # AUTOINCREMENT: a deleted novel's id is never reused (caches key on it).
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = AUTOINCREMENT
 
     id: Mapped[intpk]
     uid: Mapped[str] = mapped_column(String(32), default=new_uid, unique=True)
@@ -167,6 +171,7 @@ class Paragraph(Base):
     __table_args__ = (
         UniqueConstraint("novel_id", "position"),
         CheckConstraint("version >= 1", name="version_positive"),
+        AUTOINCREMENT,
     )
 
     id: Mapped[intpk]
@@ -188,7 +193,7 @@ class ShortTermMemory(Base):
     """One version of a novel's running summary; the highest version is the current one."""
 
     __tablename__ = "short_term_memories"
-    __table_args__ = (UniqueConstraint("novel_id", "version"),)
+    __table_args__ = (UniqueConstraint("novel_id", "version"), AUTOINCREMENT)
 
     id: Mapped[intpk]
     novel_id: Mapped[novel_fk]
@@ -204,6 +209,7 @@ class PlanSet(Base):
     """The plans proposed after paragraph `position` (0 = before the first), which one was chosen, what was used."""
 
     __tablename__ = "plan_sets"
+    __table_args__ = AUTOINCREMENT
 
     id: Mapped[intpk]
     novel_id: Mapped[novel_fk]
@@ -223,6 +229,7 @@ class LoreEntry(Base):
     """A story-bible entry: injected when always on, or when a key appears as a whole word, or by similarity."""
 
     __tablename__ = "lore_entries"
+    __table_args__ = AUTOINCREMENT
 
     id: Mapped[intpk]
     novel_id: Mapped[novel_fk]
@@ -249,7 +256,7 @@ class Revision(Base):
     """
 
     __tablename__ = "revisions"
-    __table_args__ = (UniqueConstraint("novel_id", "seq"),)
+    __table_args__ = (UniqueConstraint("novel_id", "seq"), AUTOINCREMENT)
 
     id: Mapped[intpk]
     novel_id: Mapped[novel_fk]
@@ -267,7 +274,7 @@ class StateSnapshot(Base):
     """A recurrent model's state after reading the manuscript up to paragraph `position`; the bytes live in a file."""
 
     __tablename__ = "state_snapshots"
-    __table_args__ = (UniqueConstraint("novel_id", "position", "fingerprint"),)
+    __table_args__ = (UniqueConstraint("novel_id", "position", "fingerprint"), AUTOINCREMENT)
 
     id: Mapped[intpk]
     novel_id: Mapped[novel_fk]
@@ -290,6 +297,7 @@ class Embedding(Base):
         UniqueConstraint("paragraph_id", "embedder"),
         UniqueConstraint("lore_entry_id", "embedder"),
         Index("ix_embeddings_novel_embedder", "novel_id", "embedder"),
+        AUTOINCREMENT,
     )
 
     id: Mapped[intpk]

@@ -118,7 +118,9 @@ MODELS: dict[str, type[Base]] = {
     m.__tablename__: m for m in (Novel, Paragraph, ShortTermMemory, PlanSet, LoreEntry, Revision, Embedding)
 }
 # Fields that change as side effects and are not part of a row's user-visible state.
-_VOLATILE = {"novels": {"embedding_epoch", "updated_at"}}
+_VOLATILE = {"novels": {"uid", "embedding_epoch", "updated_at"}}
+# Of those, never written back by undo/redo (they identify the row or track caches, not the story).
+_KEEP_ON_RESTORE = {"uid", "embedding_epoch"}
 
 
 def row_to_dict(obj: Base) -> dict[str, Any]:
@@ -807,7 +809,7 @@ def _apply(session: Session, novel_id: int, changes: list[dict[str, Any]], *, fo
             session.add(row_from_dict(model, target))
         else:
             for key, value in row_values(model, target).items():
-                if key in _VOLATILE.get(entity, set()) and key == "embedding_epoch":
+                if key in _KEEP_ON_RESTORE:
                     continue
                 setattr(obj, key, value)
             if "updated_at" in target:

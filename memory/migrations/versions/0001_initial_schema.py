@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 03:07:15.522088
+Create Date: 2026-11-22 03:10:44.674623
 
 """
 from typing import Sequence, Union
@@ -46,7 +46,8 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['novel_id'], ['novels.id'], name=op.f('fk_lore_entries_novel_id_novels'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_lore_entries'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_lore_entries')),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('lore_entries', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_lore_entries_novel_id'), ['novel_id'], unique=False)
@@ -64,7 +65,8 @@ def upgrade() -> None:
     sa.CheckConstraint('version >= 1', name=op.f('ck_paragraphs_version_positive')),
     sa.ForeignKeyConstraint(['novel_id'], ['novels.id'], name=op.f('fk_paragraphs_novel_id_novels'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_paragraphs')),
-    sa.UniqueConstraint('novel_id', 'position', name=op.f('uq_paragraphs_novel_id'))
+    sa.UniqueConstraint('novel_id', 'position', name=op.f('uq_paragraphs_novel_id')),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('paragraphs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_paragraphs_novel_id'), ['novel_id'], unique=False)
@@ -80,7 +82,8 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['novel_id'], ['novels.id'], name=op.f('fk_revisions_novel_id_novels'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_revisions')),
-    sa.UniqueConstraint('novel_id', 'seq', name=op.f('uq_revisions_novel_id'))
+    sa.UniqueConstraint('novel_id', 'seq', name=op.f('uq_revisions_novel_id')),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('revisions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_revisions_novel_id'), ['novel_id'], unique=False)
@@ -94,7 +97,8 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['novel_id'], ['novels.id'], name=op.f('fk_short_term_memories_novel_id_novels'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_short_term_memories')),
-    sa.UniqueConstraint('novel_id', 'version', name=op.f('uq_short_term_memories_novel_id'))
+    sa.UniqueConstraint('novel_id', 'version', name=op.f('uq_short_term_memories_novel_id')),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('short_term_memories', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_short_term_memories_novel_id'), ['novel_id'], unique=False)
@@ -110,7 +114,8 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['novel_id'], ['novels.id'], name=op.f('fk_state_snapshots_novel_id_novels'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_state_snapshots')),
-    sa.UniqueConstraint('novel_id', 'position', 'fingerprint', name=op.f('uq_state_snapshots_novel_id'))
+    sa.UniqueConstraint('novel_id', 'position', 'fingerprint', name=op.f('uq_state_snapshots_novel_id')),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('state_snapshots', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_state_snapshots_novel_id'), ['novel_id'], unique=False)
@@ -130,7 +135,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['paragraph_id'], ['paragraphs.id'], name=op.f('fk_embeddings_paragraph_id_paragraphs'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_embeddings')),
     sa.UniqueConstraint('lore_entry_id', 'embedder', name=op.f('uq_embeddings_lore_entry_id')),
-    sa.UniqueConstraint('paragraph_id', 'embedder', name=op.f('uq_embeddings_paragraph_id'))
+    sa.UniqueConstraint('paragraph_id', 'embedder', name=op.f('uq_embeddings_paragraph_id')),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('embeddings', schema=None) as batch_op:
         batch_op.create_index('ix_embeddings_novel_embedder', ['novel_id', 'embedder'], unique=False)
@@ -146,7 +152,8 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['novel_id'], ['novels.id'], name=op.f('fk_plan_sets_novel_id_novels'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['paragraph_id'], ['paragraphs.id'], name=op.f('fk_plan_sets_paragraph_id_paragraphs'), ondelete='SET NULL'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_plan_sets'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_plan_sets')),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('plan_sets', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_plan_sets_novel_id'), ['novel_id'], unique=False)
