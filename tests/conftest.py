@@ -31,3 +31,16 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "longhand-data"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def default_generator(tmp_path_factory):
+    """The real default LM (SmolLM2-135M-Instruct from the GGUF), loaded once per test session on the CPU.
+
+    The GGUF is dequantized into a safetensors cache in a session temp dir (owner: runtime, models/).
+    """
+    from app.offline import DEFAULT_LM_NAME, default_lm_path
+    from models.service import ModelSpec, load_generator
+
+    source = ModelSpec("gguf", str(default_lm_path()), DEFAULT_LM_NAME)
+    return load_generator(source, device="cpu", dtype="float32", cache_dir=tmp_path_factory.mktemp("lm-cache"))

@@ -1,0 +1,154 @@
+"""The generation loop: prefill the prompt, then sample one token at a time, streaming text pieces.
+
+`generate` honours stop strings (never yielding any part of one), a token limit, end-of-sequence tokens and a
+`threading.Event` that another thread sets to cancel (checked between tokens; raises `Cancelled`). With a seed the
+run is deterministic: the sampler uses its own CPU generator, so the same seed gives the same tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from models.backend import Backend, State
+from models.errors import Cancelled
+from models.sampling import (
+    PenaltyParams,
+    PenaltyTracker,
+    SamplingParams,
+    apply_penalties_chain,
+    breaker_token_ids,
+    logits_to_probs,
+    make_generator,
+    sample,
+)
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+@dataclass
+class GenerationInfo:
+    """Filled in by `generate` as it runs: what it did and why it stopped."""
+
+    seed: int | None = None
+    prompt_tokens: int = 0
+    new_token_ids: list[int] = field(default_factory=list)
+    # "eos", "stop", "length" (max_new_tokens) or "context" (the model's window is full)
+    finish_reason: str | None = None
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing chars of `text` could be the start of a stop string (and must not be yielded yet)."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("generation cancelled")
+
+
+def _dry_breakers(backend: Backend, vocab_size: int, breakers: list[str]) -> set[int]:
+    # Scanning the vocabulary takes a moment: keep the answer on the backend per breaker list.
+    cache = backend.__dict__.setdefault("_dry_breaker_cache", {})
+    key = (vocab_size, tuple(breakers))
+    if key not in cache:
+        cache[key] = breaker_token_ids(backend.decode, vocab_size, breakers)
+    return cache[key]
+
+
+def generate(
+    backend: Backend,
+    prompt_ids: list[int],
+    *,
+    sampling: SamplingParams | None = None,
+    penalties: PenaltyParams | None = None,
+    max_new_tokens: int = 256,
+    stop: Sequence[str] = (),
+    cancel: threading.Event | None = None,
+    state: State | None = None,
+    penalty_history_ids: list[int] | None = None,
+    info: GenerationInfo | None = None,
+) -> Iterator[str]:
+    """Stream the text that follows `prompt_ids`.
+
+    `state` (advanced in place; pass `backend.clone_state(s)` to keep `s`) is what the model has read before the
+    prompt; None starts fresh. The penalties look at `penalty_history_ids` (default: the prompt) plus every token
+    generated here.
+    """
+    sampling = sampling or SamplingParams()
+    penalties = penalties or PenaltyParams()
+    info = info if info is not None else GenerationInfo()
+    stops = [s for s in stop if s]
+    generator, info.seed = make_generator(sampling.seed)
+    info.prompt_tokens = len(prompt_ids)
+    if max_new_tokens <= 0:
+        info.finish_reason = "length"
+        return
+    if not prompt_ids and state is None:
+        raise ValueError("generate needs a non-empty prompt or a state that has read something")
+
+    _check(cancel)
+    if state is None:
+        state = backend.new_state()
+    logits = backend.prefill(state, list(prompt_ids))  # [V]
+    vocab_size = logits.shape[-1]
+
+    tracker = None
+    if penalties.active:
+        history = list(prompt_ids) if penalty_history_ids is None else list(penalty_history_ids)
+        breakers = _dry_breakers(backend, vocab_size, penalties.dry_sequence_breakers) if penalties.dry_active \
+            else set()
+        tracker = PenaltyTracker(penalties, history, vocab_size, logits.device, breakers)
+
+    eos = set(backend.eos_token_ids)
+    room = None
+    if not backend.fixed_size_state and backend.context_window > 0:
+        room = backend.context_window - len(prompt_ids)
+    new_ids = info.new_token_ids
+    text = ""
+    sent = 0
+    while True:
+        _check(cancel)
+        probs = logits_to_probs(apply_penalties_chain(logits, tracker), sampling)
+        token = sample(probs.cpu(), generator)
+        if token in eos:
+            info.finish_reason = "eos"
+            break
+        new_ids.append(token)
+        if tracker is not None:
+            tracker.append(token)
+
+        decoded = backend.decode(new_ids)
+        # A multi-byte character split across tokens decodes to U+FFFD until its last byte arrives.
+        if not decoded.endswith(REPLACEMENT_CHAR):
+            text = decoded
+            hit = min((i for i in (text.find(s, max(0, sent - len(s) + 1)) for s in stops) if i >= 0), default=-1)
+            if hit >= 0:
+                if hit > sent:
+                    yield text[sent:hit]
+                info.finish_reason = "stop"
+                return
+            safe_end = len(text) - _held_back(text, stops)
+            if safe_end > sent:
+                yield text[sent:safe_end]
+                sent = safe_end
+
+        if len(new_ids) >= max_new_tokens:
+            info.finish_reason = "length"
+            break
+        if room is not None and len(new_ids) >= room:
+            info.finish_reason = "context"
+            break
+        _check(cancel)
+        logits = backend.step(state, token)
+
+    final = backend.decode(new_ids)
+    if len(final) > sent:
+        yield final[sent:]

@@ -1,0 +1,219 @@
+"""The transformers backend: any causal LM transformers 5 can build, its state being the model's own cache.
+
+transformers 5 keeps every model's memory in one `DynamicCache` made of per-layer objects: attention layers hold
+keys/values (they grow with the text), Mamba2-family layers hold a conv state and a recurrent state (fixed size).
+`TransformersState` wraps that cache plus the number of tokens read; this module serializes it layer by layer to
+safetensors (never pickle) and back.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+STATE_FORMAT = "longhand-hf-cache/1"
+STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Long prompts are read in chunks so an attention model's activations stay bounded.
+PREFILL_CHUNK = 512
+# Models with no position limit (pure recurrent ones) report this as their context window.
+UNBOUNDED_CONTEXT = 1 << 30
+
+
+@dataclass
+class TransformersState:
+    cache: object  # transformers.DynamicCache
+    length: int = 0  # tokens read so far
+
+
+def _linear_layer(layer) -> bool:
+    return hasattr(layer, "recurrent_states") and hasattr(layer, "conv_states")
+
+
+def _attention_layer(layer) -> bool:
+    return hasattr(layer, "keys") and hasattr(layer, "get_seq_length") and not _is_dummy(layer)
+
+
+def _is_dummy(layer) -> bool:
+    return type(layer).__name__ == "DummyLayer"
+
+
+class TransformersBackend:
+    """A transformers causal LM plus its tokenizer, on one device in one dtype."""
+
+    supports_state = True
+
+    def __init__(self, model, tokenizer, *, name: str, identity: str) -> None:
+        from transformers import DynamicCache
+
+        self._cache_class = DynamicCache
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.config = model.config
+        self.fingerprint = hashlib.sha256(f"{identity}|{self.dtype}".encode()).hexdigest()[:16]
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache_params" if "cache_params" in params else "past_key_values"
+        self._keeps_last_logits = "logits_to_keep" in params
+        probe = self.new_state().cache
+        layers = list(getattr(probe, "layers", []))
+        self.fixed_size_state = bool(layers) and all(_linear_layer(l) and not _attention_layer(l) or _is_dummy(l)
+                                                     for l in layers)
+        text_config = self.config.get_text_config(decoder=True)
+        window = getattr(text_config, "max_position_embeddings", None) or getattr(text_config, "n_positions", None)
+        self.context_window = int(window) if window and not self.fixed_size_state else UNBOUNDED_CONTEXT
+        self.eos_token_ids = self._eos_ids()
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+
+    def _eos_ids(self) -> list[int]:
+        ids: set[int] = set()
+        for source in (self.config, getattr(self.model, "generation_config", None), self.tokenizer):
+            value = getattr(source, "eos_token_id", None) if source is not None else None
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        return sorted(ids)
+
+    # Text ---------------------------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    @property
+    def chat_template(self) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None)
+
+    # Reading --------------------------------------------------------------------------------------------------
+
+    def new_state(self) -> TransformersState:
+        return TransformersState(self._cache_class(config=self.config), 0)
+
+    @torch.inference_mode()
+    def _forward(self, state: TransformersState, ids: list[int]) -> torch.Tensor:
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)  # [1, L]
+        kwargs = {"input_ids": input_ids, self._cache_arg: state.cache, "use_cache": True}
+        if self._keeps_last_logits:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(**kwargs)
+        state.length += len(ids)
+        return out.logits[0, -1].float()  # [V]
+
+    def prefill(self, state: TransformersState, ids: list[int]) -> torch.Tensor:
+        if not ids:
+            raise ValueError("prefill needs at least one token")
+        logits = None
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            logits = self._forward(state, ids[start:start + PREFILL_CHUNK])
+        return logits
+
+    def step(self, state: TransformersState, token_id: int) -> torch.Tensor:
+        return self._forward(state, [int(token_id)])
+
+    # State --------------------------------------------------------------------------------------------------
+
+    def clone_state(self, state: TransformersState) -> TransformersState:
+        return TransformersState(copy.deepcopy(state.cache), state.length)
+
+    def _tensors(self, state: TransformersState) -> dict[str, torch.Tensor]:
+        tensors: dict[str, torch.Tensor] = {}
+        for i, layer in enumerate(state.cache.layers):
+            if _linear_layer(layer):
+                for s in range(layer.number_of_states):
+                    if layer.is_conv_states_initialized[s]:
+                        tensors[f"{i}.conv.{s}"] = layer.conv_states[s]
+                    if layer.is_recurrent_states_initialized[s]:
+                        tensors[f"{i}.recurrent.{s}"] = layer.recurrent_states[s]
+            if _attention_layer(layer) and layer.is_initialized and layer.keys is not None and layer.keys.numel():
+                tensors[f"{i}.keys"] = layer.keys
+                tensors[f"{i}.values"] = layer.values
+        return tensors
+
+    def state_nbytes(self, state: TransformersState) -> int:
+        return sum(t.numel() * t.element_size() for t in self._tensors(state).values())
+
+    def state_to_bytes(self, state: TransformersState, dtype: str = "fp32") -> bytes:
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"state dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+        store = STORAGE_DTYPES[dtype]
+        tensors = {}
+        original = {}
+        for key, tensor in self._tensors(state).items():
+            original[key] = str(tensor.dtype).removeprefix("torch.")
+            cast = tensor.to(store) if tensor.is_floating_point() else tensor
+            tensors[key] = cast.detach().to("cpu").contiguous()
+        layers = state.cache.layers
+        meta = {
+            "format": STATE_FORMAT,
+            "fingerprint": self.fingerprint,
+            "length": str(state.length),
+            "dtypes": json.dumps(original),
+            "has_previous": json.dumps({
+                i: [bool(layer.has_previous_state[s]) for s in range(layer.number_of_states)]
+                for i, layer in enumerate(layers) if _linear_layer(layer)
+            }),
+            "cumulative": json.dumps({
+                i: layer.cumulative_length for i, layer in enumerate(layers)
+                if isinstance(getattr(layer, "cumulative_length", None), int)
+            }),
+        }
+        return st_save(tensors, metadata=meta)
+
+    def state_from_bytes(self, data: bytes) -> TransformersState:
+        meta = _metadata(data)
+        if meta.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a Longhand state (format {meta.get('format')!r})")
+        if meta.get("fingerprint") != self.fingerprint:
+            raise ValueError("this state was saved by another model or dtype: it cannot be restored here")
+        tensors = st_load(data)
+        dtypes = json.loads(meta["dtypes"])
+        has_previous = {int(k): v for k, v in json.loads(meta["has_previous"]).items()}
+        cumulative = {int(k): v for k, v in json.loads(meta["cumulative"]).items()}
+        state = self.new_state()
+        layers = state.cache.layers
+        for key, tensor in tensors.items():
+            index, kind, *rest = key.split(".")
+            layer = layers[int(index)]
+            value = tensor.to(device=self.device, dtype=getattr(torch, dtypes[key]))
+            if kind in ("conv", "recurrent"):
+                s = int(rest[0])
+                if layer.device is None:
+                    layer.device, layer.dtype = value.device, value.dtype
+                if kind == "conv":
+                    layer.conv_states[s] = value
+                    layer.conv_kernel_size[s] = value.shape[-1]
+                    layer.is_conv_states_initialized[s] = True
+                else:
+                    layer.recurrent_states[s] = value
+                    layer.is_recurrent_states_initialized[s] = True
+            else:
+                setattr(layer, kind, value)
+                layer.dtype, layer.device = value.dtype, value.device
+                layer.is_initialized = True
+        for i, flags in has_previous.items():
+            for s, flag in enumerate(flags):
+                layers[i].has_previous_state[s] = flag
+        for i, value in cumulative.items():
+            layers[i].cumulative_length = value
+        state.length = int(meta["length"])
+        return state
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    # safetensors layout: 8-byte little-endian header size, then a JSON header whose "__metadata__" is ours.
+    if len(data) < 8:
+        raise ValueError("state bytes are truncated")
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    return header.get("__metadata__", {})

@@ -1,0 +1,164 @@
+"""What the app calls: `load_generator(source, ...)` gives a `TextGenerator` that renders chats and streams text.
+
+A source is anything with `kind` ("gguf", "folder" or "remote"), `location` (a path or a server URL) and `name`
+(app.offline.ModelSource fits; `models/` does not import app/, so `ModelSpec` here is the same shape).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+from models.backend import State
+from models.errors import ModelLoadError
+from models.generate import GenerationInfo, generate
+from models.loading import LoadReport, load_folder_backend, load_gguf_backend, resolve_device, resolve_dtype
+from models.sampling import PenaltyParams, SamplingParams
+
+Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
+Prompt = Union[str, Sequence[Message]]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str  # "gguf", "folder" or "remote"
+    location: str
+    name: str
+
+
+class TextGenerator:
+    """One loaded model (local backend or remote server) with the operations the writing engine needs."""
+
+    def __init__(self, backend, load_report: LoadReport | None = None) -> None:
+        self._backend = backend
+        self.load_report = load_report
+        self._history_text = ""
+        self._history_ids: list[int] = []
+        self._history_lock = threading.Lock()
+
+    @property
+    def backend(self):
+        return self._backend
+
+    @property
+    def name(self) -> str:
+        return self._backend.name
+
+    @property
+    def supports_state(self) -> bool:
+        return self._backend.supports_state
+
+    @property
+    def context_window(self) -> int:
+        return self._backend.context_window
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._backend.encode(text))
+
+    def render_chat(self, messages: Sequence[Message]) -> str:
+        """The prompt text for `messages`, through the model's chat template when it has one."""
+        template = getattr(self._backend, "chat_template", None)
+        if template:
+            return self._backend.tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=True
+            )
+        # No template (a base model): a plain transcript that ends where the assistant's answer starts.
+        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+        return "\n\n".join(lines + ["Assistant:"])
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """Token ids for a raw prompt string, or for chat messages rendered through the template."""
+        text = prompt if isinstance(prompt, str) else self.render_chat(prompt)
+        return self._backend.encode(text)
+
+    def _penalty_history_ids(self, text: str) -> list[int]:
+        # The manuscript only grows between steps: re-encode just what was added since the last call.
+        with self._history_lock:
+            if self._history_text and text.startswith(self._history_text):
+                added = text[len(self._history_text):]
+                ids = self._history_ids + (self._backend.encode(added) if added else [])
+            else:
+                ids = self._backend.encode(text)
+            self._history_text, self._history_ids = text, ids
+            return list(ids)
+
+    def stream(
+        self,
+        messages_or_prompt: Prompt,
+        *,
+        sampling: SamplingParams | None = None,
+        penalties: PenaltyParams | None = None,
+        max_new_tokens: int = 256,
+        stop: Sequence[str] = (),
+        cancel: threading.Event | None = None,
+        penalty_history: str = "",
+        state: State | None = None,
+        info: GenerationInfo | None = None,
+    ) -> Iterator[str]:
+        """Stream the continuation. Chat messages go through the chat template; a string is used as it is.
+
+        `penalty_history` is the manuscript the penalties look at (with the new tokens); empty means the prompt.
+        `state` (local models only) is what the model has read before the prompt; it is advanced in place.
+        """
+        if not self._backend.supports_state:
+            if state is not None:
+                raise ValueError(f"{self.name} is a remote model: it keeps no state to continue from")
+            yield from self._backend.stream(
+                messages_or_prompt, sampling=sampling, penalties=penalties, max_new_tokens=max_new_tokens,
+                stop=stop, cancel=cancel, info=info,
+            )
+            return
+        history = self._penalty_history_ids(penalty_history) if penalty_history else None
+        yield from generate(
+            self._backend, self.prompt_ids(messages_or_prompt), sampling=sampling, penalties=penalties,
+            max_new_tokens=max_new_tokens, stop=stop, cancel=cancel, state=state, penalty_history_ids=history,
+            info=info,
+        )
+
+    def complete(self, messages_or_prompt: Prompt, **kwargs) -> str:
+        """The whole continuation as one string (`stream` joined)."""
+        return "".join(self.stream(messages_or_prompt, **kwargs))
+
+    def read(self, state: State, text: str) -> int:
+        """Advance `state` over `text` (local models); return how many tokens were read."""
+        ids = self._backend.encode(text)
+        if ids:
+            self._backend.prefill(state, ids)
+        return len(ids)
+
+
+def load_generator(
+    source,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    cache_dir: str | Path,
+    trust_remote_code: bool = False,
+) -> TextGenerator:
+    """Load `source` (kind, location, name) or raise `ModelLoadError` with one line saying what to do."""
+    kind, location, name = source.kind, str(source.location), source.name
+    if kind == "remote":
+        from models.remote import RemoteBackend
+
+        return TextGenerator(RemoteBackend(location, name=name))
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    report = LoadReport(source_path=location, loaded_from=location)
+    if kind == "gguf":
+        backend = load_gguf_backend(
+            Path(location), name=name, device=torch_device, dtype=torch_dtype, cache_dir=Path(cache_dir),
+            report=report,
+        )
+    elif kind == "folder":
+        import time
+
+        started = time.perf_counter()
+        backend = load_folder_backend(
+            Path(location), name=name, device=torch_device, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+        )
+        report.seconds = time.perf_counter() - started
+    else:
+        raise ModelLoadError(f"Unknown model kind {kind!r}: expected gguf, folder or remote.")
+    return TextGenerator(backend, report)
