@@ -16,8 +16,8 @@ import gradio as gr
 from app.ui import services
 from app.ui.common import MAX_PREMISE_CHARS, MAX_SHORT_CHARS, InputError, clean_text, handler, require_novel
 
-EXPORT_FORMATS = {"JSON (re-importable)": "json", "Markdown": "markdown", "Plain text": "txt", "EPUB": "epub"}
-IMPORT_SUFFIXES = [".json"]
+EXPORT_FORMATS = {"JSON (re-importable)": "json", "Markdown": "md", "Plain text": "txt", "EPUB": "epub"}
+IMPORT_SUFFIXES = [".json", ".md", ".txt"]
 TABLE_HEADERS = ["id", "title", "words", "paragraphs", "last edited"]
 MODEL_CHOICES = ["default"]
 
@@ -138,20 +138,17 @@ def rename_novel(novel_id, new_title: str) -> str:
 @handler
 def delete_novel(novel_id, confirmed: bool) -> tuple[None, bool, str]:
     """Delete after a backup of the whole database; needs the confirmation box ticked. Closes the novel."""
-    from memory import store
+    from memory import backup, store
 
     novel_id = require_novel(novel_id)
     if not confirmed:
         raise InputError("Tick 'Yes, delete it' first: deleting cannot be undone from the app (a backup is kept).")
-    config = services.current().config
-    with services.current().session() as session, session.begin():
-        novel = store.get_novel(session, novel_id)
-        if novel is None:
-            raise InputError(f"Novel #{novel_id} no longer exists.")
-        title = novel.title
-        backup = store.delete_novel(session, novel_id, backups_dir=config.backups_dir)
-    where = f" A backup is at `{backup}`." if backup else ""
-    return None, False, f"Deleted **{title}**.{where}"
+    svc = services.current()
+    with svc.session() as session:
+        title = store.get_novel(session, novel_id).title
+    saved = backup.delete_novel_with_backup(svc.session_factory.kw["bind"], svc.session_factory,
+                                            svc.config.backups_dir, novel_id)
+    return None, False, f"Deleted **{title}**. A backup of everything before the delete is at `{saved}`."
 
 
 def _download_dir() -> Path:
@@ -176,7 +173,7 @@ def export_novel(novel_id, format_label: str) -> tuple[str, str]:
     config = services.current().config
     config.exports_dir.mkdir(parents=True, exist_ok=True)
     with services.current().session() as session:
-        saved = Path(exchange.export_novel(session, novel_id, fmt, config.exports_dir))
+        saved = Path(exchange.export_to_file(session, novel_id, config.exports_dir, fmt))
     download = _download_dir() / saved.name
     shutil.copyfile(saved, download)
     return str(download), f"Exported to `{saved}`; the download is below."
@@ -184,15 +181,24 @@ def export_novel(novel_id, format_label: str) -> tuple[str, str]:
 
 @handler
 def import_novel(file_path) -> tuple[int, str]:
+    """A new novel from a Longhand JSON export (everything), or from Markdown/plain text (paragraphs only)."""
     from memory import exchange
 
     if not file_path:
-        raise InputError("Choose a .json file exported from Longhand first.")
+        raise InputError("Choose a file first: a Longhand .json export, or a .md or .txt manuscript.")
     path = Path(file_path if isinstance(file_path, str) else file_path.name)
-    if path.suffix.lower() not in IMPORT_SUFFIXES:
-        raise InputError(f"{path.name} is not a Longhand JSON export (.json).")
+    suffix = path.suffix.lower()
+    if suffix not in IMPORT_SUFFIXES:
+        raise InputError(f"{path.name} cannot be imported: use a Longhand .json export or a .md/.txt manuscript.")
+    if suffix == ".json":
+        document = exchange.read_import_file(path)
+    else:
+        content = clean_text(exchange.read_manuscript_file(path), path.name, required=True, max_chars=10_000_000)
     with services.current().session() as session, session.begin():
-        novel = exchange.import_json(session, path.read_text(encoding="utf-8"))
+        if suffix == ".json":
+            novel = exchange.import_json(session, document)
+        else:
+            novel = exchange.import_manuscript(session, content, "")
         novel_id, title = novel.id, novel.title
     return novel_id, f"Imported **{title}**."
 
@@ -233,7 +239,8 @@ def build() -> LibraryTab:
                                      elem_id="export_format")
             export_btn = gr.Button("Export", elem_id="export_btn")
         export_file = gr.File(label="Download", interactive=False, elem_id="export_file")
-        import_file = gr.File(label="Import a Longhand JSON export", file_types=IMPORT_SUFFIXES, type="filepath",
+        import_file = gr.File(label="Import a Longhand .json export, or a .md/.txt manuscript",
+                              file_types=IMPORT_SUFFIXES, type="filepath",
                               elem_id="import_file")
         import_btn = gr.Button("Import", elem_id="import_btn")
     return LibraryTab(novels_table, novel_dropdown, open_btn, premise_box, genre_box, style_box, model_box,

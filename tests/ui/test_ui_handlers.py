@@ -126,15 +126,24 @@ def test_json_export_imports_back_as_a_new_novel(ui_services):
 
 
 def test_import_refuses_other_files(ui_services, tmp_path):
-    bad = tmp_path / "notes.txt"
+    bad = tmp_path / "notes.docx"
     bad.write_text("hello")
-    with pytest.raises(gr.Error, match="not a Longhand JSON export"):
+    with pytest.raises(gr.Error, match="cannot be imported"):
         library.import_novel(str(bad))
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
     with pytest.raises(gr.Error):
         library.import_novel(str(broken))
     assert library.novel_rows() == []
+
+
+def test_markdown_manuscript_imports_as_paragraphs(ui_services, tmp_path):
+    manuscript = tmp_path / "story.md"
+    manuscript.write_text("# The Keeper\n\nThe sea was grey.\n\nShe opened\x07 the bottle.\n", encoding="utf-8")
+    novel_id, message = library.import_novel(str(manuscript))
+    assert "The Keeper" in message
+    with ui_services.session() as s:
+        assert [p.text for p in store.paragraphs(s, novel_id)] == ["The sea was grey.", "She opened the bottle."]
 
 
 # ---------------------------------------------------------------- settings
