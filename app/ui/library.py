@@ -107,9 +107,12 @@ def create_novel(premise: str, genre: str, style: str, model: str) -> tuple[int,
         resolve_model(model, config.models_dir, config.allow_download)
     title = premise.split("\n")[0][:60].strip() or "Untitled"
     style_notes = "\n".join(part for part in (f"Genre: {genre}" if genre else "", style) if part)
+    from app.ui.settings import new_novel_defaults
+
+    settings = {**new_novel_defaults(), "model": model}
     with services.current().session() as session, session.begin():
         novel = store.create_novel(session, title=title, premise=premise, style_notes=style_notes,
-                                   settings={"model": model})
+                                   settings=settings)
         novel_id = novel.id
     return novel_id, f"Created **{title}**. The opening is being written in the Write tab."
 

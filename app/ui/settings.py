@@ -14,7 +14,7 @@ import gradio as gr
 
 from app.config import DEVICES, DTYPES
 from app.ui import services
-from app.ui.common import InputError, handler, require_novel
+from app.ui.common import InputError, handler
 
 # The form's fields, in the order `wire()` passes them to the handlers.
 FIELD_NAMES = (
@@ -23,6 +23,8 @@ FIELD_NAMES = (
     "retrieval_top_k", "memory_words", "max_new_tokens",
 )
 DEFAULT_EXTRAS = {"retrieval_top_k": 3, "memory_words": 200, "max_new_tokens": 250}
+# With no novel open, Save stores the form here (in the data dir) as the settings every new novel starts with.
+NEW_NOVEL_DEFAULTS = "new-novel-settings.json"
 
 
 def defaults() -> dict:
@@ -105,6 +107,19 @@ def from_fields(fields: dict) -> dict:
             "sampling": sampling.to_dict(), "penalties": penalties.to_dict(), **extras}
 
 
+def _defaults_path():
+    return services.current().config.data_dir / NEW_NOVEL_DEFAULTS
+
+
+def new_novel_defaults() -> dict:
+    """The settings a new novel starts with: the built-in defaults, overridden by what the writer saved as such."""
+    try:
+        saved = json.loads(_defaults_path().read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        saved = {}
+    return merged(saved if isinstance(saved, dict) else {})
+
+
 def load_settings(novel_id: int) -> dict:
     from memory import store
 
@@ -118,24 +133,30 @@ def load_settings(novel_id: int) -> dict:
 
 @handler
 def refresh(novel_id):
-    """The form's values for the open novel (the defaults when none is open)."""
-    settings = load_settings(int(novel_id)) if novel_id not in (None, "") else defaults()
+    """The form's values for the open novel (the defaults for new novels when none is open)."""
+    settings = load_settings(int(novel_id)) if novel_id not in (None, "") else new_novel_defaults()
     values = to_fields(settings)
     return tuple(values[name] for name in FIELD_NAMES)
 
 
 @handler
 def save_settings(novel_id, *values) -> str:
-    """Save the form as the open novel's settings; returns a status line."""
+    """Save the form as the open novel's settings (with none open: as the defaults for new novels)."""
     from memory import store
 
-    novel_id = require_novel(novel_id)
     settings = from_fields(dict(zip(FIELD_NAMES, values)))
     if settings["model"] != "default":
         from app.offline import resolve_model
 
         config = services.current().config
         resolve_model(settings["model"], config.models_dir, config.allow_download)
+    if novel_id in (None, ""):
+        path = _defaults_path()
+        temporary = path.with_name(path.name + ".part")
+        temporary.write_text(json.dumps(settings, indent=1), encoding="utf-8")
+        temporary.replace(path)
+        return "No novel is open: saved as the settings new novels start with."
+    novel_id = int(novel_id)
     with services.current().session() as session, session.begin():
         store.update_novel_settings(session, novel_id, settings)
     return "Settings saved for this novel. The next step uses them."
@@ -161,7 +182,8 @@ class SettingsTab:
 def build() -> SettingsTab:
     d = to_fields(defaults())
     f: dict = {}
-    gr.Markdown("Saved per novel; the line under each field says what it does.")
+    gr.Markdown("Saved per novel (with no novel open: the settings new novels start with). "
+                "The line under each field says what it does.")
     with gr.Group():
         with gr.Row():
             f["model"] = gr.Dropdown(["default"], value=d["model"], allow_custom_value=True, label="Model",

@@ -166,6 +166,17 @@ def test_settings_round_trip_per_novel(ui_services):
     assert stored["sampling"]["temperature"] == 0.3 and stored["penalties"]["range"] == 64
 
 
+def test_settings_saved_with_no_novel_open_seed_new_novels(ui_services):
+    values = dict(zip(settings.FIELD_NAMES, settings.refresh(None)))
+    values.update(max_new_tokens=32, temperature=0.5)
+    message = settings.save_settings(None, *[values[name] for name in settings.FIELD_NAMES])
+    assert "new novels" in message
+    assert dict(zip(settings.FIELD_NAMES, settings.refresh(None)))["max_new_tokens"] == 32
+    novel_id = _novel(ui_services)
+    seeded = dict(zip(settings.FIELD_NAMES, settings.refresh(novel_id)))
+    assert seeded["max_new_tokens"] == 32 and seeded["temperature"] == 0.5
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("top_p", 0.0, "top_p"),
     ("repetition", 0.0, "repetition"),
