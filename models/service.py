@@ -154,10 +154,17 @@ def load_generator(
     elif kind == "folder":
         import time
 
+        from models import mamba2
+
         started = time.perf_counter()
-        backend = load_folder_backend(
-            Path(location), name=name, device=torch_device, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-        )
+        if mamba2.supports(location):
+            # Mamba2 and Bamba checkpoints run on the native runtime: our kernels, decode captured in a CUDA graph.
+            backend = mamba2.load_native_backend(Path(location), name=name, device=torch_device, dtype=torch_dtype)
+        else:
+            backend = load_folder_backend(
+                Path(location), name=name, device=torch_device, dtype=torch_dtype,
+                trust_remote_code=trust_remote_code,
+            )
         report.seconds = time.perf_counter() - started
     else:
         raise ModelLoadError(f"Unknown model kind {kind!r}: expected gguf, folder or remote.")
