@@ -331,24 +331,9 @@ class Model(nn.Module):
 
     @torch.no_grad()
     def init_random_(self, seed: int = 0) -> Model:
-        """Random weights at a sane scale (benchmarks and tests): SSM params as mamba_ssm initialises them."""
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        for name, param in self.named_parameters():
-            values = torch.empty(param.shape, dtype=torch.float32)
-            if name.endswith("A_log"):
-                values.copy_(torch.log(torch.arange(1, param.numel() + 1, dtype=torch.float32)))
-            elif name.endswith(".D") or "norm" in name:
-                values.fill_(1.0)
-            elif name.endswith("dt_bias"):
-                dt = torch.exp(torch.rand(param.shape, generator=generator) * (math.log(0.1) - math.log(1e-3))
-                               + math.log(1e-3))
-                values.copy_(dt + torch.log(-torch.expm1(-dt)))
-            elif param.dim() == 1:
-                values.zero_()
-            else:
-                fan_in = param.shape[-1] if param.dim() == 2 else param.shape[-1] * param.shape[-2]
-                values.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
-            param.copy_(values.to(param.device, param.dtype))
+        """Random weights at a sane scale (benchmarks and tests), drawn on the model's device: SSM parameters as
+        mamba_ssm initialises them, matrices with std 1/sqrt(fan_in), norms at one."""
+        randomize_(self, seed)
         return self
 
 
@@ -366,3 +351,24 @@ def build_model(config: Mamba2Config, device: str | torch.device = "cpu", dtype:
         if not name.endswith(FP32_PARAMS):
             param.data = param.data.to(dtype)
     return model.reset_buffers_()
+
+
+@torch.no_grad()
+def randomize_(module: nn.Module, seed: int = 0) -> None:
+    """Fill every parameter of `module` (ours or a transformers Mamba2-family model) with random weights in place,
+    on its own device: benchmarks at real shapes need no checkpoint and no host-side init of billions of floats."""
+    for index, (name, param) in enumerate(module.named_parameters()):
+        generator = torch.Generator(device=param.device).manual_seed(seed * 100003 + index)
+        if name.endswith("A_log"):
+            param.copy_(torch.log(torch.arange(1, param.numel() + 1, dtype=torch.float32)).view(param.shape))
+        elif name.endswith(".D") or "norm" in name:
+            param.fill_(1.0)
+        elif name.endswith("dt_bias"):
+            dt = torch.rand(param.shape, generator=generator, device=param.device)
+            dt = torch.exp(dt * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+            param.copy_(dt + torch.log(-torch.expm1(-dt)))
+        elif param.dim() == 1:
+            param.zero_()
+        else:
+            fan_in = param[0].numel()
+            param.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)

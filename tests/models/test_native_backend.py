@@ -146,3 +146,23 @@ def test_graph_state_binding_keeps_states_independent(backends, family):
     assert first.ssm.data_ptr() != graphed._static.ssm.data_ptr()
     snapshot = graphed.state_from_bytes(graphed.state_to_bytes(second))
     assert snapshot.length == reference[1].length and torch.equal(snapshot.ssm, reference[1].ssm)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_load_generator_picks_the_native_runtime(folders, family, tmp_path):
+    from app.offline import ModelSource
+    from models.service import load_generator
+
+    generator = load_generator(ModelSource("folder", str(folders[family]), family), device="cpu", dtype="float32",
+                               cache_dir=tmp_path)
+    assert isinstance(generator.backend, NativeBackend)
+    assert generator.backend.config.family == family
+    assert generator.count_tokens("twelve bytes") == 12
+
+
+def test_other_architectures_are_not_claimed(tmp_path):
+    from models.mamba2 import supports
+
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
+    assert not supports(tmp_path)
+    assert not supports(tmp_path / "missing")
