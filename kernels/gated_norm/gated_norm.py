@@ -97,8 +97,8 @@ def gated_rms_norm_triton(
     if rows == 0:
         return y
     block_n = triton.next_power_of_2(group_size)
-    # About 4K elements a program: whole rows for wide groups, several rows for narrow ones.
-    block_m = max(1, min(16, 4096 // block_n))
+    # About 4K elements a program: one row of a wide group, many rows of a narrow one (never more rows than exist).
+    block_m = max(1, min(4096 // block_n, triton.next_power_of_2(rows)))
     grid = (triton.cdiv(rows, block_m), dim // group_size)
     _gated_rms_norm_kernel[grid](
         x_rows, z_rows, weight, y_rows,
@@ -109,5 +109,7 @@ def gated_rms_norm_triton(
         NORM_BEFORE_GATE=norm_before_gate,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
+        # One warp per 256 elements of the tile (up to 8), so wide groups do not spill registers.
+        num_warps=min(max(block_m * block_n // 256, 1), 8),
     )
     return y

@@ -22,9 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def provider():
+    """Start each test uninstalled and put back whatever state the process had before it."""
+    was_installed, force_triton = hf_provider.is_installed(), hf_provider._force_triton
     hf_provider.uninstall()
     yield hf_provider
-    hf_provider.uninstall()
+    if was_installed:
+        hf_provider.install(force_triton=force_triton)
+    else:
+        hf_provider.uninstall()
 
 
 def tiny_mamba2():
