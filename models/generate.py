@@ -49,6 +49,38 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return longest
 
 
+class StopFilter:
+    """Turns the growing text of a generation into safe pieces: never yields any part of a stop string."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.sent = 0
+        self.stopped = False
+
+    def update(self, text: str) -> str:
+        """The new safe piece of `text` (the whole text so far); sets `stopped` when a stop string appeared."""
+        start = self.sent
+        hits = [i for i in (text.find(s, max(0, start - len(s) + 1)) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            end = max(min(hits), start)
+        else:
+            end = max(len(text) - _held_back(text, self.stops), start)
+        self.sent = end
+        return text[start:end]
+
+    def flush(self, text: str) -> str:
+        """What is left to yield when the generation ended without a stop string."""
+        if self.stopped:
+            return ""
+        piece = self.update(text)
+        if self.stopped:
+            return piece
+        rest = text[self.sent:]
+        self.sent = len(text)
+        return piece + rest
+
+
 def _check(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled("generation cancelled")
@@ -85,7 +117,6 @@ def generate(
     sampling = sampling or SamplingParams()
     penalties = penalties or PenaltyParams()
     info = info if info is not None else GenerationInfo()
-    stops = [s for s in stop if s]
     generator, info.seed = make_generator(sampling.seed)
     info.prompt_tokens = len(prompt_ids)
     if max_new_tokens <= 0:
@@ -112,8 +143,7 @@ def generate(
     if not backend.fixed_size_state and backend.context_window > 0:
         room = backend.context_window - len(prompt_ids)
     new_ids = info.new_token_ids
-    text = ""
-    sent = 0
+    stops = StopFilter(stop)
     while True:
         _check(cancel)
         probs = logits_to_probs(apply_penalties_chain(logits, tracker), sampling)
@@ -125,20 +155,15 @@ def generate(
         if tracker is not None:
             tracker.append(token)
 
-        decoded = backend.decode(new_ids)
+        text = backend.decode(new_ids)
         # A multi-byte character split across tokens decodes to U+FFFD until its last byte arrives.
-        if not decoded.endswith(REPLACEMENT_CHAR):
-            text = decoded
-            hit = min((i for i in (text.find(s, max(0, sent - len(s) + 1)) for s in stops) if i >= 0), default=-1)
-            if hit >= 0:
-                if hit > sent:
-                    yield text[sent:hit]
+        if not text.endswith(REPLACEMENT_CHAR):
+            piece = stops.update(text)
+            if piece:
+                yield piece
+            if stops.stopped:
                 info.finish_reason = "stop"
                 return
-            safe_end = len(text) - _held_back(text, stops)
-            if safe_end > sent:
-                yield text[sent:safe_end]
-                sent = safe_end
 
         if len(new_ids) >= max_new_tokens:
             info.finish_reason = "length"
@@ -149,6 +174,8 @@ def generate(
         _check(cancel)
         logits = backend.step(state, token)
 
-    final = backend.decode(new_ids)
-    if len(final) > sent:
-        yield final[sent:]
+    piece = stops.flush(backend.decode(new_ids))
+    if stops.stopped:
+        info.finish_reason = "stop"
+    if piece:
+        yield piece
