@@ -109,7 +109,7 @@ class PenaltyState:
     def append(self, token_ids: torch.Tensor | int) -> None:
         """Count one new token per sequence (token_ids [B], or an int when B == 1); with a range, the token that
         leaves the window is uncounted. On CUDA it is one tiny kernel and no host sync."""
-        tokens = torch.as_tensor(token_ids, device=self.counts.device).reshape(-1)
+        tokens = torch.as_tensor(token_ids, device=self.counts.device).reshape(-1).contiguous()
         if tokens.numel() != self.batch_size:
             raise ValueError(f"append expects one token per sequence ({self.batch_size}), got {tokens.numel()}")
         if self.use_triton:
@@ -156,13 +156,11 @@ def _apply_penalties_triton(logits: torch.Tensor, counts: torch.Tensor, repetiti
 
 def _apply_penalties_torch(logits: torch.Tensor, counts: torch.Tensor, repetition: float, presence: float,
                            frequency: float) -> torch.Tensor:
-    """The same math in torch, touching only the tokens seen (the CPU path: a few thousand, not the whole V)."""
-    out = logits.float().clone()
-    rows, tokens = counts.nonzero(as_tuple=True)
-    seen = out[rows, tokens]
-    penalized = torch.where(seen > 0, seen / repetition, seen * repetition)
-    out[rows, tokens] = penalized - (counts[rows, tokens].float() * frequency + presence)
-    return out.to(logits.dtype)
+    """The same math in torch: a few dense elementwise passes over [B, V], no gather of the seen tokens."""
+    out = logits.float()
+    penalized = torch.where(out > 0, out / repetition, out * repetition)
+    penalized -= counts.float().mul_(frequency).add_(presence)
+    return torch.where(counts > 0, penalized, out).to(logits.dtype)
 
 
 def apply_penalties(
