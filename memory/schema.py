@@ -7,6 +7,7 @@ NUL characters on PostgreSQL (whose `text` type refuses them) by a reversible es
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -35,6 +36,9 @@ ORIGINS = ("generated", "written", "edited", "imported")
 _ESC = "\x10"
 
 
+_ESCAPED = re.compile(re.escape(_ESC) + "(.)", re.DOTALL)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -52,17 +56,7 @@ def escape_nul(text: str) -> str:
 def unescape_nul(text: str) -> str:
     if _ESC not in text:
         return text
-    out, i, n = [], 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == _ESC and i + 1 < n:
-            nxt = text[i + 1]
-            out.append("\x00" if nxt == "0" else nxt)
-            i += 2
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out)
+    return _ESCAPED.sub(lambda m: "\x00" if m.group(1) == "0" else m.group(1), text)
 
 
 class SafeText(TypeDecorator):

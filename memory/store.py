@@ -259,6 +259,10 @@ def _lock_novel(session: Session, novel_id: int) -> Novel:
 def _check_text(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise ValidationError(f"{what} must be text, got {type(value).__name__}.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"{what} holds invalid Unicode (a lone surrogate at character {exc.start}).") from None
     return value
 
 
