@@ -232,7 +232,8 @@ def causal_conv1d_triton(
     """
     silu = check_conv1d_args(x, weight, bias, initial_state, activation, return_final_state, state_len)
     if out is None:
-        y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        # Same layout as x: transformers hands over a channel-last view and reads y back channel-last.
+        y = torch.empty_like(x)
     else:
         _check_out(out, tuple(x.shape), x.device, "out")
         y = out

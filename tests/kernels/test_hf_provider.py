@@ -54,6 +54,18 @@ def tiny_bamba():
     return BambaForCausalLM(config)
 
 
+def tiny_granitemoehybrid():
+    from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
+
+    config = GraniteMoeHybridConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=32, shared_intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, layer_types=["mamba", "attention"], num_local_experts=4,
+        num_experts_per_tok=2, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=8, mamba_d_conv=4,
+        mamba_expand=2, mamba_chunk_size=8, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    return GraniteMoeHybridForCausalLM(config)
+
+
 def logits_and_greedy_tokens(model, input_ids):
     with torch.no_grad():
         logits = model(input_ids, use_cache=False).logits
@@ -64,7 +76,9 @@ def logits_and_greedy_tokens(model, input_ids):
     return logits, tokens
 
 
-@pytest.mark.parametrize("build", [tiny_mamba2, tiny_bamba], ids=["mamba2", "bamba"])
+@pytest.mark.parametrize(
+    "build", [tiny_mamba2, tiny_bamba, tiny_granitemoehybrid], ids=["mamba2", "bamba", "granitemoehybrid"]
+)
 def test_tiny_model_matches_transformers_torch_path(provider, build):
     torch.manual_seed(0)
     model = build().eval()
