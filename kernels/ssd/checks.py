@@ -12,7 +12,8 @@ def expect_shapes(op: str, expected: dict[str, tuple[torch.Tensor | None, tuple[
     """expected: name -> (tensor or None, shape). None tensors are optional inputs left out."""
     for name, (tensor, shape) in expected.items():
         if tensor is not None:
-            expect(tuple(tensor.shape) == shape, f"{op}: {name} must have shape {list(shape)}, got {list(tensor.shape)}")
+            expect(tuple(tensor.shape) == shape,
+                   f"{op}: {name} must have shape {list(shape)}, got {list(tensor.shape)}")
 
 
 def expect_common(op: str, tensors: list[torch.Tensor | None], dt_limit: tuple[float, float]) -> None:

@@ -9,6 +9,7 @@ intra-chunk part, with the D skip and the silu(z) gate fused.
 import contextlib
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -204,21 +205,45 @@ def _ssd_chunk_output_kernel(
              b_acc.to(p_y.dtype.element_ty), mask=m_mp)
 
 
+@dataclass(frozen=True)
+class ScanTiles:
+    """Compile-time sizes of one scan launch (a small table, no autotuning: one shape compiles once)."""
+
+    chunk: int  # tokens per chunk, a power of two >= 16 (tl.dot's smallest tile)
+    block_m: int  # chunk positions per output tile, and per inner step of the causal loop
+    block_p: int  # head channels per tile
+    block_n: int  # the whole state size, padded to a power of two >= 16
+    num_stages: int
+    dot_precision: str | None  # "ieee" keeps fp32 products exact (no TF32); None: the dtype's tensor-core dot
+
+
+def scan_tiles(dtype: torch.dtype, head_dim: int, state_size: int, chunk_size: int) -> ScanTiles:
+    # The result does not depend on the chunk size, only the cost, so round it to what tl.dot accepts.
+    chunk = max(16, triton.next_power_of_2(chunk_size))
+    block_n = max(16, triton.next_power_of_2(state_size))
+    if dtype == torch.float32:
+        # fp32 tiles are twice as wide in shared memory and run on FMA units: smaller tiles, fewer stages, so that
+        # they fit in the ~100 KB of shared memory of consumer GPUs too.
+        block_p = min(32, max(16, triton.next_power_of_2(head_dim)))
+        return ScanTiles(chunk, min(32, chunk), block_p, block_n, num_stages=2, dot_precision="ieee")
+    block_m = min(64 if block_n <= 128 else 32, chunk)
+    block_p = min(64, max(16, triton.next_power_of_2(head_dim)))
+    return ScanTiles(chunk, block_m, block_p, block_n, num_stages=3, dot_precision=None)
+
+
 def _ssd_chunk_scan_triton(
     x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_state, y, final_state
 ) -> None:
     """Launch the four kernels; writes y [B,L,H,P] and final_state [B,H,P,N] (both allocated by the caller)."""
     batch, seq_len, heads, head_dim = x.shape
     groups, state_size = B.shape[2], B.shape[3]
-    # tl.dot needs power-of-two tiles of at least 16; the result does not depend on the chunk size, only the cost.
-    chunk = max(16, triton.next_power_of_2(chunk_size))
+    tiles = scan_tiles(x.dtype, head_dim, state_size, chunk_size)
+    chunk, block_m, block_p, block_n = tiles.chunk, tiles.block_m, tiles.block_p, tiles.block_n
     n_chunks = triton.cdiv(seq_len, chunk)
-    block_m = min(64, chunk)
-    block_p = min(64, max(16, triton.next_power_of_2(head_dim)))
-    block_n = max(16, triton.next_power_of_2(state_size))
-    # fp32 inputs keep fp32 products (no TF32 truncation on GPUs that would use it); bf16/fp16 use their own dots.
-    dot_precision = "ieee" if x.dtype == torch.float32 else "tf32"
     dot_upcast = x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+    # The kernels index A and dt_bias as contiguous [H].
+    A = A.contiguous()
+    dt_bias = None if dt_bias is None else dt_bias.contiguous()
     f32 = dict(device=x.device, dtype=torch.float32)
     dt_chunked = torch.empty(batch, heads, n_chunks, chunk, **f32)
     cum_chunked = torch.empty(batch, heads, n_chunks, chunk, **f32)
@@ -239,7 +264,8 @@ def _ssd_chunk_scan_triton(
             x, B, dt_chunked, cum_chunked, states,
             seq_len, heads, head_dim, state_size, heads // groups, n_chunks,
             *x.stride(), *B.stride(),
-            CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_m, DOT_PRECISION=dot_precision, DOT_UPCAST=dot_upcast,
+            CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_m,
+            DOT_PRECISION=tiles.dot_precision, DOT_UPCAST=dot_upcast, num_stages=tiles.num_stages,
         )
         block_pn = min(1024, triton.next_power_of_2(head_dim * state_size))
         _ssd_state_passing_kernel[(triton.cdiv(head_dim * state_size, block_pn), batch * heads)](
@@ -254,7 +280,8 @@ def _ssd_chunk_scan_triton(
             seq_len, heads, head_dim, state_size, heads // groups, n_chunks,
             *x.stride(), *B.stride(), *C.stride(), *D_strides, *z_strides, *y.stride(),
             HAS_D=D is not None, HAS_Z=z is not None,
-            CHUNK=chunk, BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_N=block_n, DOT_PRECISION=dot_precision, DOT_UPCAST=dot_upcast,
+            CHUNK=chunk, BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_N=block_n,
+            DOT_PRECISION=tiles.dot_precision, DOT_UPCAST=dot_upcast, num_stages=tiles.num_stages,
         )
 
 
@@ -269,7 +296,8 @@ def check_scan_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit, initi
     groups, state_size = B.shape[2], B.shape[3]
     expect(groups > 0 and heads % groups == 0,
            f"{op}: the number of groups G={groups} (B.shape[2]) must divide the number of heads H={heads}")
-    expect(isinstance(chunk_size, int) and chunk_size >= 1, f"{op}: chunk_size must be a positive int, got {chunk_size!r}")
+    expect(isinstance(chunk_size, int) and chunk_size >= 1,
+           f"{op}: chunk_size must be a positive int, got {chunk_size!r}")
     expect_shapes(op, {
         "dt": (dt, (batch, seq_len, heads)),
         "A": (A, (heads,)),
@@ -309,7 +337,8 @@ def ssd_chunk_scan(
     x [B, L, H, P], dt [B, L, H], A [H], B/C [B, L, G, N] with G dividing H, D [H] or [H, P], z [B, L, H, P],
     dt_bias [H], initial_state [B, H, P, N] (any float dtype).
     Per token, exactly as L calls of ssd_state_step from initial_state (zeros when None):
-    dt := clamp(softplus(dt + dt_bias), *dt_limit); state := exp(dt A) state + dt x ⊗ B; y := (state @ C + D x) silu(z).
+    dt := clamp(softplus(dt + dt_bias), *dt_limit); state := exp(dt A) state + dt x ⊗ B;
+    y := (state @ C + D x) * silu(z).
     Returns y [B, L, H, P] in x.dtype (written into `out` when given), and with return_final_state=True also the final
     state [B, H, P, N] in fp32 (written into `final_state_out`, e.g. a cache slot of any float dtype, when given).
     Runs Triton on CUDA tensors (or with force_triton=True, e.g. under TRITON_INTERPRET=1), the chunked torch reference

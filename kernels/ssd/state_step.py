@@ -81,6 +81,9 @@ def _ssd_state_step_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt
     batch, heads, head_dim = x.shape
     state_size = B.shape[-1]
     y = torch.empty_like(x) if out is None else out
+    # The kernel indexes A and dt_bias as contiguous [H].
+    A = A.contiguous()
+    dt_bias = None if dt_bias is None else dt_bias.contiguous()
     block_n = max(16, triton.next_power_of_2(state_size))
     block_p = min(_block_p_for(state_size), max(16, triton.next_power_of_2(head_dim)))
     # D as [H, P] strides; a [H] D reads the same value for every p (stride 0).
