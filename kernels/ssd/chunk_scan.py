@@ -8,7 +8,6 @@ intra-chunk part, with the D skip and the silu(z) gate fused.
 
 import contextlib
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -240,7 +239,9 @@ def _ssd_chunk_scan_triton(
     tiles = scan_tiles(x.dtype, head_dim, state_size, chunk_size)
     chunk, block_m, block_p, block_n = tiles.chunk, tiles.block_m, tiles.block_p, tiles.block_n
     n_chunks = triton.cdiv(seq_len, chunk)
-    dot_upcast = x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+    # Under TRITON_INTERPRET=1 @triton.jit makes interpreted functions, not JITFunctions (see _dot).
+    interpreted = not isinstance(_ssd_chunk_output_kernel, triton.runtime.JITFunction)
+    dot_upcast = x.dtype == torch.bfloat16 and interpreted
     # The kernels index A and dt_bias as contiguous [H].
     A = A.contiguous()
     dt_bias = None if dt_bias is None else dt_bias.contiguous()
@@ -340,7 +341,9 @@ def ssd_chunk_scan(
     dt := clamp(softplus(dt + dt_bias), *dt_limit); state := exp(dt A) state + dt x ⊗ B;
     y := (state @ C + D x) * silu(z).
     Returns y [B, L, H, P] in x.dtype (written into `out` when given), and with return_final_state=True also the final
-    state [B, H, P, N] in fp32 (written into `final_state_out`, e.g. a cache slot of any float dtype, when given).
+    state [B, H, P, N] in fp32 (written into `final_state_out`, e.g. a cache slot of any float dtype, when given;
+    it may be the initial_state tensor itself, for an in-place prefill). Inputs may be strided views.
+    The result does not depend on chunk_size, only the cost; Triton rounds it up to a power of two >= 16.
     Runs Triton on CUDA tensors (or with force_triton=True, e.g. under TRITON_INTERPRET=1), the chunked torch reference
     otherwise.
     """

@@ -7,7 +7,7 @@ import torch
 from ssd_cases import DEVICE, assert_close, make_inputs
 
 from kernels.ssd import ssd_chunk_scan, ssd_state_step
-from kernels.ssd.reference import ssd_step_reference
+from kernels.ssd.reference import ssd_scan_reference, ssd_step_reference
 
 # (batch, heads, groups, head_dim, state_size): tiles wider than P and N, and P, N that are not powers of two.
 SHAPES = [(1, 2, 1, 16, 16), (3, 4, 2, 8, 16), (2, 6, 3, 12, 10), (1, 4, 4, 64, 64)]
@@ -148,3 +148,17 @@ def test_step_rejects_bad_inputs_saying_what_was_expected(change, message):
     with pytest.raises(ValueError) as raised:
         ssd_state_step(**(args | change))
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("force_triton", [True, False], ids=["triton", "torch path"])
+def test_prefill_in_place_into_the_initial_state(force_triton):
+    """final_state_out may be initial_state itself: a runtime's cache slot updated in place by a prefill."""
+    inputs = make_inputs(2, 37, 4, 2, 16, 16, torch.float32, seed=6, with_D="head", with_initial=True)
+    if not force_triton:
+        inputs = {name: t.cpu() for name, t in inputs.items()}
+    cache_slot = inputs.pop("initial_state")
+    _, final_ref = ssd_scan_reference(**inputs, initial_state=cache_slot)
+    _, final = ssd_chunk_scan(**inputs, chunk_size=16, initial_state=cache_slot, return_final_state=True,
+                              final_state_out=cache_slot, force_triton=force_triton)
+    assert final is cache_slot
+    assert_close(cache_slot, final_ref, torch.float32, "state")
