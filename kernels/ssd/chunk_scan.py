@@ -28,8 +28,9 @@ def _softplus(x):
 def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
     """acc + a @ b, fp32 accumulation. Operands arrive already rounded to the input dtype.
 
-    DOT_UPCAST: Triton 3.9's interpreter multiplies bf16 operands as their raw uint16 bits; upcasting the (already
-    bf16-rounded) operands to fp32 gives the exact products a GPU's bf16 dot accumulates in fp32.
+    DOT_UPCAST: Triton 3.9's interpreter multiplies bf16 operands as their raw uint16 bits (triton-lang/triton#11584,
+    unsupported upstream); upcasting the already bf16-rounded operands to fp32 gives the exact products a GPU's bf16
+    dot accumulates in fp32.
     """
     if DOT_UPCAST:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")

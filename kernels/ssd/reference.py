@@ -111,6 +111,8 @@ def ssd_chunk_scan_torch(
     """Same result as ssd_scan_reference, computed chunk by chunk in fp32 (quadratic inside a chunk, linear across)."""
     batch, length, heads, head_dim = x.shape
     heads_per_group = heads // B.shape[2]
+    # The result does not depend on the chunk size: a sequence shorter than a chunk is one chunk, unpadded.
+    chunk_size = min(chunk_size, length)
     pad = (-length) % chunk_size
     dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # [Bt, L, H]
 
