@@ -9,11 +9,12 @@ itself first); (3) the torch path. It then filters keyword arguments down to the
 
 Which extension point and why: `install()` plugs in at (2), the original-package slot. It registers two small
 modules under the import names `causal_conv1d` and `mamba_ssm` whose functions keep those packages' signatures and
-run `kernels.conv1d` and `kernels.ssd`. Point (1) is the supported plug-in route in principle, but it needs the
-`kernels` library in the narrow range transformers pins (>= 0.18.2, < 0.19, not on the package index this project
-installs from), downloads from the Hub (Longhand runs offline) and, through `KernelConfig`, refuses CPU devices,
-so Longhand's CPU tests could never exercise it. Point (2) needs nothing but an importable name, works on every
-device, and leaves transformers' own dispatch (argument filtering, torch.export fallback) in charge.
+run `kernels.conv1d` and `kernels.ssd`. Point (1) is the plug-in route transformers advertises, but it needs the
+`kernels` library in the narrow range transformers 5.23 pins (>= 0.18.2, < 0.19; the newest on the package index
+this project installs from is 0.17.2), takes kernels only as Hub repositories or local folders in the Hub build
+layout, and its `KernelConfig` refuses the "cpu" device, so Longhand's CPU tests could never exercise it. Point (2)
+needs nothing but an importable name, works on every device, and leaves transformers' own dispatch (keyword
+filtering, the torch.export fallback) in charge.
 Nothing of transformers is patched when `install()` runs before the model's modeling module is imported (the usual
 case: transformers imports modeling modules lazily, at `from_pretrained`). A family modeling module imported
 earlier has already bound the torch path; for those `install()` re-applies transformers' own public decorator to

@@ -31,10 +31,10 @@ def causal_conv1d(
     final_state_out: torch.Tensor | None = None,
     force_triton: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """x [B, D, L], weight [D, W], bias [D], initial_state [B, D, S] -> y [B, D, L] | (y, final_state [B, D, state_len]).
+    """x [B, D, L], weight [D, W], bias [D], initial_state [B, D, S] -> y [B, D, L] | (y, final_state [B, D, S_out]).
 
     y = act(bias + causal depthwise conv of x, the state standing before x); act is SiLU ("silu"/"swish") or None.
-    state_len defaults to S, or to W without an initial state (transformers' cache width); the final state is the
+    S_out = state_len, by default S, or W without an initial state (transformers' cache width); the final state is the
     last state_len inputs, oldest first. out / final_state_out, when given, receive the results and are returned.
     """
     if x.is_cuda or force_triton:

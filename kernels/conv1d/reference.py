@@ -20,7 +20,7 @@ def causal_conv1d_reference(
     return_final_state: bool = False,
     state_len: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """y[b, d, t] = act(bias[d] + sum_k weight[d, k] * h[b, d, t - (W - 1) + k]), h = inputs with the state before t = 0.
+    """y[b, d, t] = act(bias[d] + sum_k weight[d, k] * h[b, d, t - (W - 1) + k]), h = the state, then x from t = 0.
 
     x [B, D, L], weight [D, W], bias [D], initial_state [B, D, S] (zeros when None). Returns y [B, D, L] in x's dtype
     and, on request, the final state [B, D, state_len] (default: S, or W without an initial state): the last
