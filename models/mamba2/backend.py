@@ -11,11 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import weakref
+from typing import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from torch import Tensor
 
 from models.mamba2.config import Mamba2Config
 from models.mamba2.model import Model, State
@@ -75,11 +78,17 @@ class NativeBackend:
         # Decode inputs live in fixed buffers so a captured graph reads them in place.
         self._token = torch.zeros(1, dtype=torch.long, device=self.device)  # [1]
         self._position = torch.zeros(1, dtype=torch.long, device=self.device)  # [1]
-        self._graph: torch.cuda.CUDAGraph | None = None
+        # Replays the captured decode step, returning its static logits [1, V]; None until the first step.
+        self._replay_step: Callable[[], Tensor] | None = None
         self._static: State | None = None
-        self._static_logits: torch.Tensor | None = None  # [1, V]
+        self._graph_pool = None
         # The state whose tensors are the static buffers now (weak: a dropped state needs no copy-out).
         self._bound: weakref.ref[State] | None = None
+        # Device sampling (DeviceSampler): its noise, the penalty counts, and one graph per sampling setting.
+        self._noise = torch.ones(self.vocab_size, device=self.device)  # [V]
+        self._static_counts: torch.Tensor | None = None  # [1, V] int32
+        self._counts_owner = None  # weakref to the PenaltyState whose counts are the static buffer
+        self._sampling_graphs: dict[tuple, Callable[[], Tensor]] = {}
 
     # Text ---------------------------------------------------------------------------------------------------
 
@@ -126,32 +135,48 @@ class NativeBackend:
         self._position.fill_(state.length)
         if self.use_cuda_graph:
             self._bind(state)
-            self._graph.replay()
-            logits = self._static_logits[0].clone()
+            logits = self._replay_step()[0].clone()
         else:
             logits = self.model.decode_step(self._token, state, self._position)[0]
         state.length += 1
         return logits
 
-    def _capture(self) -> None:
-        """Capture `decode_step` on static buffers once; warm-up runs first compile the Triton kernels."""
-        self._static = self.new_state()
+    def _record(self, run: Callable[[], Tensor], warmup: Callable[[], object]) -> Callable[[], Tensor]:
+        """Capture `run` in a CUDA graph (after `warmup` on a side stream compiles the Triton kernels and sets up
+        cuBLAS); returns a function that replays it and hands back its static output."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(2):
-                self.model.decode_step(self._token, self._static, self._position)
+            warmup()
         torch.cuda.current_stream().wait_stream(side)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._static_logits = self.model.decode_step(self._token, self._static, self._position)
+        graph = torch.cuda.CUDAGraph()
+        # Graphs share one memory pool: they never run at the same time.
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            output = run()
+        self._graph_pool = graph.pool()
+
+        def replay() -> Tensor:
+            graph.replay()
+            return output
+
+        return replay
+
+    def _capture(self) -> None:
+        """Capture `decode_step` once on static buffers (the warm-up steps scribble on them before any state is
+        bound, which is harmless: binding copies the state in)."""
+        self._static = self.new_state()
+
+        def step() -> Tensor:
+            return self.model.decode_step(self._token, self._static, self._position)  # [1, V]
+
+        self._replay_step = self._record(step, warmup=lambda: [step() for _ in range(2)])
 
     def _bind(self, state: State) -> None:
         """Make `state`'s tensors the graph's static buffers (the previous tenant gets its own copy back)."""
         previous = self._bound() if self._bound is not None else None
         if previous is state:
             return
-        if self._graph is None:
+        if self._replay_step is None:
             self._capture()
         if previous is not None:
             for key, tensor in previous.tensors().items():
@@ -161,6 +186,45 @@ class NativeBackend:
             static.copy_(tensor)
             setattr(state, key, static)
         self._bound = weakref.ref(state)
+
+    def sampler(self, state: State, sampling, penalties, history_ids: list[int], seed: int | None = None):
+        """A `DeviceSampler` that decodes from `state` with these settings (penalties over `history_ids` + drawn)."""
+        return DeviceSampler(self, state, sampling, penalties, history_ids, seed)
+
+    def _sampling_graph(self, sampler: DeviceSampler) -> Callable[[], Tensor]:
+        """The graph of step + penalties + sampling for `sampler`'s settings, its state and counts bound to the
+        static buffers; captured on first use per setting (the settings are baked into the kernels' arguments)."""
+        self._bind(sampler.state)  # captures the plain step graph first, which warms the model's kernels up
+        s, p = sampler.sampling, sampler.penalties
+        counts = sampler.tracker.count_state if sampler.tracker is not None else None
+        if counts is not None:
+            if self._static_counts is None:
+                self._static_counts = torch.zeros_like(counts.counts)
+            if counts.counts is not self._static_counts:
+                # As with states: the previous owner of the static counts gets its own copy back.
+                previous = self._counts_owner() if self._counts_owner is not None else None
+                if previous is not None:
+                    previous.counts = self._static_counts.clone()
+                self._static_counts.copy_(counts.counts)
+                counts.counts = self._static_counts
+                self._counts_owner = weakref.ref(counts)
+        key = (s.temperature, s.top_k, s.top_p, s.min_p, counts is not None, p.repetition, p.presence, p.frequency)
+        if key not in self._sampling_graphs:
+            def warmup() -> None:
+                # The penalty and sampling kernels only (the step's are warm), on scratch counts: a draw counts.
+                if counts is None:
+                    sampler._draw(torch.zeros(self.vocab_size, device=self.device))
+                    return
+                real, counts.counts = counts.counts, counts.counts.clone()
+                sampler._draw(torch.zeros(self.vocab_size, device=self.device))
+                counts.counts = real
+
+            def step_and_draw() -> Tensor:
+                logits = self.model.decode_step(self._token, self._static, self._position)[0]  # [V]
+                return sampler._draw(logits)  # [1]
+
+            self._sampling_graphs[key] = self._record(step_and_draw, warmup)
+        return self._sampling_graphs[key]
 
     # State --------------------------------------------------------------------------------------------------
 
@@ -214,3 +278,88 @@ def _metadata(data: bytes) -> dict[str, str]:
         raise ValueError("state bytes are truncated")
     size = int.from_bytes(data[:8], "little")
     return json.loads(data[8:8 + size]).get("__metadata__", {})
+
+
+class DeviceSampler:
+    """Sampling and penalties on the device, fused with the decode step: one graph replay per token on CUDA.
+
+    Per token: read the previous token into the state, penalize the logits by the counts (repetition, presence,
+    frequency; kernels.penalties), turn them into probabilities (models.sampling.logits_to_probs: temperature,
+    top-k, min-p, top-p), draw with exponential-race noise (argmax of p / E, E ~ Exp(1): an exact draw from p), and
+    count the drawn token. Only the drawn id crosses to the host. The noise comes from a seeded generator on the
+    device, filled just before each replay, so a seed gives the same tokens with and without a graph.
+
+    The graph covers the count penalties over the whole history (range 0) and no DRY; with a penalty range or DRY
+    the step still replays its graph and the penalties run eagerly after it (their state advances on the host).
+    """
+
+    def __init__(self, backend: NativeBackend, state: State, sampling, penalties, history_ids: list[int],
+                 seed: int | None = None) -> None:
+        from models.sampling import PenaltyTracker, breaker_token_ids
+
+        self.backend, self.state = backend, state
+        self.sampling, self.penalties = sampling, penalties
+        self.seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else seed
+        self._generator = torch.Generator(device=backend.device).manual_seed(self.seed)
+        self._noise = backend._noise  # [V], static: a graph reads it in place
+        breakers = set()
+        if penalties.dry_active:
+            breakers = breaker_token_ids(backend.decode, backend.vocab_size, penalties.dry_sequence_breakers)
+        self.tracker = PenaltyTracker(penalties, history_ids, backend.vocab_size, backend.device, breakers) \
+            if penalties.active else None
+        self.fused = backend.use_cuda_graph and penalties.range == 0 and not penalties.dry_active
+
+    def _draw(self, logits: Tensor) -> Tensor:
+        """logits [V] -> drawn token id, a [1] device tensor; the counts see it (inside the graph when fused)."""
+        from kernels.penalties import apply_penalties
+        from models.sampling import logits_to_probs
+
+        counts = self.tracker.count_state if self.tracker is not None else None
+        if counts is not None:
+            p = self.penalties
+            logits = apply_penalties(logits, counts, repetition=p.repetition, presence=p.presence,
+                                     frequency=p.frequency)
+        if self.tracker is not None and self.tracker.dry_state is not None:
+            from kernels.dry import apply_dry
+
+            p = self.penalties
+            logits = apply_dry(logits[None], self.tracker.dry_state, p.dry_multiplier, p.dry_base,
+                               p.dry_allowed_length)[0]
+        probs = logits_to_probs(logits, self.sampling)  # [V]
+        # Exp(1) noise is exactly 0 once in 2^24 draws: clamp it, or a zero-probability token would give 0/0.
+        token = torch.argmax(probs / self._noise.clamp_min(1e-30)).view(1)  # [1]
+        if counts is not None and self.fused:
+            counts.append(token)
+        return token
+
+    def _refill_noise(self) -> None:
+        self._noise.exponential_(1.0, generator=self._generator)
+
+    def first(self, logits: Tensor) -> int:
+        """Draw the first token from the prefill's logits [V] (eager)."""
+        self._refill_noise()
+        token = int(self._draw(logits))
+        self._count(token)
+        return token
+
+    def next(self, token_id: int) -> int:
+        """Read `token_id` into the state and draw the token after it."""
+        backend = self.backend
+        if not self.fused:
+            self._refill_noise()
+            token = int(self._draw(backend.step(self.state, token_id)))
+            self._count(token)
+            return token
+        if self.state.max_seq_len is not None and self.state.length >= self.state.max_seq_len:
+            raise ValueError(f"the attention cache of {self.state.max_seq_len} tokens is full")
+        backend._token.fill_(int(token_id))
+        backend._position.fill_(self.state.length)
+        self._refill_noise()
+        drawn = backend._sampling_graph(self)()  # [1]
+        self.state.length += 1
+        return int(drawn)
+
+    def _count(self, token: int) -> None:
+        # When fused, _draw counted the token on the device already.
+        if self.tracker is not None and not self.fused:
+            self.tracker.append(token)

@@ -10,6 +10,15 @@ from models.mamba2.random_checkpoint import save_random_checkpoint
 from models.sampling import PenaltyParams, SamplingParams
 
 FAMILIES = ["mamba2", "bamba"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Batch-1 decode of tiny models is latency-bound: extra OpenMP threads only spin against other processes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 MANUSCRIPT = "The lighthouse keeper counted ships at night. " * 3
 CONTINUATION = "Then the fog came in, and she stopped counting."
 
@@ -105,34 +114,19 @@ def test_hybrid_cache_overflow_is_a_clear_error(folders):
         backend.prefill(backend.new_state(), list(range(1, 10)))
 
 
-class _EagerGraph:
-    """Stands in for torch.cuda.CUDAGraph on CPU: replay re-runs the captured call on the same static buffers."""
+class _EmulatedRecordBackend(NativeBackend):
+    """NativeBackend whose 'graphs' run eagerly on the same static buffers: exercises binding and fused sampling."""
 
-    def __init__(self, run):
-        self.run = run
-
-    def replay(self):
-        self.run()
-
-
-class _EmulatedGraphBackend(NativeBackend):
-    def _capture(self):
-        self._static = self.new_state()
-        outputs = {}
-
-        def run():
-            outputs["logits"] = self.model.decode_step(self._token, self._static, self._position)
-            self._static_logits.copy_(outputs["logits"])
-
-        self._static_logits = torch.empty(1, self.vocab_size)
-        self._graph = _EagerGraph(run)
+    def _record(self, run, warmup):
+        warmup()
+        return run
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_graph_state_binding_keeps_states_independent(backends, family):
     """Two states decoded in turn through the static buffers give what each gives alone (eager)."""
     eager = backends[family]
-    graphed = _EmulatedGraphBackend(eager.model, eager.tokenizer, name="graphed", max_seq_len=256, cuda_graph=True)
+    graphed = _EmulatedRecordBackend(eager.model, eager.tokenizer, name="graphed", max_seq_len=256, cuda_graph=True)
     first, second = backend_states = [graphed.new_state(), graphed.new_state()]
     graphed.prefill(first, eager.encode(MANUSCRIPT))
     graphed.prefill(second, eager.encode(CONTINUATION))
@@ -166,3 +160,39 @@ def test_other_architectures_are_not_claimed(tmp_path):
     (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
     assert not supports(tmp_path)
     assert not supports(tmp_path / "missing")
+
+
+def _sample_tokens(backend, prompt, n, sampling, penalties, seed=5):
+    state = backend.new_state()
+    sampler = backend.sampler(state, sampling, penalties, history_ids=prompt, seed=seed)
+    tokens = [sampler.first(backend.prefill(state, prompt))]
+    for _ in range(n - 1):
+        tokens.append(sampler.next(tokens[-1]))
+    return tokens, state
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_device_sampler_is_seeded_and_fused_equals_eager(backends, family):
+    eager = backends[family]
+    fused = _EmulatedRecordBackend(eager.model, eager.tokenizer, name="fused", max_seq_len=256, cuda_graph=True)
+    prompt = eager.encode(MANUSCRIPT)
+    sampling = SamplingParams(temperature=1.0, top_k=0, top_p=0.9, min_p=0.02)
+    penalties = PenaltyParams(repetition=1.3, presence=0.2, frequency=0.1)
+    first, _ = _sample_tokens(eager, prompt, 24, sampling, penalties)
+    again, _ = _sample_tokens(eager, prompt, 24, sampling, penalties)
+    other_seed, _ = _sample_tokens(eager, prompt, 24, sampling, penalties, seed=6)
+    graphed, state = _sample_tokens(fused, prompt, 24, sampling, penalties)
+    assert first == again == graphed
+    assert other_seed != first
+    assert state.length == len(prompt) + 23
+
+
+def test_device_sampler_counts_drawn_tokens(backends):
+    """Greedy with a huge presence penalty never draws a token twice: each draw must reach the counts."""
+    backend = _EmulatedRecordBackend(backends["mamba2"].model, None, max_seq_len=256, cuda_graph=True)
+    tokens, _ = _sample_tokens(backend, [1, 2, 3], 40, SamplingParams(temperature=0.0),
+                               PenaltyParams(presence=1e4))
+    assert len(set(tokens)) == 40 and not {1, 2, 3} & set(tokens)
+    eager_greedy, _ = _sample_tokens(backends["mamba2"], [1, 2, 3], 40, SamplingParams(temperature=0.0),
+                                     PenaltyParams())
+    assert len(set(eager_greedy)) < 40  # without the penalty a tiny random model repeats itself
