@@ -116,7 +116,7 @@ class PenaltyTracker:
         if params.dry_active:
             from kernels.dry import DryState
 
-            self.dry_state = DryState.from_history(history, dry_breakers or set())
+            self.dry_state = DryState.from_history(history, dry_breakers or set(), vocab_size)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Penalized copy of `logits` [V]."""
@@ -136,13 +136,9 @@ class PenaltyTracker:
 
     def append(self, token_id: int) -> None:
         if self.count_state is not None:
-            self.count_state.append(torch.tensor([token_id], dtype=torch.long, device=self.count_state_device))
+            self.count_state.append(token_id)
         if self.dry_state is not None:
             self.dry_state.append(token_id)
-
-    @property
-    def count_state_device(self) -> torch.device:
-        return self.count_state.counts.device
 
 
 def apply_penalties_chain(logits: torch.Tensor, tracker: PenaltyTracker | None) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Per-paragraph state snapshots: which ones to keep under a disk budget, and continuing a manuscript from one.
 
-A snapshot at *position* p is the state of the model having read the first p paragraphs (p >= 1), each paragraph
-read as its own text plus `PARAGRAPH_SEPARATOR`, so reading paragraphs one by one or all at once gives the same
-tokens. Editing paragraph k (0-based) leaves positions <= k valid and invalidates every position > k.
+A snapshot at *position* p is the state of the model having read paragraphs 1..p (positions are 1-based, as in the
+store), each paragraph read as its own text plus `PARAGRAPH_SEPARATOR`, so reading paragraphs one by one or all at
+once gives the same tokens. Editing paragraph q keeps positions < q and invalidates every position >= q.
 The store itself lives in memory/ (it implements `SnapshotStore`); this module never imports it.
 """
 
@@ -54,7 +54,8 @@ class SnapshotPolicy:
         if strided_slots <= 0:
             return 0
         stride = 1
-        while count // stride > strided_slots:
+        # Multiples of the stride below `count` (at `count` itself the latest is also a strided one).
+        while (count - 1) // stride > strided_slots:
             stride *= 2
         return stride
 
@@ -106,9 +107,9 @@ def _stored_bytes(backend: Backend, state: State, policy: SnapshotPolicy) -> int
     return nbytes // 2 if policy.dtype == "bf16" else nbytes
 
 
-def invalidate_from(store: SnapshotStore, novel_id: int, edited_index: int) -> None:
-    """Paragraph `edited_index` (0-based) changed: every state that read it is stale."""
-    store.delete_after(novel_id, edited_index)
+def invalidate_from(store: SnapshotStore, novel_id: int, edited_position: int) -> None:
+    """Paragraph `edited_position` (1-based, as the store counts) changed: every state that read it is stale."""
+    store.delete_after(novel_id, edited_position - 1)
 
 
 def read_manuscript(

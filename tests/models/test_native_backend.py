@@ -196,3 +196,14 @@ def test_device_sampler_counts_drawn_tokens(backends):
     eager_greedy, _ = _sample_tokens(backends["mamba2"], [1, 2, 3], 40, SamplingParams(temperature=0.0),
                                      PenaltyParams())
     assert len(set(eager_greedy)) < 40  # without the penalty a tiny random model repeats itself
+
+
+def test_device_sampler_with_dry_and_a_range_runs_eagerly_after_the_graph(backends):
+    backend = _EmulatedRecordBackend(backends["bamba"].model, backends["bamba"].tokenizer, max_seq_len=256,
+                                     cuda_graph=True)
+    prompt = backend.encode(MANUSCRIPT)
+    penalties = PenaltyParams(repetition=1.2, range=16, dry_multiplier=0.8)
+    assert not backend.sampler(backend.new_state(), SamplingParams(), penalties, prompt).fused
+    tokens, _ = _sample_tokens(backend, prompt, 12, SamplingParams(temperature=0.7), penalties)
+    again, _ = _sample_tokens(backends["bamba"], prompt, 12, SamplingParams(temperature=0.7), penalties)
+    assert tokens == again
