@@ -171,9 +171,11 @@ class DryState:
         vocab_size: int,
         *,
         force_triton: bool = False,
+        capacity: int | None = None,
     ) -> "DryState":
         """history_ids [B, T] or [T] (T may be 0), breakers (token ids that end any repeat) -> state.
 
+        capacity: initial buffer length in tokens (default max(1024, 2 T)); buffers double when full.
         The state lives on history_ids' device. Costs O(T) work once (vectorized; a Z-algorithm pass for very long
         exact repeats). Raises ValueError on a bad shape or a token id outside [0, vocab_size).
         """
@@ -192,9 +194,9 @@ class DryState:
             is_breaker[torch.tensor(sorted(breaker_ids), device=device)] = True
         batch, length = history_ids.shape
         if not (force_triton or device.type == "cuda"):
-            rows = [SparseDryRow(row, breaker_ids, is_breaker) for row in history_ids]
+            rows = [SparseDryRow(row, breaker_ids, is_breaker, capacity) for row in history_ids]
             return cls(vocab_size, breaker_ids, is_breaker, length, False, rows, None, None)
-        capacity = max(BLOCK_T, 2 * length)
+        capacity = max(length + 1, capacity or max(BLOCK_T, 2 * length))
         history = torch.zeros(batch, capacity, dtype=torch.int32, device=device)
         match = torch.zeros(batch, capacity, dtype=torch.int32, device=device)
         history[:, :length] = history_ids

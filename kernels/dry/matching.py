@@ -108,9 +108,10 @@ class SparseDryRow:
     active_lengths [A] int32 = match[active].
     """
 
-    def __init__(self, history: torch.Tensor, breakers: frozenset[int], is_breaker: torch.Tensor):
+    def __init__(self, history: torch.Tensor, breakers: frozenset[int], is_breaker: torch.Tensor,
+                 capacity: int | None = None):
         length = history.numel()
-        capacity = max(1024, 2 * length)
+        capacity = max(length + 1, capacity or max(1024, 2 * length))
         self.breakers = breakers
         self.is_breaker = is_breaker
         self.length = length
