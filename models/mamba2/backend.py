@@ -310,25 +310,21 @@ class DeviceSampler:
         self.fused = backend.use_cuda_graph and penalties.range == 0 and not penalties.dry_active
 
     def _draw(self, logits: Tensor) -> Tensor:
-        """logits [V] -> drawn token id, a [1] device tensor; the counts see it (inside the graph when fused)."""
+        """logits [V] -> drawn token id, a [1] device tensor. When fused, the counts see it here (in the graph)."""
         from kernels.penalties import apply_penalties
         from models.sampling import logits_to_probs
 
         counts = self.tracker.count_state if self.tracker is not None else None
-        if counts is not None:
+        if self.fused and counts is not None:
             p = self.penalties
             logits = apply_penalties(logits, counts, repetition=p.repetition, presence=p.presence,
                                      frequency=p.frequency)
-        if self.tracker is not None and self.tracker.dry_state is not None:
-            from kernels.dry import apply_dry
-
-            p = self.penalties
-            logits = apply_dry(logits[None], self.tracker.dry_state, p.dry_multiplier, p.dry_base,
-                               p.dry_allowed_length)[0]
+        elif self.tracker is not None:
+            logits = self.tracker.apply(logits)
         probs = logits_to_probs(logits, self.sampling)  # [V]
         # Exp(1) noise is exactly 0 once in 2^24 draws: clamp it, or a zero-probability token would give 0/0.
         token = torch.argmax(probs / self._noise.clamp_min(1e-30)).view(1)  # [1]
-        if counts is not None and self.fused:
+        if self.fused and counts is not None:
             counts.append(token)
         return token
 
