@@ -1,0 +1,41 @@
+"""The writing engine: RecurrentGPT's loop over the store (memory/) and a model (models/), with no Gradio import.
+
+The UI, the CLI (`python -m app write`) and the tests all drive this one API:
+
+    engine = Engine(session_factory, generator, embedder, snapshot_store=None, prompts_dir=PROMPTS_DIR)
+
+    engine.start(novel_id, *, cancel=None, mode=None)               -> Iterator[Event]  (title, outline, opening)
+    engine.step(novel_id, plan=None, *, plan_index=None, cancel=None, mode=None) -> Iterator[Event]
+    engine.retry(novel_id, *, cancel=None)                          -> Iterator[Event]  (rewrite the last step)
+    engine.auto_write(novel_id, steps, *, cancel=None)              -> Iterator[Event]  (model picks each plan)
+    engine.choose(novel_id, choice, *, cancel=None)                 -> Iterator[Event]  (interactive fiction)
+    engine.reader_view(novel_id)                                    -> ReaderView(title, paragraphs, choices)
+    engine.inspect_context(novel_id, plan=None, *, mode=None)       -> ContextPreview (generates nothing)
+    engine.edit_paragraph(paragraph_id, text, expected_version)     -> Paragraph (re-embedded, snapshots dropped)
+    engine.undo(novel_id) / engine.redo(novel_id)                   -> bool (also drops stale snapshots)
+    engine.set_mode(novel_id, "write" | "interactive");  engine.strategy -> "prompt-only" | "manuscript-state"
+
+Events (`Event.kind`): progress (text; done/total in auto mode), token (text piece of the paragraph), reset (drop
+the streamed paragraph: a retry follows), paragraph (the final paragraph text), memory (text), plans (.plans),
+notice (a fallback or repair to show), done (.outcome: StepOutcome). The generators' return value is the
+StepOutcome too. A step commits only after its last event but `done`; `Cancelled` (raised between tokens when
+`cancel` is set) and `EngineError` (one line) leave the database unchanged; `memory.store.ConflictError` means the
+novel changed in another tab meanwhile. ContextPreview: stage, strategy, sections [Section(name, text, tokens,
+kept, truncated)], budget, total_tokens, prompt_text (the exact text sent), dropped, plan, manuscript_tokens.
+
+Per-novel settings read from `novel.settings`: sampling, penalties (models.sampling dicts), retrieval_top_k,
+memory_words, max_new_tokens, paragraph_words, context_tokens, max_attempts, mode, snapshot_every, snapshot_dtype
+(defaults in app.engine.core.DEFAULTS). Prompts are the files in prompts/, one per stage.
+"""
+
+from models.errors import Cancelled
+
+from app.engine.context import MANUSCRIPT_STATE, PROMPT_ONLY, ContextPreview, ContextTooLargeError, Section
+from app.engine.core import DEFAULTS, MODES, Engine, EngineError, Event, ReaderView, StepOutcome
+from app.engine.prompts import PROMPTS_DIR, PromptLibrary, TemplateError
+
+__all__ = [
+    "Cancelled", "ContextPreview", "ContextTooLargeError", "DEFAULTS", "Engine", "EngineError", "Event",
+    "MANUSCRIPT_STATE", "MODES", "PROMPTS_DIR", "PROMPT_ONLY", "PromptLibrary", "ReaderView", "Section",
+    "StepOutcome", "TemplateError",
+]
