@@ -35,7 +35,8 @@ def causal_conv1d(
 
     y = act(bias + causal depthwise conv of x, the state standing before x); act is SiLU ("silu"/"swish") or None.
     S_out = state_len, by default S, or W without an initial state (transformers' cache width); the final state is the
-    last state_len inputs, oldest first. out / final_state_out, when given, receive the results and are returned.
+    last state_len inputs, oldest first. out / final_state_out, when given, receive the results and are returned;
+    final_state_out may be initial_state itself (a cache slot advanced in place).
     """
     if x.is_cuda or force_triton:
         return causal_conv1d_triton(

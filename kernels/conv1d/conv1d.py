@@ -2,8 +2,10 @@
 
 One kernel serves both. It reads the virtual sequence h = concat(state [S], x [L]) of each channel, writes
 y[t] = act(bias + sum_k w[k] * h[S + t - (W - 1) + k]) for a [BLOCK_D, BLOCK_L] tile, and, when asked, the
-final state (the last S_OUT entries of h). For the decode update the final state overwrites the state it was read
-from, so one program covers all L tokens of its channels and a barrier separates its reads from its writes.
+final state (the last S_OUT entries of h). Only the first L-block of each channel block touches the state: its
+outputs are the only ones whose window reaches before t = 0 (BLOCK_L >= W - 1), and it alone loads and stores the
+final state. So when the final state overwrites the state it was read from (the decode update, or a prefill with
+final_state_out=initial_state) a barrier between that program's reads and its writes is all the ordering needed.
 Conv-state layout: see reference.py ([B, D, S], oldest first, as transformers' Mamba2 cache keeps it with S = W).
 """
 
@@ -74,7 +76,11 @@ def _causal_conv1d_kernel(
     # The final state is read before anything is written: in place it is the state the outputs read too.
     if WRITE_FINAL:
         o_j = tl.arange(0, BLOCK_S)
-        m_f = m_d[:, None] & (o_j < S_OUT)[None, :]
+        # Columns this program owns: all of them in the first L-block, none elsewhere.
+        n_f = 0
+        if i_l == 0:
+            n_f = S_OUT
+        m_f = m_d[:, None] & (o_j < n_f)[None, :]
         b_f = _load_history(
             p_s, p_x, o_d64, (S + L - S_OUT + o_j)[None, :], m_f, S,
             stride_s_d, stride_s_l, stride_x_d, stride_x_l, HAS_STATE,
@@ -141,15 +147,15 @@ def _launch(
     y: torch.Tensor,
     final: torch.Tensor | None,
     silu: bool,
-    in_place: bool,
 ) -> None:
     batch, dim, length = x.shape
     width = weight.shape[1]
     state_len = state.shape[2] if state is not None else width - 1
     final_len = final.shape[2] if final is not None else 0
     block_d = 32
-    # In place, one program must cover every token of its channels (see the module docstring).
-    block_l = triton.next_power_of_2(length) if in_place else min(64, triton.next_power_of_2(length))
+    # At least W - 1 tokens a block, so that only the first block reads the state (see the module docstring).
+    block_l = max(min(64, triton.next_power_of_2(length)), triton.next_power_of_2(max(width - 1, 1)))
+    in_place = final is not None and state is not None and final.data_ptr() == state.data_ptr()
     grid = (triton.cdiv(dim, block_d), triton.cdiv(length, block_l), batch)
     dummy = y
     state_strides = state.stride() if state is not None else (0, 0, 0)
@@ -208,8 +214,6 @@ def check_conv1d_update_args(
     _check_weights(tokens, weight, bias)
     silu = _check_activation(activation)
     _check_state(tokens, weight, conv_state, "conv_state")
-    if tokens.shape[2] > 1024:
-        raise ValueError(f"causal_conv1d_update takes at most 1024 tokens (use causal_conv1d), got {tokens.shape[2]}")
     return silu
 
 
@@ -228,7 +232,8 @@ def causal_conv1d_triton(
 
     Returns y [B, D, L] (x's dtype) and, with return_final_state, the final state [B, D, state_len] (default S, or W
     without an initial state; in initial_state's dtype, else x's): the last state_len inputs, oldest first.
-    out / final_state_out, when given, receive the results (any strides) and are returned.
+    out / final_state_out, when given, receive the results (any strides) and are returned; final_state_out may be
+    initial_state itself.
     """
     silu = check_conv1d_args(x, weight, bias, initial_state, activation, return_final_state, state_len)
     if out is None:
@@ -249,7 +254,7 @@ def causal_conv1d_triton(
             _check_out(final_state_out, final_shape, x.device, "final_state_out")
             final = final_state_out
     if x.shape[2] > 0:
-        _launch(x, weight, bias, initial_state, y, final, silu, in_place=False)
+        _launch(x, weight, bias, initial_state, y, final, silu)
     return (y, final) if return_final_state else y
 
 
@@ -273,5 +278,5 @@ def causal_conv1d_update_triton(
         y = torch.empty_like(tokens, memory_format=torch.contiguous_format)
     else:
         y = out[:, :, None] if x.dim() == 2 else out
-    _launch(tokens, weight, bias, conv_state, y, conv_state, silu, in_place=True)
+    _launch(tokens, weight, bias, conv_state, y, conv_state, silu)
     return y[:, :, 0] if x.dim() == 2 else y

@@ -6,6 +6,12 @@ fp32 1e-5, fp16 2e-3 (2^-11 relative, doubled), bf16 1.6e-2 (2^-8 relative near 
 Conv states are copies of inputs, so they must match exactly.
 """
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -80,6 +86,19 @@ def test_final_state_width(state_len):
     torch.testing.assert_close(expected_final, torch.cat([state, x], dim=-1)[:, :, -state_len:])
 
 
+@pytest.mark.parametrize(("length", "state_len"), [(1, WIDTH), (257, WIDTH), (70, 100)])
+def test_prefill_in_place(length, state_len):
+    """final_state_out=initial_state advances a cache slot in place; (70, 100) spans two blocks and reads the state
+    for the final state too."""
+    x, weight, bias, _ = make_inputs(2, DIM, length, WIDTH, torch.float32, seed=6)
+    state = torch.randn(2, DIM, state_len, device=DEVICE)
+    expected_y, expected_final = causal_conv1d_reference(x, weight, bias, state, return_final_state=True)
+    y, final = causal_conv1d(x, weight, bias, state, return_final_state=True, final_state_out=state, force_triton=True)
+    assert final.data_ptr() == state.data_ptr()
+    assert_close(y, expected_y, torch.float32)
+    torch.testing.assert_close(state, expected_final, atol=0, rtol=0)
+
+
 def test_final_state_without_initial_state_pads_with_zeros():
     x, weight, _, _ = make_inputs(1, DIM, 2, WIDTH, torch.float32, seed=2)
     _, final = causal_conv1d(x, weight, return_final_state=True, state_len=6, force_triton=True)
@@ -136,3 +155,18 @@ def test_bad_shapes_say_what_was_expected(force_triton):
         causal_conv1d_update(x[0, 0], state, weight, force_triton=force_triton)
     with pytest.raises(ValueError, match=r"conv_state must be \[B=2, D=37"):
         causal_conv1d_update(x[:, :, 0], state[:1], weight, force_triton=force_triton)
+
+
+def test_kernels_compile_for_cuda_without_a_gpu():
+    """The conv (prefill and in-place update) and gated-norm kernels compile to cubins through ptxas, and the update's
+    read-then-overwrite of the state is separated by a barrier. The interpreter checks neither."""
+    root = Path(__file__).resolve().parents[2]
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    env |= {"PYTHONPATH": str(root), "TRITON_DEFAULT_FP_FUSION": "1"}
+    script = Path(__file__).with_name("conv_norm_cuda_compile.py")
+    done = subprocess.run([sys.executable, str(script), "90:bfloat16", "86:float32"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    compiled = dict(re.findall(r"^(\w+: sm_\d+ \w+) .*barriers=(\d+)$", done.stdout, flags=re.M))
+    assert len(compiled) == 6, done.stdout
+    assert int(compiled["conv_update: sm_90 bfloat16"]) >= 1 and int(compiled["conv_update: sm_86 float32"]) >= 1
