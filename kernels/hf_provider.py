@@ -37,6 +37,7 @@ import importlib.util
 import math
 import sys
 import types
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -244,10 +245,14 @@ def _rebind_loaded_family_modules() -> None:
         for attribute, (func_name, package) in FAMILY_FUNCTIONS.items():
             torch_function = getattr(getattr(module, attribute, None), "__wrapped__", None)
             if torch_function is None:
-                raise RuntimeError(
-                    f"{module_name}.{attribute} is not a use_kernel_func_from_hub_with_fallback function any more; "
-                    "kernels.hf_provider needs updating for this transformers version"
+                # Not the decorator's plain wrapper (another transformers version, or the `kernels` library's
+                # layer): leave that module on what it resolved rather than break model loading.
+                warnings.warn(
+                    f"kernels.hf_provider: {module_name}.{attribute} cannot be re-resolved; it keeps its current "
+                    "implementation (call install() before transformers imports that module to use Longhand's kernels)",
+                    stacklevel=3,
                 )
+                continue
             setattr(module, attribute, use_kernel_func_from_hub_with_fallback(func_name, package)(torch_function))
 
 
