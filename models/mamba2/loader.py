@@ -130,4 +130,4 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: to
     files = _safetensors_files(folder)
     model = build_model(config, device, dtype)
     load_state_dict_into(model, files)
-    return model.eval()
+    return model.reset_buffers_().eval()

@@ -48,7 +48,8 @@ class State:
 
 
 class RMSNorm(nn.Module):
-    """RMS norm computed in fp32 and returned in the input's dtype times the weight (Mamba2RMSNorm's numerics)."""
+    """RMS norm in fp32, returned in the input's dtype: the gated norm kernel without a gate (one fused kernel per
+    call on GPU, where decode is bound by the number of kernels as much as by bytes)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -56,9 +57,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return gated_rms_norm(x, None, self.weight, eps=self.eps)
 
 
 class Mamba2Mixer(nn.Module):
@@ -75,6 +74,13 @@ class Mamba2Mixer(nn.Module):
         self.D = nn.Parameter(torch.empty(c.n_heads, dtype=torch.float32))
         self.norm_weight = nn.Parameter(torch.ones(c.d_inner))
         self.out_proj = nn.Linear(c.d_inner, c.hidden_size, bias=c.use_bias)
+        # A = -exp(A_log), derived once per load by reset_buffers_ rather than by two kernels per layer per token.
+        self.register_buffer("A", torch.empty(c.n_heads, dtype=torch.float32), persistent=False)
+        self.reset_buffers_()
+
+    def reset_buffers_(self) -> None:
+        if self.A.device.type != "meta":
+            self.A.copy_(-torch.exp(self.A_log.detach().float()))
 
     def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         c = self.config
@@ -101,7 +107,7 @@ class Mamba2Mixer(nn.Module):
         y, ssm_final = ssd_chunk_scan(
             xs.reshape(batch, seq_len, c.n_heads, c.head_dim).contiguous(),  # [B, L, H, P]
             dt.contiguous(),  # [B, L, H]
-            -torch.exp(self.A_log),
+            self.A,
             B.reshape(batch, seq_len, c.n_groups, c.state_size).contiguous(),  # [B, L, G, N]
             C.reshape(batch, seq_len, c.n_groups, c.state_size).contiguous(),  # [B, L, G, N]
             chunk_size=c.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
@@ -121,7 +127,7 @@ class Mamba2Mixer(nn.Module):
             ssm_state,
             xs.reshape(batch, c.n_heads, c.head_dim),  # [B, H, P]
             dt,  # [B, H]
-            -torch.exp(self.A_log),
+            self.A,
             B.reshape(batch, c.n_groups, c.state_size),  # [B, G, N]
             C.reshape(batch, c.n_groups, c.state_size),  # [B, G, N]
             D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=c.time_step_limit,
@@ -323,9 +329,10 @@ class Model(nn.Module):
         return self._logits(h)
 
     def reset_buffers_(self) -> Model:
-        """Recompute the non-persistent buffers (rotary frequencies) after `to_empty`."""
+        """Recompute the derived buffers (rotary frequencies, A = -exp(A_log)): after `to_empty`, and again after
+        the weights are loaded or changed."""
         for module in self.modules():
-            if isinstance(module, Attention):
+            if isinstance(module, (Attention, Mamba2Mixer)):
                 module.reset_buffers_()
         return self
 
@@ -334,7 +341,7 @@ class Model(nn.Module):
         """Random weights at a sane scale (benchmarks and tests), drawn on the model's device: SSM parameters as
         mamba_ssm initialises them, matrices with std 1/sqrt(fan_in), norms at one."""
         randomize_(self, seed)
-        return self
+        return self.reset_buffers_()
 
 
 # Parameters kept in fp32 whatever the model dtype (see Mamba2Mixer).
