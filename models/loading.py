@@ -164,8 +164,8 @@ def load_folder_backend(
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
         )
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"Could not load {folder}: {_first_line(exc)}") from None
+    except Exception as exc:  # transformers and safetensors raise many types; the user needs one line
+        raise ModelLoadError(f"Could not load {folder} ({type(exc).__name__}: {_first_line(exc)}).") from None
     model.to(device)
     _install_kernels(model, device)
     return TransformersBackend(model, tokenizer, name=name, identity=identity or _identity(folder))
@@ -222,8 +222,9 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"Could not read {gguf_path.name}: {_first_line(exc)}") from None
+    except Exception as exc:  # the GGUF reader and transformers raise many types; the user needs one line
+        raise ModelLoadError(f"Could not read {gguf_path.name} ({type(exc).__name__}: {_first_line(exc)}).") \
+            from None
     # The weights are dequantized now: the saved folder must not claim GGUF quantization.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

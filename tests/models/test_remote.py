@@ -1,0 +1,99 @@
+"""The remote backend against a real OpenAI-compatible server: `transformers serve` on 127.0.0.1, serving the
+converted default model from its safetensors folder, offline."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from models.errors import Cancelled, GenerationError, ModelLoadError
+from models.generate import GenerationInfo
+from models.sampling import SamplingParams
+from models.service import ModelSpec, load_generator
+from tests.conftest import require_or_skip
+
+pytestmark = pytest.mark.slow
+STARTUP_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_model(default_generator, tmp_path_factory):
+    require_or_skip(importlib.util.find_spec("openai") is not None,
+                    "`transformers serve` needs the openai package (requirements-dev.txt)")
+    folder = default_generator.load_report.loaded_from
+    port = _free_port()
+    cli = shutil.which("transformers", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
+    server = subprocess.Popen([cli, "serve", folder, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+                              stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    try:
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"transformers serve did not start (exit {server.poll()}); see {log.name}")
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}#{folder}"
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
+def test_streams_completions_and_chat_from_a_real_server(served_model, tmp_path):
+    remote = load_generator(ModelSpec("remote", served_model, "served"), cache_dir=tmp_path)
+    assert not remote.supports_state
+    info = GenerationInfo()
+    pieces = list(remote.stream("Once upon a time", sampling=SamplingParams(temperature=0.7, seed=3),
+                                max_new_tokens=5, info=info))
+    assert len(pieces) >= 2 and "".join(pieces).strip()
+    assert info.finish_reason == "length"
+    again = "".join(remote.stream("Once upon a time", sampling=SamplingParams(temperature=0.7, seed=3),
+                                  max_new_tokens=5))
+    assert again == "".join(pieces)  # the seed reaches the server
+    chat = "".join(remote.stream([{"role": "user", "content": "Say hello."}], sampling=SamplingParams(seed=1),
+                                 max_new_tokens=4))
+    assert chat.strip()
+
+
+def test_stop_strings_and_cancel_with_a_real_server(served_model, tmp_path):
+    remote = load_generator(ModelSpec("remote", served_model, "served"), cache_dir=tmp_path)
+    sampling = SamplingParams(temperature=0, seed=1)
+    full = "".join(remote.stream("The capital of France is", sampling=sampling, max_new_tokens=6))
+    stop = full.split()[1]
+    cut = "".join(remote.stream("The capital of France is", sampling=sampling, max_new_tokens=6, stop=[stop]))
+    assert cut == full[: full.index(stop)]
+    cancel = threading.Event()
+    stream = remote.stream("The capital of France is", sampling=sampling, max_new_tokens=50, cancel=cancel)
+    next(stream)
+    cancel.set()
+    with pytest.raises(Cancelled):
+        list(stream)
+
+
+def test_no_server_gives_one_line(tmp_path):
+    url = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(ModelLoadError, match="No server answers"):
+        load_generator(ModelSpec("remote", url, "gone"), cache_dir=tmp_path)
+    remote = load_generator(ModelSpec("remote", url + "#named-model", "gone"), cache_dir=tmp_path)
+    with pytest.raises(GenerationError, match="No server answers"):
+        list(remote.stream("hi", max_new_tokens=2))
