@@ -37,6 +37,25 @@ def supports(folder: str | Path) -> bool:
     return any(a in SUPPORTED_ARCHITECTURES for a in architectures) and not config.get("auto_map")
 
 
+# Loading needs room beyond the weights (activations, the state, the allocator's slack).
+MEMORY_HEADROOM = 1.2
+
+
+def _check_fits(config: Mamba2Config, device: torch.device, dtype: torch.dtype, folder: Path) -> None:
+    need = config.n_params() * torch.finfo(dtype).bits // 8 * MEMORY_HEADROOM
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    if need > free:
+        where = "GPU" if device.type == "cuda" else "RAM"
+        raise ModelLoadError(f"{folder.name} needs about {need / 2**30:.1f} GiB of {where} but only "
+                             f"{free / 2**30:.1f} GiB is free: pick a smaller model or dtype (--dtype bfloat16), "
+                             "or serve it remotely and pass its URL")
+
+
 def load_native_backend(
     folder: str | Path,
     *,
@@ -50,9 +69,13 @@ def load_native_backend(
     """Load a Mamba2 / Bamba safetensors folder (weights and tokenizer); one-line `ModelLoadError` on failure."""
     folder = Path(folder)
     try:
+        _check_fits(read_config(folder), torch.device(device), dtype, folder)
         model = load_model(folder, device=device, dtype=dtype)
     except (ConfigError, CheckpointError) as exc:
         raise ModelLoadError(f"Could not load {folder} natively: {exc}") from None
+    except torch.OutOfMemoryError:
+        raise ModelLoadError(f"{folder} does not fit in {device} memory: pick a smaller model or dtype "
+                             "(--dtype bfloat16), or serve it remotely and pass its URL") from None
     try:
         from transformers import AutoTokenizer
 

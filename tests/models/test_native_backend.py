@@ -207,3 +207,15 @@ def test_device_sampler_with_dry_and_a_range_runs_eagerly_after_the_graph(backen
     tokens, _ = _sample_tokens(backend, prompt, 12, SamplingParams(temperature=0.7), penalties)
     again, _ = _sample_tokens(backends["bamba"], prompt, 12, SamplingParams(temperature=0.7), penalties)
     assert tokens == again
+
+
+def test_a_model_too_big_for_memory_is_a_one_line_error(tmp_path):
+    from models.errors import ModelLoadError
+
+    (tmp_path / "config.json").write_text(
+        '{"architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2", "vocab_size": 256000,'
+        ' "hidden_size": 65536, "num_hidden_layers": 256, "num_heads": 2048, "head_dim": 64}'
+    )
+    with pytest.raises(ModelLoadError, match=r"needs about \d+\.\d GiB of RAM") as error:
+        load_native_backend(tmp_path)
+    assert "\n" not in str(error.value)
