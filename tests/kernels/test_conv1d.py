@@ -102,7 +102,7 @@ def test_prefill_in_place(length, state_len):
 def test_final_state_without_initial_state_pads_with_zeros():
     x, weight, _, _ = make_inputs(1, DIM, 2, WIDTH, torch.float32, seed=2)
     _, final = causal_conv1d(x, weight, return_final_state=True, state_len=6, force_triton=True)
-    assert torch.equal(final[:, :, :4], torch.zeros(1, DIM, 4))
+    assert torch.equal(final[:, :, :4], torch.zeros(1, DIM, 4, device=DEVICE))
     assert torch.equal(final[:, :, 4:], x)
 
 
