@@ -128,13 +128,13 @@ def ssd_chunk_scan_torch(
 
     # Inside a chunk: y_l = sum_{s <= l} (C_l . B_s) exp(cum_l - cum_s) dt_s x_s.
     causal = torch.tril(torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=x.device))[..., None]
-    log_decay = (cum[:, :, :, None, :] - cum[:, :, None, :, :]).masked_fill(~causal, float("-inf"))  # [Bt,c,l,s,H]
-    scores = torch.einsum("bclhn,bcshn->bclsh", C, B) * torch.exp(log_decay)
+    decay = (cum[:, :, :, None, :] - cum[:, :, None, :, :]).masked_fill_(~causal, float("-inf")).exp_()  # [Bt,c,l,s,H]
+    scores = torch.einsum("bclhn,bcshn->bclsh", C, B).mul_(decay)
     y = torch.einsum("bclsh,bcshp->bclhp", scores, x_dt)  # [Bt, c, l, H, P]
 
     # Each chunk's own contribution to the state at its end, then the states passed from chunk to chunk.
     decay_to_end = torch.exp(cum[:, :, -1:, :] - cum)  # [Bt, c, l, H]
-    chunk_states = torch.einsum("bclh,bclhn,bclhp->bchpn", decay_to_end, B, x_dt)  # [Bt, c, H, P, N]
+    chunk_states = torch.einsum("bclhn,bclhp->bchpn", B * decay_to_end[..., None], x_dt)  # [Bt, c, H, P, N]
     if initial_state is None:
         state = x.new_zeros(batch, heads, head_dim, B.shape[-1], dtype=torch.float32)
     else:
