@@ -250,7 +250,12 @@ class Revision(Base):
     """
 
     __tablename__ = "revisions"
-    __table_args__ = (UniqueConstraint("novel_id", "seq"), AUTOINCREMENT)
+    __table_args__ = (
+        UniqueConstraint("novel_id", "seq"),
+        # Undo and redo look for the newest "done" / oldest "undone" revision of a novel.
+        Index("ix_revisions_novel_state_seq", "novel_id", "state", "seq"),
+        AUTOINCREMENT,
+    )
 
     id: Mapped[intpk]
     novel_id: Mapped[novel_fk]
