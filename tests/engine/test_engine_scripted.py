@@ -1,0 +1,302 @@
+"""Engine logic with a scripted fake LM over a real SQLite store and the real MiniLM embedder: malformed answers
+within the retry bound, nothing lost, nothing half-written on failure or cancellation, retry/undo/redo/edit,
+modes, the inspector's budget, and the manuscript-state strategy."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from engine_fakes import GOOD, ScriptedGenerator, db_state, run
+
+from app.engine import MANUSCRIPT_STATE, PROMPT_ONLY, Cancelled, ContextTooLargeError, Engine, EngineError
+from memory import store
+from models.errors import GenerationError
+
+ATTEMPTS = 3
+
+
+def make_engine(session_factory, embedder, generator, **kwargs) -> Engine:
+    return Engine(session_factory, generator, embedder, max_attempts=ATTEMPTS, **kwargs)
+
+
+def started(session_factory, embedder, novel_id, generator=None) -> tuple[Engine, ScriptedGenerator]:
+    generator = generator or ScriptedGenerator()
+    engine = make_engine(session_factory, embedder, generator)
+    run(engine.start(novel_id))
+    return engine, generator
+
+
+def test_start_and_step_commit_paragraph_memory_and_plans(session_factory, embedder, novel_id):
+    generator = ScriptedGenerator()
+    engine = make_engine(session_factory, embedder, generator)
+    events, outcome = run(engine.start(novel_id))
+    kinds = [e.kind for e in events]
+    assert kinds.index("paragraph") < kinds.index("memory") < kinds.index("plans") < kinds.index("done")
+    streamed = "".join(e.text for e in events if e.kind == "token")
+    assert outcome.paragraph == GOOD["opening"] and streamed.strip() == GOOD["opening"]
+    assert outcome.title == "The Keeper of Skerry"  # the novel's title had been derived from the premise
+
+    events, outcome = run(engine.step(novel_id, plan_index=1))
+    state = db_state(session_factory, novel_id)
+    assert [p[1] for p in state["paragraphs"]] == [GOOD["opening"], GOOD["paragraph"]]
+    assert state["memory"][-1][1] == GOOD["memory"]
+    assert state["plans"][-1][1] == ["Mara lights the lamp anyway and waits.", "A boat appears in the storm "
+                                     "without lights.", "Mara searches the logbook for her own handwriting."]
+    chosen = state["plans"][-2]
+    assert chosen[2] == 1 and chosen[3] == "A boat appears in the storm without lights."
+    assert state["settings"]["outline"].startswith("Mara finds a bottle")
+    assert outcome.strategy == PROMPT_ONLY
+
+
+def test_malformed_paragraphs_are_retried_within_the_bound(session_factory, embedder, novel_id):
+    engine, generator = started(session_factory, embedder, novel_id)
+    generator.script["paragraph"] = ["", "Sure! Here is the next paragraph:", GOOD["paragraph"]]
+    events, outcome = run(engine.step(novel_id, "Mara climbs the tower."))
+    assert len(generator.calls_for("paragraph")) == 3
+    assert [e.kind for e in events].count("reset") == 2
+    assert outcome.paragraph == GOOD["paragraph"]
+
+
+def test_no_usable_paragraph_fails_cleanly_and_saves_nothing(session_factory, embedder, novel_id):
+    engine, generator = started(session_factory, embedder, novel_id)
+    before = db_state(session_factory, novel_id)
+    generator.script["paragraph"] = ["<|im_end|>"]
+    with pytest.raises(EngineError, match="no usable paragraph in 3 tries"):
+        run(engine.step(novel_id, "Mara climbs the tower."))
+    assert len(generator.calls_for("paragraph")) == ATTEMPTS
+    assert db_state(session_factory, novel_id) == before
+
+
+def test_endless_looping_paragraph_is_bounded_and_cut(session_factory, embedder, novel_id):
+    engine, generator = started(session_factory, embedder, novel_id)
+    generator.script["paragraph"] = ["The waves rolled in over the black rocks. " * 500]
+    _, outcome = run(engine.step(novel_id, "The sea."))
+    call = generator.calls_for("paragraph")[-1]
+    assert call.max_new_tokens == 250
+    assert outcome.paragraph == "The waves rolled in over the black rocks."
+    assert any("repeated sentence" in notice for notice in outcome.notices)
+
+
+def test_bad_memory_keeps_the_old_memory_visibly_and_keeps_the_paragraph(session_factory, embedder, novel_id):
+    engine, generator = started(session_factory, embedder, novel_id)
+    old_memory = db_state(session_factory, novel_id)["memory"][-1][1]
+    generator.script["memory"] = ["", "Summary:", "ok"]
+    events, outcome = run(engine.step(novel_id, "Mara climbs the tower."))
+    assert len(generator.calls_for("memory")) == 1 + ATTEMPTS  # one at the start, three now
+    assert outcome.memory == old_memory
+    notices = [e.text for e in events if e.kind == "notice"]
+    assert any("previous memory was kept" in n for n in notices)
+    assert db_state(session_factory, novel_id)["paragraphs"][-1][1] == GOOD["paragraph"]
+
+
+@pytest.mark.parametrize("answers,expected", [
+    ([" Opción uno: Mara sube a la torre.\nOpción 2: Mara quema la nota.\nOpción 3: Un barco aparece de noche."],
+     ["Mara sube a la torre.", "Mara quema la nota.", "Un barco aparece de noche."]),
+    ([" Mara lights the lamp.", "\nPlan B - A boat appears in the storm.", "\n- Mara reads the logbook again."],
+     ["Mara lights the lamp.", "A boat appears in the storm.", "Mara reads the logbook again."]),
+])
+def test_plans_with_renamed_markers_or_missing_items(session_factory, embedder, novel_id, answers, expected):
+    engine, generator = started(session_factory, embedder, novel_id)
+    calls_before = len(generator.calls_for("plans"))
+    generator.script["plans"] = list(answers)
+    _, outcome = run(engine.step(novel_id, "Mara climbs the tower."))
+    assert outcome.plans == expected
+    assert len(generator.calls_for("plans")) - calls_before == len(answers)
+
+
+def test_hopeless_plans_get_stock_plans_and_a_notice(session_factory, embedder, novel_id):
+    engine, generator = started(session_factory, embedder, novel_id)
+    generator.script["plans"] = [" ", " ...", "\n\n"]
+    events, outcome = run(engine.step(novel_id, "Mara climbs the tower."))
+    assert len(outcome.plans) == 3 and len(set(outcome.plans)) == 3
+    assert any("stock plan" in e.text for e in events if e.kind == "notice")
+
+
+def test_start_with_translated_markers_and_missing_outline(session_factory, embedder, novel_id):
+    generator = ScriptedGenerator({"start": [" Le Gardien\n\nI. Introduction", " Le Gardien\nRésumé : Mara "
+                                             "trouve une bouteille. Elle apprend la vérité."]})
+    engine = make_engine(session_factory, embedder, generator)
+    _, outcome = run(engine.start(novel_id))
+    assert outcome.title == "Le Gardien"
+    assert outcome.outline == "Mara trouve une bouteille. Elle apprend la vérité."
+    assert len(generator.calls_for("start")) == 2
+
+
+def test_cancel_mid_stream_leaves_the_database_unchanged(session_factory, embedder, novel_id):
+    engine, generator = started(session_factory, embedder, novel_id)
+    before = db_state(session_factory, novel_id)
+    cancel = threading.Event()
+    generator.cancel_after_pieces = 5
+    with pytest.raises(Cancelled):
+        run(engine.step(novel_id, "Mara climbs the tower.", cancel=cancel))
+    assert db_state(session_factory, novel_id) == before
+
+
+@pytest.mark.parametrize("stage", ["paragraph", "memory", "plans"])
+def test_failure_mid_stream_leaves_the_database_unchanged(session_factory, embedder, novel_id, stage):
+    engine, generator = started(session_factory, embedder, novel_id)
+    before = db_state(session_factory, novel_id)
+    generator.script[stage] = [GenerationError("the server dropped the stream")]
+    with pytest.raises(GenerationError):
+        run(engine.step(novel_id, "Mara climbs the tower."))
+    assert db_state(session_factory, novel_id) == before
+
+
+def test_step_refused_when_the_memory_was_edited_meanwhile(session_factory, embedder, novel_id):
+    engine, generator = started(session_factory, embedder, novel_id)
+
+    def edit_memory_while_generating(call):
+        with session_factory() as session, session.begin():
+            version = store.current_memory(session, novel_id).version
+            store.set_memory(session, novel_id, "Edited in another tab.", expected_version=version)
+        return GOOD["paragraph"]
+
+    generator.script["paragraph"] = [edit_memory_while_generating]
+    with pytest.raises(store.ConflictError):
+        run(engine.step(novel_id, "Mara climbs the tower."))
+    state = db_state(session_factory, novel_id)
+    assert len(state["paragraphs"]) == 1 and state["memory"][-1][1] == "Edited in another tab."
+
+
+def test_retry_rewrites_the_last_step_from_the_same_inputs(session_factory, embedder, novel_id):
+    engine, generator = started(session_factory, embedder, novel_id)
+    run(engine.step(novel_id, "Mara climbs the tower."))
+    memory_before_step = db_state(session_factory, novel_id)["memory"][-2][1]
+    first_prompt = generator.calls_for("paragraph")[-1].prompt
+    generator.script["paragraph"] = ["Mara went down to the boathouse instead and lit a candle there for the dead."]
+    _, outcome = run(engine.retry(novel_id))
+    assert generator.calls_for("paragraph")[-1].prompt == first_prompt
+    assert memory_before_step in generator.calls_for("memory")[-1].prompt
+    state = db_state(session_factory, novel_id)
+    assert [p[1] for p in state["paragraphs"]][-1] == outcome.paragraph and len(state["paragraphs"]) == 2
+    assert engine.undo(novel_id)
+    assert [p[1] for p in db_state(session_factory, novel_id)["paragraphs"]] == [GOOD["opening"]]
+
+
+def test_undo_and_redo_restore_exact_states(session_factory, embedder, novel_id):
+    engine, generator = started(session_factory, embedder, novel_id)
+    after_start = db_state(session_factory, novel_id)
+    run(engine.step(novel_id, plan_index=0))
+    after_step = db_state(session_factory, novel_id)
+    assert engine.undo(novel_id)
+    undone = db_state(session_factory, novel_id)
+    assert {k: undone[k] for k in ("paragraphs", "memory", "plans")} == \
+        {k: after_start[k] for k in ("paragraphs", "memory", "plans")}
+    assert engine.redo(novel_id)
+    redone = db_state(session_factory, novel_id)
+    assert {k: redone[k] for k in ("paragraphs", "memory", "plans")} == \
+        {k: after_step[k] for k in ("paragraphs", "memory", "plans")}
+
+
+def test_edit_paragraph_refreshes_its_embedding(session_factory, embedder, novel_id):
+    from memory import retrieval
+
+    engine, generator = started(session_factory, embedder, novel_id)
+    run(engine.step(novel_id, plan_index=0))
+    with session_factory() as session:
+        first = store.paragraphs(session, novel_id)[0]
+        paragraph_id, version = first.id, first.version
+    engine.edit_paragraph(paragraph_id, "The brass telescope in the attic was pointed at the volcano.", version)
+    query = embedder.vector("Where was the telescope pointed?")
+    with session_factory() as session:
+        best, _ = retrieval.top_k(session, novel_id, query, 1)[0]
+        assert best.id == paragraph_id
+    with pytest.raises(store.ConflictError):
+        engine.edit_paragraph(paragraph_id, "stale", version)
+
+
+def test_inspector_shows_edited_memory_and_plan_verbatim(session_factory, embedder, novel_id):
+    engine, generator = started(session_factory, embedder, novel_id)
+    with session_factory() as session, session.begin():
+        version = store.current_memory(session, novel_id).version
+        store.set_memory(session, novel_id, "Mara's brother Tomas drowned here in 1987.", expected_version=version)
+    plan = "Tomas's ghost knocks on the lamp-room window."
+    preview = engine.inspect_context(novel_id, plan)
+    assert "Mara's brother Tomas drowned here in 1987." in preview.prompt_text
+    assert plan in preview.prompt_text
+    run(engine.step(novel_id, plan))
+    assert generator.calls_for("paragraph")[-1].prompt == preview.prompt_text
+    sections = {s.name: s for s in preview.sections}
+    assert sections["memory"].tokens > 0 and sections["plan"].tokens == len(plan.split())
+    assert preview.total_tokens <= preview.budget
+    assert sum(s.tokens for s in preview.sections) == preview.total_tokens
+
+
+def test_budget_drops_least_important_sections_first_and_never_the_plan(session_factory, embedder, novel_id):
+    engine, generator = started(session_factory, embedder, novel_id)
+    for i in range(4):
+        generator.script["paragraph"] = [f"Paragraph {i} tells of the lamp and of the sea for a while. " * 6]
+        run(engine.step(novel_id, "Mara climbs the tower."))
+    plan = "Mara opens the lamp-room door."
+    full = engine.inspect_context(novel_id, plan)
+    assert any(s.name == "retrieved" and s.kept for s in full.sections)
+    with session_factory() as session, session.begin():
+        store.update_novel_settings(session, novel_id, {"context_tokens": full.total_tokens + 250 - 40})
+    tight = engine.inspect_context(novel_id, plan)
+    assert tight.total_tokens <= tight.budget
+    assert tight.dropped and tight.dropped[0].startswith("retrieved paragraph")
+    assert plan in tight.prompt_text and "Write the next paragraph" in tight.prompt_text
+    with session_factory() as session, session.begin():
+        store.update_novel_settings(session, novel_id, {"context_tokens": 250 + 30})
+    with pytest.raises(ContextTooLargeError):
+        engine.inspect_context(novel_id, plan)
+
+
+def test_auto_write_commits_each_step_and_stops_between_steps(session_factory, embedder, novel_id):
+    generator = ScriptedGenerator()
+    engine = make_engine(session_factory, embedder, generator)
+    cancel = threading.Event()
+    done_events = []
+    with pytest.raises(Cancelled):
+        for event in engine.auto_write(novel_id, 5, cancel=cancel):
+            if event.kind == "done":
+                done_events.append(event)
+                if len(done_events) == 3:
+                    cancel.set()
+    assert [e.done for e in done_events] == [1, 2, 3] and all(e.total == 5 for e in done_events)
+    state = db_state(session_factory, novel_id)
+    assert len(state["paragraphs"]) == 3
+    # The model chose plan 2 ("Answer: 2") for each step after the opening.
+    assert [p[2] for p in state["plans"][0:2]] == [1, 1]
+
+
+def test_interactive_fiction_second_person_and_choices(session_factory, embedder, novel_id):
+    generator = ScriptedGenerator()
+    engine = make_engine(session_factory, embedder, generator)
+    engine.set_mode(novel_id, "interactive")
+    run(engine.start(novel_id))
+    assert "second person" in generator.calls_for("opening")[-1].prompt
+    reader = engine.reader_view(novel_id)
+    assert reader.choices and len(reader.choices) == 3
+    run(engine.choose(novel_id, 2))
+    call = generator.calls_for("paragraph")[-1]
+    assert reader.choices[2] in call.prompt and "'you'" in call.prompt
+    with pytest.raises(EngineError, match="no plan 4"):
+        run(engine.choose(novel_id, 3))
+
+
+def test_manuscript_state_reads_only_what_is_new(session_factory, embedder, novel_id, tmp_path):
+    from memory.snapshots import FileSnapshotStore
+
+    generator = ScriptedGenerator(stateful=True)
+    snapshots = FileSnapshotStore(session_factory, tmp_path / "snapshots")
+    engine = make_engine(session_factory, embedder, generator, snapshot_store=snapshots)
+    assert engine.strategy == MANUSCRIPT_STATE
+    run(engine.start(novel_id))
+    _, outcome = run(engine.step(novel_id, "Mara climbs the tower."))
+    assert outcome.strategy == MANUSCRIPT_STATE
+    call = generator.calls_for("paragraph")[-1]
+    # The model had read the opening (from the snapshot saved after it), not reading it again now.
+    assert " ".join(call.state) == GOOD["opening"]
+    assert "Last paragraph" not in call.prompt and "Earlier passages" not in call.prompt
+    assert generator.tokens_read == len(GOOD["opening"].split()) + len(GOOD["paragraph"].split())
+    assert [p for p, _ in snapshots.list(novel_id, "fake-1")] == [2]
+    # Editing paragraph 1 drops the snapshots that read it; the next step re-reads the manuscript.
+    with session_factory() as session:
+        first = store.paragraphs(session, novel_id)[0]
+    engine.edit_paragraph(first.id, "Mara kept the lamp alone and hated the gulls.", first.version)
+    assert snapshots.list(novel_id, "fake-1") == []
+    run(engine.step(novel_id, "Mara sleeps."))
+    assert " ".join(generator.calls_for("paragraph")[-1].state) == \
+        "Mara kept the lamp alone and hated the gulls. " + GOOD["paragraph"]
