@@ -14,12 +14,14 @@ from kernels.ssd import ssd_chunk_scan
 from kernels.ssd.reference import ssd_chunk_scan_torch, ssd_scan_reference
 
 # (batch, L, heads, groups, head_dim, state_size, chunk_size): L of 1, below and far above the chunk size, never a
-# multiple of it; head_dim and state_size below the 16-wide tiles or not powers of two, so the masks are exercised.
+# multiple of it; head_dim and state_size below the 16-wide tiles or not powers of two, so the masks are exercised;
+# the last has several row tiles per chunk and several head_dim tiles per head (the GPU tile sizes).
 SHAPES = [
     (1, 1, 2, 1, 16, 16, 16),
     (2, 63, 4, 2, 16, 16, 16),
     (1, 257, 4, 4, 8, 16, 32),
     (2, 100, 6, 3, 12, 10, 32),
+    (1, 150, 2, 1, 80, 24, 128),
 ]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

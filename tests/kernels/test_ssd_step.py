@@ -9,8 +9,9 @@ from ssd_cases import DEVICE, assert_close, make_inputs
 from kernels.ssd import ssd_chunk_scan, ssd_state_step
 from kernels.ssd.reference import ssd_scan_reference, ssd_step_reference
 
-# (batch, heads, groups, head_dim, state_size): tiles wider than P and N, and P, N that are not powers of two.
-SHAPES = [(1, 2, 1, 16, 16), (3, 4, 2, 8, 16), (2, 6, 3, 12, 10), (1, 4, 4, 64, 64)]
+# (batch, heads, groups, head_dim, state_size): tiles wider than P and N, P and N that are not powers of two, and
+# several head_dim tiles per head (8 rows at N=64, 4 rows at Mamba2's N=128).
+SHAPES = [(1, 2, 1, 16, 16), (3, 4, 2, 8, 16), (2, 6, 3, 12, 10), (1, 4, 4, 64, 64), (1, 2, 1, 22, 128)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
