@@ -46,7 +46,8 @@ def _user_message(exc: BaseException) -> str:
 
 
 def as_gr_error(exc: BaseException) -> gr.Error:
-    return gr.Error(html.escape(_user_message(exc)), print_exception=False)
+    # duration=None: an error stays on screen until the writer closes it.
+    return gr.Error(html.escape(_user_message(exc)), duration=None, print_exception=False)
 
 
 def handler(fn):

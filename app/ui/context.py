@@ -11,7 +11,7 @@ import gradio as gr
 from app.ui import services
 from app.ui.common import clean_text, handler
 
-SECTION_HEADERS = ["section", "tokens", "kept"]
+SECTION_HEADERS = ["section", "tokens", "in the prompt"]
 
 
 def _engine_for(novel_id: int):
@@ -29,13 +29,16 @@ def inspect(novel_id, instruction: str):
     novel_id = int(novel_id)
     plan = clean_text(instruction, "The instruction")
     preview = _engine_for(novel_id).inspect_context(novel_id, plan)
-    rows = [[section.name, section.tokens, "yes" if getattr(section, "kept", True) else "dropped"]
+    rows = [[section.name, section.tokens,
+             "dropped" if not section.kept else ("shortened" if section.truncated else "yes")]
             for section in preview.sections]
-    total = sum(section.tokens for section in preview.sections)
-    budget = f"{total:,} tokens of a {preview.budget:,}-token budget."
-    strategy = getattr(preview, "strategy", None)
-    if strategy:
-        budget += f" Context strategy: {strategy}."
+    stage = "the opening" if preview.stage == "opening" else "the next paragraph"
+    budget = (f"Prompt for {stage}: **{preview.total_tokens:,}** tokens of a {preview.budget:,}-token budget "
+              f"· strategy: {preview.strategy}")
+    if preview.manuscript_tokens:
+        budget += f" · plus {preview.manuscript_tokens:,} manuscript tokens read into the model's state"
+    if preview.dropped:
+        budget += f" · dropped to fit: {', '.join(preview.dropped)}"
     return preview.prompt_text, rows, budget
 
 

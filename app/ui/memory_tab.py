@@ -123,12 +123,10 @@ def save_paragraph_edits(novel_id, table, read_versions: list[dict]) -> tuple[li
     if not changed:
         new_rows, versions = _paragraph_rows(novel_id)
         return new_rows, versions, "No paragraph changed."
-    embedder = services.current().embedder()
-    vectors = embedder.embed([text for _, text in changed])
-    with services.current().session() as session, session.begin():
-        for (item, text), vector in zip(changed, vectors):
-            store.edit_paragraph(session, item["id"], text, expected_version=item["version"],
-                                 embedding=store.Vector(embedder.name, vector))
+    engine = services.current().history_engine()
+    # One edit per transaction: each refreshes that paragraph's embedding and drops the model states after it.
+    for item, text in changed:
+        engine.edit_paragraph(item["id"], text, item["version"])
     new_rows, versions = _paragraph_rows(novel_id)
     numbers = ", ".join(str(item["position"]) for item, _ in changed)
     return new_rows, versions, f"Saved paragraph {numbers}; its retrieval entry is refreshed."

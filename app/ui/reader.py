@@ -10,22 +10,16 @@ from dataclasses import dataclass
 import gradio as gr
 
 from app.ui import services
-from app.ui.common import InputError, clean_text, handler, require_novel
+from app.ui.common import clean_text, handler, require_novel
 
 CHOICES = 3
 
 
 def _view(novel_id: int) -> tuple[str, list[str]]:
-    from memory import store
-
-    with services.current().session() as session:
-        novel = store.get_novel(session, novel_id)
-        passages = [p.text for p in store.paragraphs(session, novel_id)]
-        plan_set = store.current_plans(session, novel_id)
-        plans = list(plan_set.plans) if plan_set is not None else []
-        title = novel.title
-    body = "".join(f"<p>{html.escape(text)}</p>" for text in passages) or "<p><em>The story has not begun.</em></p>"
-    return f"<div class='lh-reader'><h2>{html.escape(title)}</h2>{body}</div>", plans
+    view = services.current().history_engine().reader_view(novel_id)
+    body = "".join(f"<p>{html.escape(text)}</p>" for text in view.paragraphs) \
+        or "<p><em>The story has not begun.</em></p>"
+    return f"<div class='lh-reader'><h2>{html.escape(view.title)}</h2>{body}</div>", list(view.choices)
 
 
 def _choice_updates(plans: list[str]) -> list:
@@ -46,23 +40,35 @@ def refresh(novel_id):
     return (story, *_choice_updates(plans), "")
 
 
-@handler
-def choose(novel_id, choice: str):
-    """Follow the reader's choice: it is the next step's plan; the passage streams into the draft box."""
+def _play(novel_id: int, make_events):
     from app.ui import write
 
+    yield from write._run(novel_id, make_events, "writing what happens")
+
+
+@handler
+def choose(novel_id, index: int):
+    """The reader picked choice `index`: it becomes the next plan, written in the second person."""
     novel_id = require_novel(novel_id)
-    choice = clean_text(choice, "Your choice", required=True)
-    for draft, status in write.next_step(novel_id, choice):
-        yield draft, status
+    yield from _play(novel_id, lambda engine, cancel: engine.choose(novel_id, int(index), cancel=cancel))
+
+
+def _choice_handler(index: int):
+    """The click handler of choice button `index` (a generator, so the passage streams)."""
+    def choose_this(novel_id):
+        yield from choose(novel_id, index)
+
+    choose_this.__name__ = f"choose_{index}"
+    return choose_this
 
 
 @handler
 def own_choice(novel_id, text: str):
+    """The reader wrote their own action: it is the next plan, written in the second person."""
     novel_id = require_novel(novel_id)
-    if not (text or "").strip():
-        raise InputError("Write what you do first, or pick one of the choices.")
-    yield from choose(novel_id, text)
+    action = clean_text(text, "What you do", required=True, max_chars=2000)
+    yield from _play(novel_id, lambda engine, cancel: engine.step(novel_id, action, cancel=cancel,
+                                                                  mode="interactive"))
 
 
 @dataclass
@@ -92,9 +98,8 @@ def refresh_outputs(tab: ReaderTab) -> list:
 
 def wire(tab: ReaderTab, novel_state: gr.State, on_novel_changed) -> None:
     outputs = [tab.passage_box, tab.status_md]
-    for button in tab.choice_btns:
-        # A button passes its own label (the choice's text) as the input value.
-        on_novel_changed(button.click(choose, [novel_state, button], outputs, concurrency_id="generation",
-                                      show_progress="hidden"))
+    for index, button in enumerate(tab.choice_btns):
+        on_novel_changed(button.click(_choice_handler(index), [novel_state], outputs,
+                                      concurrency_id="generation", show_progress="hidden"))
     on_novel_changed(tab.own_choice_btn.click(own_choice, [novel_state, tab.own_choice_box], outputs,
                                               concurrency_id="generation", show_progress="hidden"))

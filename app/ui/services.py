@@ -74,6 +74,11 @@ class Services:
         """The model if one is loaded already, else None (counting tokens must not trigger a load)."""
         return self._generator
 
+    def _snapshot_store(self):
+        from memory.snapshots import FileSnapshotStore
+
+        return FileSnapshotStore(self.session_factory, self.config.data_dir / "snapshots")
+
     def engine(self, model: str | None = None, device: str | None = None, dtype: str | None = None):
         """The writing engine over the process-wide model (rebuilt only when the model changes)."""
         with self._lock:
@@ -81,14 +86,19 @@ class Services:
             if self._engine is None or self._engine.generator is not generator:
                 from app.engine import Engine
 
-                snapshot_store = None
-                if generator.supports_state:
-                    from memory.snapshots import FileSnapshotStore
-
-                    snapshot_store = FileSnapshotStore(self.session_factory, self.config.data_dir / "snapshots")
                 self._engine = Engine(self.session_factory, generator, self.embedder(),
-                                      snapshot_store=snapshot_store)
+                                      snapshot_store=self._snapshot_store())
             return self._engine
+
+    def history_engine(self):
+        """An engine for what needs no model (undo, redo, paragraph edits, the reader's view): the loaded one if
+        there is one, else one without a model, so these stay instant on a fresh start."""
+        with self._lock:
+            if self._engine is not None:
+                return self._engine
+            from app.engine import Engine
+
+            return Engine(self.session_factory, None, self.embedder(), snapshot_store=self._snapshot_store())
 
     def cancel_event(self, key: str) -> threading.Event:
         """A fresh cancel flag for the generation `key` (a novel); Stop sets it, the engine checks between tokens."""

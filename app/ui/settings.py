@@ -22,16 +22,17 @@ FIELD_NAMES = (
     "penalty_range", "dry_multiplier", "dry_base", "dry_allowed_length", "dry_sequence_breakers",
     "retrieval_top_k", "memory_words", "max_new_tokens",
 )
-DEFAULT_EXTRAS = {"retrieval_top_k": 3, "memory_words": 200, "max_new_tokens": 250}
+EXTRAS = ("retrieval_top_k", "memory_words", "max_new_tokens")
 # With no novel open, Save stores the form here (in the data dir) as the settings every new novel starts with.
 NEW_NOVEL_DEFAULTS = "new-novel-settings.json"
 
 
 def defaults() -> dict:
+    from app.engine import DEFAULTS
     from models.sampling import PenaltyParams, SamplingParams
 
     return {"model": "default", "device": "auto", "dtype": "auto", "sampling": SamplingParams().to_dict(),
-            "penalties": PenaltyParams().to_dict(), **DEFAULT_EXTRAS}
+            "penalties": PenaltyParams().to_dict(), **{name: DEFAULTS[name] for name in EXTRAS}}
 
 
 def merged(settings: dict | None) -> dict:
@@ -96,7 +97,7 @@ def from_fields(fields: dict) -> dict:
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    extras = {name: number(name, int) for name in DEFAULT_EXTRAS}
+    extras = {name: number(name, int) for name in EXTRAS}
     if not 0 <= extras["retrieval_top_k"] <= 20:
         raise InputError("retrieval top-k must be between 0 and 20.")
     if not 20 <= extras["memory_words"] <= 2000:

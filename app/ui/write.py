@@ -27,10 +27,19 @@ def _novel_view(novel_id: int) -> dict:
     with services.current().session() as session:
         novel = store.get_novel(session, novel_id)
         paragraphs = [(p.position, p.text) for p in store.paragraphs(session, novel_id)]
-        plan_set = store.current_plans(session, novel_id)
-        plans = list(plan_set.plans) if plan_set is not None else []
+        plans = pending_plans(session, novel_id)
         return {"title": novel.title, "paragraphs": paragraphs, "plans": plans,
                 "can_undo": store.can_undo(session, novel_id), "can_redo": store.can_redo(session, novel_id)}
+
+
+def pending_plans(session, novel_id: int) -> list[str]:
+    """The plans proposed for the next step (a plan set already used by a paragraph is history, not a choice)."""
+    from memory import store
+
+    plan_set = store.current_plans(session, novel_id)
+    if plan_set is None or plan_set.paragraph_id is not None:
+        return []
+    return list(plan_set.plans)
 
 
 def manuscript_html(title: str, paragraphs: list[tuple[int, str]]) -> str:
@@ -95,29 +104,40 @@ def _engine_for(novel_id: int):
 def _run(novel_id: int, make_events, what: str):
     """Drive one engine generator, yielding (draft text, status line) as the paragraph grows.
 
-    Stop sets the cancel flag; the engine then stops between tokens and commits nothing of the unfinished step.
+    `make_events(engine, cancel)` starts the engine's generator; the model loads (once per process) after the
+    first status line is on screen. Stop sets the cancel flag; the engine then stops between tokens and commits
+    nothing of the unfinished step.
     """
     from app.engine import Cancelled
 
     svc = services.current()
     key = f"novel-{novel_id}"
     cancel = svc.cancel_event(key)
-    draft = ""
+    draft, status, notices = "", f"{what.capitalize()}…", []
     try:
-        yield draft, f"Loading the model and {what}…"
-        for event in make_events(cancel):
+        loading = svc.loaded_generator() is None
+        yield draft, ("Loading the model (the first time takes a while)…" if loading else f"{what.capitalize()}…")
+        engine = _engine_for(novel_id)
+        for event in make_events(engine, cancel):
             kind = getattr(event, "kind", "")
             if kind == "token":
                 draft += event.text
-                yield draft, f"{what.capitalize()}…"
+                yield draft, status
+            elif kind == "reset":
+                draft = ""
+                yield draft, "That attempt did not work out; trying again…"
             elif kind == "paragraph":
                 draft = event.text
-                yield draft, "Paragraph written; updating the memory and the plans…"
+                yield draft, "Paragraph written; updating the short-term memory…"
+            elif kind == "memory":
+                yield draft, "Memory updated; proposing three plans…"
             elif kind == "notice":
+                notices.append(event.text)
                 gr.Warning(html.escape(event.text))
             elif kind == "progress":
-                yield draft, event.text
-        yield draft, "Saved."
+                status = event.text
+                yield draft, status
+        yield draft, "Saved." + "".join(f" Note: {notice}" for notice in notices)
     except Cancelled:
         yield draft, "Stopped. Nothing of the unfinished paragraph was saved."
     finally:
@@ -128,8 +148,7 @@ def _run(novel_id: int, make_events, what: str):
 def start_story(novel_id):
     """Write the opening of a new novel (title, first paragraph, memory, plans), streaming the paragraph."""
     novel_id = require_novel(novel_id)
-    engine = _engine_for(novel_id)
-    yield from _run(novel_id, lambda cancel: engine.start(novel_id, cancel=cancel), "writing the opening")
+    yield from _run(novel_id, lambda engine, cancel: engine.start(novel_id, cancel=cancel), "writing the opening")
 
 
 @handler
@@ -137,8 +156,7 @@ def next_step(novel_id, instruction: str):
     """Write the next paragraph following the instruction (a chosen plan, maybe rewritten), streaming it."""
     novel_id = require_novel(novel_id)
     plan = clean_text(instruction, "The instruction", required=True)
-    engine = _engine_for(novel_id)
-    yield from _run(novel_id, lambda cancel: engine.step(novel_id, plan, cancel=cancel),
+    yield from _run(novel_id, lambda engine, cancel: engine.step(novel_id, plan, cancel=cancel),
                     "writing the next paragraph")
 
 
@@ -146,8 +164,8 @@ def next_step(novel_id, instruction: str):
 def retry(novel_id):
     """Regenerate the last step from the same inputs (the old one stays reachable with Undo)."""
     novel_id = require_novel(novel_id)
-    engine = _engine_for(novel_id)
-    yield from _run(novel_id, lambda cancel: engine.retry(novel_id, cancel=cancel), "rewriting the last paragraph")
+    yield from _run(novel_id, lambda engine, cancel: engine.retry(novel_id, cancel=cancel),
+                    "rewriting the last paragraph")
 
 
 @handler
@@ -160,9 +178,8 @@ def auto_write(novel_id, steps, progress=gr.Progress()):
         raise InputError("Auto-write needs a number of steps.") from None
     if not 1 <= steps <= 100:
         raise InputError("Auto-write takes between 1 and 100 steps.")
-    engine = _engine_for(novel_id)
 
-    def events(cancel):
+    def events(engine, cancel):
         for event in engine.auto_write(novel_id, steps, cancel=cancel):
             if getattr(event, "kind", "") == "progress":
                 progress((event.done, steps), desc=f"step {event.done + 1} of {steps}")
@@ -182,22 +199,16 @@ def stop(novel_id) -> str:
 @handler
 def undo(novel_id) -> str:
     novel_id = require_novel(novel_id)
-    with services.current().session() as session, session.begin():
-        from memory import store
-
-        if not store.undo(session, novel_id):
-            return "Nothing to undo."
-    return "Undone: the paragraph, memory and plans are as they were before the last step."
+    if not services.current().history_engine().undo(novel_id):
+        return "Nothing to undo."
+    return "Undone: the paragraph, memory and plans are as they were before the last change."
 
 
 @handler
 def redo(novel_id) -> str:
     novel_id = require_novel(novel_id)
-    with services.current().session() as session, session.begin():
-        from memory import store
-
-        if not store.redo(session, novel_id):
-            return "Nothing to redo."
+    if not services.current().history_engine().redo(novel_id):
+        return "Nothing to redo."
     return "Redone."
 
 

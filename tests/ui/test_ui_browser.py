@@ -1,0 +1,172 @@
+"""End to end in real headless Chromium: the real app (default model) in a subprocess on a free port.
+
+Creates a novel and watches its first paragraph stream in, edits the short-term memory, reloads the page and finds
+the edit kept, then finds the edited memory in the Context tab. Screenshots go to the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_or_skip
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+MEMORY_EDIT = "Orla Quennell keeps the bottle in her coat and tells no one."
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for_server(url: str, process: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the app did not answer at {url} within {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def served_app(tmp_path: Path):
+    port = _free_port()
+    data_dir = tmp_path / "data"
+    log = tmp_path / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "PYTHONUNBUFFERED": "1"}
+    env.pop("LONGHAND_DATA_DIR", None)
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_for_server(url, process, log)
+        yield url, data_dir, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _textarea(page, elem_id: str):
+    return page.locator(f"#{elem_id} textarea").first
+
+
+def _open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def _wait_text(locator, needle: str, timeout_ms: int) -> None:
+    deadline = time.monotonic() + timeout_ms / 1000
+    while time.monotonic() < deadline:
+        if needle in (locator.input_value() if locator.evaluate("e => 'value' in e") else locator.inner_text()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{needle!r} did not appear within {timeout_ms / 1000:.0f}s")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.timeout(600)
+def test_write_edit_memory_reload_and_inspect(served_app, tmp_path: Path):
+    require_or_skip(Path(CHROMIUM).exists() or shutil.which("chromium") is not None,
+                    "Debian's chromium is not installed (tests/system_deps.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    url, data_dir, log = served_app
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.wait_for_selector("#create_btn", timeout=60_000)
+
+        # Short paragraphs keep the test quick: with no novel open, Save sets the settings new novels start with.
+        _open_tab(page, "Settings")
+        length = page.locator("#setting_max_new_tokens input[type=number]").first
+        length.fill("48")
+        length.press("Enter")
+        page.locator("#save_settings_btn").click()
+        _wait_text(page.locator("#settings_status"), "new novels start with", 30_000)
+
+        _open_tab(page, "Library")
+        _textarea(page, "premise_box").fill("A lighthouse keeper finds a message in a bottle addressed to her.")
+        page.locator("#create_btn").click()
+
+        # The opening streams into the draft box: sample its length until the step is saved.
+        draft = _textarea(page, "draft_box")
+        status = page.locator("#write_status")
+        lengths: list[int] = []
+        first_shot = False
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            text = draft.input_value()
+            if text and (not lengths or len(text) != lengths[-1]):
+                lengths.append(len(text))
+                if not first_shot and len(lengths) >= 2:
+                    page.screenshot(path=str(shots / "1-streaming.png"), full_page=True)
+                    first_shot = True
+            if "Saved." in status.inner_text():
+                break
+            toasts = page.locator('[data-testid="toast-body"]')
+            if toasts.count():
+                page.screenshot(path=str(shots / "1-error.png"), full_page=True)
+                pytest.fail(f"the page showed an error: {toasts.first.inner_text()}\n{log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        else:
+            page.screenshot(path=str(shots / "1-timeout.png"), full_page=True)
+            pytest.fail(f"the opening was not saved within 300s; lengths seen {lengths}\n{log.read_text()[-3000:]}")
+        assert len(lengths) >= 3, f"the paragraph did not stream token by token (lengths seen: {lengths})"
+        assert lengths == sorted(lengths), f"the streamed text shrank: {lengths}"
+        page.locator("#manuscript .lh-para").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(shots / "2-opening-written.png"), full_page=True)
+
+        # Edit the short-term memory and save it.
+        _open_tab(page, "Memory")
+        memory_box = _textarea(page, "memory_box")
+        _wait_text(memory_box, " ", 30_000)
+        memory_box.fill(MEMORY_EDIT)
+        page.locator("#save_memory_btn").click()
+        _wait_text(page.locator("#memory_status"), "Memory saved", 30_000)
+        page.screenshot(path=str(shots / "3-memory-edited.png"), full_page=True)
+
+        # A reload restores the open novel and the saved memory.
+        page.reload()
+        page.wait_for_selector("#create_btn", timeout=60_000)
+        _wait_text(page.locator("#header"), "novel #", 60_000)
+        _open_tab(page, "Memory")
+        _wait_text(_textarea(page, "memory_box"), MEMORY_EDIT, 30_000)
+        page.screenshot(path=str(shots / "4-after-reload.png"), full_page=True)
+
+        # The Context tab shows the edited memory in the next step's prompt.
+        _open_tab(page, "Context")
+        _wait_text(_textarea(page, "context_box"), MEMORY_EDIT, 120_000)
+        page.screenshot(path=str(shots / "5-context.png"), full_page=True)
+        browser.close()
+    assert not errors, f"the page raised JavaScript errors: {errors}"
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
