@@ -298,13 +298,33 @@ def parse_import(raw: bytes, name: str = "the file") -> dict[str, Any]:
     try:
         document = json.loads(decoded)
     except json.JSONDecodeError as exc:
-        if exc.pos >= len(decoded.rstrip()) - 1:
+        if _unclosed(decoded):
             raise ExchangeError(f"{name} is truncated: the JSON ends early (line {exc.lineno}, column "
                                 f"{exc.colno}); the file was probably cut off while copying.") from None
         raise ExchangeError(f"{name} is not valid JSON: {exc.msg} at line {exc.lineno}, column "
                             f"{exc.colno}.") from None
     validate(document, name)
     return document
+
+
+def _unclosed(content: str) -> bool:
+    """True when the text ends inside a string or with brackets left open: a file cut short."""
+    depth, in_string, escaped = 0, False, False
+    for char in content:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+    return in_string or depth > 0
 
 
 _PY_TYPES = {"int": (int,), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
