@@ -8,6 +8,7 @@ so m is non-zero only at earlier occurrences of the last token. The CPU path kee
 touches the occurrences of the new token, not the whole history.
 """
 
+import numpy as np
 import torch
 
 # from_history extends all matches in lock-step, one token per round for the first rounds, then in doubling chunks;
@@ -76,24 +77,25 @@ def suffix_match_lengths(history: torch.Tensor, is_breaker: torch.Tensor) -> tor
 
 
 class _Occurrences:
-    """Positions of each token in a history, sorted, in per-token buffers that grow by doubling."""
+    """Positions of each token in a history, sorted, in per-token numpy buffers that grow by doubling."""
 
-    def __init__(self, history: torch.Tensor):
-        order = torch.argsort(history, stable=True)  # [T] positions sorted by (token, position)
-        tokens, counts = torch.unique_consecutive(history[order], return_counts=True)
-        # Views into `order`: each is exactly full, so its first append copies it into its own buffer.
-        self.buffers = dict(zip(tokens.tolist(), order.split(counts.tolist())))
+    def __init__(self, history: np.ndarray):
+        order = np.argsort(history, kind="stable")  # [T] positions sorted by (token, position)
+        tokens, starts, counts = np.unique(history[order], return_index=True, return_counts=True)
+        # Slices of `order`: each is exactly full, so its first append copies it into its own buffer.
+        self.buffers = {token: order[start:start + count]
+                        for token, start, count in zip(tokens.tolist(), starts.tolist(), counts.tolist())}
         self.sizes = dict(zip(tokens.tolist(), counts.tolist()))
 
-    def positions(self, token: int) -> torch.Tensor:
+    def positions(self, token: int) -> np.ndarray:
         size = self.sizes.get(token, 0)
-        return self.buffers[token][:size] if size else torch.empty(0, dtype=torch.int64)
+        return self.buffers[token][:size] if size else _NO_POSITIONS
 
     def add(self, token: int, position: int) -> None:
         size = self.sizes.get(token, 0)
         buffer = self.buffers.get(token)
-        if buffer is None or size == buffer.numel():
-            grown = torch.empty(max(8, 2 * size), dtype=torch.int64)
+        if buffer is None or size == buffer.size:
+            grown = np.empty(max(8, 2 * size), dtype=np.int64)
             if size:
                 grown[:size] = buffer[:size]
             self.buffers[token] = buffer = grown
@@ -101,11 +103,14 @@ class _Occurrences:
         self.sizes[token] = size + 1
 
 
+_NO_POSITIONS = np.empty(0, dtype=np.int64)
+
+
 class SparseDryRow:
     """One sequence's DRY state on the CPU: history, token occurrences, and m_T(j) at the positions where it is > 0.
 
-    match is position-indexed [capacity] int32 and zero outside `active`; active [A] int64 positions (<= T-2),
-    active_lengths [A] int32 = match[active].
+    numpy inside (a small numpy op costs ~1 us, a torch op several): match is position-indexed [capacity] int32
+    and zero outside `active`; active [A] int64 positions (<= T-2, ascending), active_lengths [A] = match[active].
     """
 
     def __init__(self, history: torch.Tensor, breakers: frozenset[int], is_breaker: torch.Tensor,
@@ -113,31 +118,28 @@ class SparseDryRow:
         length = history.numel()
         capacity = max(length + 1, capacity or max(1024, 2 * length))
         self.breakers = breakers
-        self.is_breaker = is_breaker
+        self.is_breaker = is_breaker.cpu().numpy()
         self.length = length
-        self.history = torch.zeros(capacity, dtype=torch.int64)
-        self.history[:length] = history
-        self.match = torch.zeros(capacity, dtype=torch.int32)
-        self.match[:length] = suffix_match_lengths(history, is_breaker)
-        self.active = self.match[:length].nonzero().flatten()
+        self.history = np.zeros(capacity, dtype=np.int64)
+        self.history[:length] = history.cpu().numpy()
+        self.match = np.zeros(capacity, dtype=np.int32)
+        self.match[:length] = suffix_match_lengths(history, is_breaker).cpu().numpy()
+        self.active = np.flatnonzero(self.match[:length])
         self.active_lengths = self.match[self.active]
-        self.occurrences = _Occurrences(history)
+        self.occurrences = _Occurrences(self.history[:length])
 
     def append(self, token: int) -> None:
         position = self.length
-        if position + 1 > self.history.numel():
-            capacity = 2 * self.history.numel()
-            self.history = torch.cat([self.history, torch.zeros_like(self.history)])[:capacity]
-            self.match = torch.cat([self.match, torch.zeros_like(self.match)])[:capacity]
-        if token in self.breakers:
-            ends = torch.empty(0, dtype=torch.int64)
-        else:
-            ends = self.occurrences.positions(token)  # [A'] earlier positions of the new token (all < position)
-        before = ends - 1
-        lengths = torch.where(before >= 0, self.match[before.clamp(min=0)], 0) + 1  # [A'] m_T(j-1) + 1
+        if position + 1 > self.history.size:
+            self.history = np.concatenate([self.history, np.zeros_like(self.history)])
+            self.match = np.concatenate([self.match, np.zeros_like(self.match)])
+        ends = _NO_POSITIONS if token in self.breakers else self.occurrences.positions(token)  # all < position
+        lengths = self.match[np.maximum(ends - 1, 0)] + 1  # [A'] m_T(j-1) + 1
+        if ends.size and ends[0] == 0:
+            lengths[0] = 1  # m_T(-1) = 0
         self.match[self.active] = 0
-        self.match[ends] = lengths.int()
-        self.active, self.active_lengths = ends, lengths.int()
+        self.match[ends] = lengths
+        self.active, self.active_lengths = ends, lengths
         self.history[position] = token
         self.occurrences.add(token, position)
         self.length = position + 1
@@ -145,13 +147,10 @@ class SparseDryRow:
     def candidates(self, min_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (tokens [K] int64 unique, lengths [K] int64): max match length per candidate, only >= min_length."""
         keep = self.active_lengths >= min_length
-        if not bool(keep.any()):
-            empty = torch.empty(0, dtype=torch.int64)
-            return empty, empty
         tokens = self.history[self.active[keep] + 1]
-        lengths = self.active_lengths[keep].long()
+        lengths = self.active_lengths[keep].astype(np.int64)
         not_breaker = ~self.is_breaker[tokens]
-        tokens, lengths = tokens[not_breaker], lengths[not_breaker]
-        unique, inverse = torch.unique(tokens, return_inverse=True)
-        best = torch.zeros(unique.numel(), dtype=torch.int64).scatter_reduce_(0, inverse, lengths, "amax")
-        return unique, best
+        unique, inverse = np.unique(tokens[not_breaker], return_inverse=True)
+        best = np.zeros(unique.size, dtype=np.int64)
+        np.maximum.at(best, inverse, lengths[not_breaker])
+        return torch.from_numpy(unique), torch.from_numpy(best)

@@ -5,8 +5,9 @@ leaving the window decrements its count); `apply_penalties` reads logits and cou
 logits in one fused pass. Triton on CUDA (or force_triton=True), torch elsewhere; reference.py is the spec.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -54,6 +55,8 @@ class PenaltyState:
 
     counts [B, V] int32 on the device; ring [B, range] int32 (the window's tokens, -1 where empty) or None;
     ring_pos: the slot the next token overwrites (its oldest token); length: tokens seen so far.
+    On the CPU it also keeps, per row, the tokens ever counted (support [B, V] int64, the first support_sizes[b]
+    valid), so that applying touches those tokens only, not the whole vocabulary.
     """
 
     counts: torch.Tensor
@@ -62,6 +65,19 @@ class PenaltyState:
     ring_pos: int
     length: int
     use_triton: bool
+    support: np.ndarray | None = None
+    support_sizes: list[int] = field(default_factory=list)
+    in_support: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.use_triton or self.support is not None:
+            return
+        self.support = np.zeros(tuple(self.counts.shape), dtype=np.int64)
+        self.in_support = (self.counts > 0).numpy()
+        for row in self.counts:
+            seen = row.nonzero().flatten().numpy()
+            self.support[len(self.support_sizes), : seen.size] = seen
+            self.support_sizes.append(seen.size)
 
     @classmethod
     def from_history(
@@ -119,23 +135,36 @@ class PenaltyState:
                 self.counts.stride(0), ring.stride(0), HAS_RANGE=self.ring is not None,
             )
         else:
-            tokens = tokens.long()
-            if tokens.min() < 0 or tokens.max() >= self.vocab_size:
-                raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got {tokens.tolist()}")
-            rows = torch.arange(self.batch_size)
-            if self.ring is not None:
-                leaving = self.ring[:, self.ring_pos].long()
-                present = leaving >= 0
-                self.counts[rows[present], leaving[present]] -= 1
-                self.ring[:, self.ring_pos] = tokens.to(torch.int32)
-            self.counts[rows, tokens] += 1
+            values = tokens.tolist()
+            if min(values) < 0 or max(values) >= self.vocab_size:
+                raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got {values}")
+            # numpy views of the CPU tensors: a scalar update costs ~0.1 us instead of a torch op's ~5 us.
+            counts = self.counts.numpy()
+            for row, token in enumerate(values):
+                if self.ring is not None:
+                    ring = self.ring.numpy()
+                    leaving = ring[row, self.ring_pos]
+                    if leaving >= 0:
+                        counts[row, leaving] -= 1
+                    ring[row, self.ring_pos] = token
+                if not self.in_support[row, token]:
+                    self.in_support[row, token] = True
+                    self.support[row, self.support_sizes[row]] = token
+                    self.support_sizes[row] += 1
+                counts[row, token] += 1
         if self.ring is not None:
             self.ring_pos = (self.ring_pos + 1) % self.range
         self.length += 1
 
+    def _support_of(self, row: int) -> np.ndarray:
+        return self.support[row, : self.support_sizes[row]]
+
     def clone(self) -> "PenaltyState":
         ring = None if self.ring is None else self.ring.clone()
-        return PenaltyState(self.counts.clone(), ring, self.range, self.ring_pos, self.length, self.use_triton)
+        support = None if self.support is None else self.support.copy()
+        in_support = None if self.in_support is None else self.in_support.copy()
+        return PenaltyState(self.counts.clone(), ring, self.range, self.ring_pos, self.length, self.use_triton,
+                            support, list(self.support_sizes), in_support)
 
 
 def _apply_penalties_triton(logits: torch.Tensor, counts: torch.Tensor, repetition: float, presence: float,
@@ -154,13 +183,32 @@ def _apply_penalties_triton(logits: torch.Tensor, counts: torch.Tensor, repetiti
     return out
 
 
-def _apply_penalties_torch(logits: torch.Tensor, counts: torch.Tensor, repetition: float, presence: float,
-                           frequency: float) -> torch.Tensor:
-    """The same math in torch: a few dense elementwise passes over [B, V], no gather of the seen tokens."""
-    out = logits.float()
-    penalized = torch.where(out > 0, out / repetition, out * repetition)
+def _penalize_torch(logits: torch.Tensor, counts: torch.Tensor, repetition: float, presence: float,
+                    frequency: float) -> torch.Tensor:
+    """logits [n] fp32, counts [n] int32 -> penalized [n], the kernel's arithmetic without data-dependent branches
+    (a select on random signs runs at branch-mispredict speed on the CPU): the sign rule as the sum of a divided
+    positive part and a multiplied negative part (one of them is exactly 0), and the count > 0 select as a bit mask.
+    """
+    positive = logits.relu()
+    penalized = positive / repetition + (logits - positive) * repetition
     penalized -= counts.float().mul_(frequency).add_(presence)
-    return torch.where(counts > 0, penalized, out).to(logits.dtype)
+    seen = -counts.sign()  # int32: all bits set where counted (counts are never negative), 0 elsewhere
+    return (penalized.view(torch.int32) & seen | logits.view(torch.int32) & ~seen).view(torch.float32)
+
+
+def _apply_penalties_torch(logits: torch.Tensor, state: PenaltyState, repetition: float, presence: float,
+                           frequency: float) -> torch.Tensor:
+    """The same math in torch on the tokens each row ever counted (a few thousand, not the whole vocabulary)."""
+    out = logits.float().clone() if logits.dtype == torch.float32 else logits.float()
+    if state.support is None:  # a state built for Triton, applied on the CPU: every token of the vocabulary
+        return _penalize_torch(out, state.counts, repetition, presence, frequency).to(logits.dtype)
+    for row in range(out.shape[0]):
+        tokens = torch.from_numpy(state._support_of(row))
+        if tokens.numel():
+            penalized = _penalize_torch(out[row].index_select(0, tokens), state.counts[row].index_select(0, tokens),
+                                        repetition, presence, frequency)
+            out[row].index_copy_(0, tokens, penalized)
+    return out.to(logits.dtype)
 
 
 def apply_penalties(
@@ -193,5 +241,5 @@ def apply_penalties(
     if logits.is_cuda or force_triton:
         out = _apply_penalties_triton(logits_2d, state.counts, repetition, presence, frequency)
     else:
-        out = _apply_penalties_torch(logits_2d, state.counts, repetition, presence, frequency)
+        out = _apply_penalties_torch(logits_2d, state, repetition, presence, frequency)
     return out[0] if squeeze else out

@@ -1,0 +1,4 @@
+"""Benchmarks, each a module run as `python -m bench.<name>`, writing its figures to bench/results/<name>*.json.
+
+Speed targets live here as ratios against a baseline measured in the same run, never as timed assertions in tests.
+"""
