@@ -59,7 +59,8 @@ class NativeBackend:
         max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
         cuda_graph: bool | None = None,
     ) -> None:
-        self.model = model.eval()
+        # Inference only: no autograd bookkeeping, even where a caller forgets inference_mode (graph capture).
+        self.model = model.eval().requires_grad_(False)
         self.config: Mamba2Config = model.config
         self.tokenizer = tokenizer
         self.name = name
@@ -331,6 +332,7 @@ class DeviceSampler:
     def _refill_noise(self) -> None:
         self._noise.exponential_(1.0, generator=self._generator)
 
+    @torch.inference_mode()
     def first(self, logits: Tensor) -> int:
         """Draw the first token from the prefill's logits [V] (eager)."""
         self._refill_noise()
@@ -338,6 +340,7 @@ class DeviceSampler:
         self._count(token)
         return token
 
+    @torch.inference_mode()
     def next(self, token_id: int) -> int:
         """Read `token_id` into the state and draw the token after it."""
         backend = self.backend

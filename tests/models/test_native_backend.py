@@ -140,6 +140,12 @@ def test_graph_state_binding_keeps_states_independent(backends, family):
     assert first.ssm.data_ptr() != graphed._static.ssm.data_ptr()
     snapshot = graphed.state_from_bytes(graphed.state_to_bytes(second))
     assert snapshot.length == reference[1].length and torch.equal(snapshot.ssm, reference[1].ssm)
+    # The fused sampler then reuses the same static buffers (captured by step() above) for a third state.
+    greedy, presence = SamplingParams(temperature=0.0), PenaltyParams(presence=0.5)
+    fused, _ = _sample_tokens(graphed, eager.encode(CONTINUATION), 8, greedy, presence)
+    plain, _ = _sample_tokens(eager, eager.encode(CONTINUATION), 8, greedy, presence)
+    assert fused == plain
+    assert graphed.step(first, tokens[0]).shape == (graphed.vocab_size,)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -219,3 +225,23 @@ def test_a_model_too_big_for_memory_is_a_one_line_error(tmp_path):
     with pytest.raises(ModelLoadError, match=r"needs about \d+\.\d GiB of RAM") as error:
         load_native_backend(tmp_path)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cuda_graph_decode_and_fused_sampling_match_eager(folders, family):
+    graphed = load_native_backend(folders[family], device="cuda", max_seq_len=256, cuda_graph=True)
+    eager = load_native_backend(folders[family], device="cuda", max_seq_len=256, cuda_graph=False)
+    prompt = graphed.encode(MANUSCRIPT)
+    states = [graphed.new_state(), eager.new_state()]
+    for backend, state in zip((graphed, eager), states):
+        backend.prefill(state, prompt)
+    for token in graphed.encode("abcdefgh"):
+        torch.testing.assert_close(graphed.step(states[0], token), eager.step(states[1], token), atol=1e-4,
+                                   rtol=1e-4)
+    sampling = SamplingParams(temperature=0.9, top_p=0.9, min_p=0.02)
+    penalties = PenaltyParams(repetition=1.2, presence=0.1)
+    fused, _ = _sample_tokens(graphed, prompt, 32, sampling, penalties)
+    plain, _ = _sample_tokens(eager, prompt, 32, sampling, penalties)
+    assert fused == plain
