@@ -70,6 +70,14 @@ class Services:
                 self._generator_key = key
             return self._generator
 
+    def use_generator(self, generator) -> None:
+        """Serve the app's own model (`--model`) with a generator loaded elsewhere (tests, or a caller that
+        already holds one): it becomes the process-wide model."""
+        with self._lock:
+            self._generator = generator
+            self._generator_key = (self.source.kind, self.source.location, self.config.device, self.config.dtype)
+            self._engine = None
+
     def loaded_generator(self):
         """The model if one is loaded already, else None (counting tokens must not trigger a load)."""
         return self._generator

@@ -36,3 +36,14 @@ def real_embedder():
 def with_embedder(ui_services: services.Services, real_embedder) -> services.Services:
     ui_services._embedder = real_embedder
     return ui_services
+
+
+@pytest.fixture
+def scripted(with_embedder: services.Services):
+    """The services with the engine tests' scripted LM as the process-wide model (the real one runs in the slow
+    browser test)."""
+    from tests.engine.engine_fakes import ScriptedGenerator
+
+    generator = ScriptedGenerator()
+    with_embedder.use_generator(generator)
+    return generator
