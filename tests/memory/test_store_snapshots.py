@@ -46,9 +46,10 @@ def test_damaged_files_are_skipped_and_orphans_swept(Session, tmp_path):
     second.write_bytes(b"tw")  # cut short
     assert snapshots.latest_at_or_before(novel_id, 2, "m") == (1, b"one")
     assert snapshots.list(novel_id, "m") == [(1, 3)]
+    assert not second.exists()  # the damaged file went with its row
     orphan = second.parent / "7-deadbeef.state"
     orphan.write_bytes(b"left by a crash")
-    assert snapshots.sweep() == 2
+    assert snapshots.sweep() == 1 and not orphan.exists()
     assert snapshots.latest_at_or_before(novel_id, 9, "m") == (1, b"one")
 
 
