@@ -67,6 +67,7 @@ def restore_novel(saved: dict | None):
 def header(novel_id) -> str:
     from memory import store
     from app.ui import services
+    from app.ui.common import escape
 
     svc = services.current()
     model = f"Model **{svc.source.name}**"
@@ -74,7 +75,7 @@ def header(novel_id) -> str:
         return f"## Longhand\n{model} · no novel open"
     with svc.session() as session:
         title = store.get_novel(session, int(novel_id)).title
-    return f"## Longhand · {title.replace('*', '')}\n{model} · novel #{novel_id}"
+    return f"## Longhand · {escape(title)}\n{model} · novel #{novel_id}"
 
 
 def build_app(config: Config, source: ModelSource, installed=None):
@@ -156,26 +157,32 @@ def build_app(config: Config, source: ModelSource, installed=None):
     return demo
 
 
+def launch_options(config: Config) -> dict:
+    """Everything `Blocks.launch` is told; private by default (see the module docstring)."""
+    return {
+        "server_name": config.host,
+        "server_port": config.port,
+        "auth": config.auth_pair,
+        "share": config.share,
+        "enable_monitoring": False,
+        "max_file_size": UPLOAD_LIMIT,
+        # Nothing under the data dir is served: not the database, backups, model caches or earlier exports.
+        "blocked_paths": [str(Path(config.data_dir).resolve())],
+        "allowed_paths": [],
+        # Gradio would otherwise keep every call's inputs and outputs (the manuscript) in the browser's storage.
+        "run_history": False,
+        "mcp_server": False,
+        "ssr_mode": False,
+        "css": CSS,
+        "footer_links": ["gradio", "settings"],
+    }
+
+
 def launch(config: Config, source: ModelSource, check_only: bool = False) -> int:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     demo = build_app(config, source)
     if check_only:
         print(f"longhand: ok (model {source.name} at {source.location})")
         return 0
-    demo.queue(default_concurrency_limit=4).launch(
-        server_name=config.host,
-        server_port=config.port,
-        auth=config.auth_pair,
-        share=config.share,
-        enable_monitoring=False,
-        max_file_size=UPLOAD_LIMIT,
-        # Nothing under the data dir is served: not the database, backups, model caches or earlier exports.
-        blocked_paths=[str(Path(config.data_dir).resolve())],
-        allowed_paths=[],
-        run_history=False,
-        mcp_server=False,
-        ssr_mode=False,
-        css=CSS,
-        footer_links=["gradio", "settings"],
-    )
+    demo.queue(default_concurrency_limit=4).launch(**launch_options(config))
     return 0

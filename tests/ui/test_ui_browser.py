@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -70,6 +71,24 @@ def served_app(tmp_path: Path):
             process.kill()
 
 
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def _assert_private(url: str, data_dir: Path) -> None:
+    """The data dir is never served (not even the database), and the monitoring endpoint is off."""
+    for secret in (data_dir / "longhand.db", data_dir / "ui-secret"):
+        assert secret.exists()
+        for route in ("gradio_api/file=", "file="):
+            assert _status(f"{url}{route}{secret}") in (403, 404), f"{route}{secret} was served"
+    assert _status(f"{url}monitoring") in (403, 404)
+    assert _status(f"{url}gradio_api/monitoring") in (403, 404)
+
+
 def _textarea(page, elem_id: str):
     return page.locator(f"#{elem_id} textarea").first
 
@@ -96,6 +115,7 @@ def test_write_edit_memory_reload_and_inspect(served_app, tmp_path: Path):
     from playwright.sync_api import sync_playwright
 
     url, data_dir, log = served_app
+    _assert_private(url, data_dir)
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as playwright:

@@ -316,3 +316,28 @@ def test_chart_refresh_for_a_novel(ui_services):
     words, repetition, summary = story_chart.refresh(novel_id)
     assert list(repetition["repetition"]) == [0.0, 1.0]
     assert summary.startswith("2 paragraphs, 8 words; 1 paragraph(s)")
+
+
+def test_launch_options_are_private_by_default(ui_config):
+    from app.ui import launch_options
+
+    options = launch_options(ui_config)
+    assert options["server_name"] == "127.0.0.1" and options["share"] is False and options["auth"] is None
+    assert options["enable_monitoring"] is False and options["max_file_size"] == "10mb"
+    assert options["blocked_paths"] == [str(ui_config.data_dir.resolve())] and options["allowed_paths"] == []
+    assert options["run_history"] is False and options["mcp_server"] is False
+    from dataclasses import replace
+
+    assert launch_options(replace(ui_config, auth="ann:secret"))["auth"] == ("ann", "secret")
+
+
+def test_the_app_builds_with_every_tab(ui_services):
+    import gradio as gr
+
+    from app.ui import build_app
+
+    demo = build_app(ui_services.config, ui_services.source, installed=ui_services)
+    labels = {block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)}
+    assert labels == {"Library", "Write", "Memory", "Context", "Settings", "Reader", "Story chart"}
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {"plan_radio", "next_step_btn", "stop_btn", "memory_box", "context_box", "create_btn"} <= ids
