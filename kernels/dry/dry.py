@@ -106,16 +106,19 @@ def _dry_scatter_triton(history: torch.Tensor, match: torch.Tensor, is_breaker: 
                               history.stride(0), match.stride(0), best.stride(0), BLOCK=BLOCK_T)
 
 
-def _dry_apply_triton(logits: torch.Tensor, best: torch.Tensor, table: torch.Tensor,
-                      allowed_length: int) -> torch.Tensor:
-    """logits [B, V], best [B, V] int32 (reset to zero here), table [S] fp32 -> new logits [B, V]."""
+def _dry_apply_triton(logits: torch.Tensor, best: torch.Tensor, table: torch.Tensor, allowed_length: int,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
+    """logits [B, V], best [B, V] int32 (reset to zero here), table [S] fp32 -> new logits [B, V] (into `out`)."""
     batch, vocab_size = logits.shape
     if best.shape != (batch, vocab_size) or best.dtype != torch.int32:
         raise ValueError(f"best must be [{batch}, {vocab_size}] int32, got {best.dtype} {tuple(best.shape)}")
     if table.dtype != torch.float32 or table.dim() != 1 or table.numel() < 1:
         raise ValueError(f"table must be a non-empty [S] fp32 tensor, got {table.dtype} {tuple(table.shape)}")
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
-    out = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    if out is None:
+        out = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    elif out.shape != logits.shape or out.stride(1) != 1:
+        raise ValueError(f"out must be [{batch}, {vocab_size}] with a contiguous last dim, got {tuple(out.shape)}")
     grid = (triton.cdiv(vocab_size, BLOCK_V), batch)
     _dry_apply_kernel[grid](logits, best, table, out, vocab_size, allowed_length, table.numel() - 1,
                             logits.stride(0), best.stride(0), out.stride(0), BLOCK=BLOCK_V)

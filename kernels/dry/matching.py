@@ -147,6 +147,8 @@ class SparseDryRow:
     def candidates(self, min_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (tokens [K] int64 unique, lengths [K] int64): max match length per candidate, only >= min_length."""
         keep = self.active_lengths >= min_length
+        if not keep.any():
+            return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
         tokens = self.history[self.active[keep] + 1]
         lengths = self.active_lengths[keep].astype(np.int64)
         not_breaker = ~self.is_breaker[tokens]

@@ -168,13 +168,16 @@ class PenaltyState:
 
 
 def _apply_penalties_triton(logits: torch.Tensor, counts: torch.Tensor, repetition: float, presence: float,
-                            frequency: float) -> torch.Tensor:
-    """logits [B, V] (any float dtype, last dim contiguous), counts [B, V] int32 -> new logits [B, V]."""
+                            frequency: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """logits [B, V] (any float dtype), counts [B, V] int32 -> new logits [B, V] (into `out` when given)."""
     batch, vocab_size = logits.shape
     if counts.shape != (batch, vocab_size) or counts.dtype != torch.int32:
         raise ValueError(f"counts must be [{batch}, {vocab_size}] int32, got {tuple(counts.shape)} {counts.dtype}")
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
-    out = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    if out is None:
+        out = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    elif out.shape != logits.shape or out.stride(1) != 1:
+        raise ValueError(f"out must be [{batch}, {vocab_size}] with a contiguous last dim, got {tuple(out.shape)}")
     grid = (triton.cdiv(vocab_size, BLOCK_V), batch)
     _apply_penalties_kernel[grid](
         logits, counts, out, vocab_size, float(repetition), float(presence), float(frequency),
@@ -196,18 +199,28 @@ def _penalize_torch(logits: torch.Tensor, counts: torch.Tensor, repetition: floa
     return (penalized.view(torch.int32) & seen | logits.view(torch.int32) & ~seen).view(torch.float32)
 
 
+def _penalize_numpy(logits: np.ndarray, counts: np.ndarray, repetition: float, presence: float,
+                    frequency: float) -> np.ndarray:
+    """_penalize_torch in numpy, for the few thousand seen tokens of a row (numpy's per-op cost is far lower)."""
+    repetition, presence, frequency = np.float32(repetition), np.float32(presence), np.float32(frequency)
+    positive = np.maximum(logits, np.float32(0))
+    penalized = positive / repetition + (logits - positive) * repetition
+    penalized -= counts.astype(np.float32) * frequency + presence
+    seen = -np.sign(counts)
+    return (penalized.view(np.int32) & seen | logits.view(np.int32) & ~seen).view(np.float32)
+
+
 def _apply_penalties_torch(logits: torch.Tensor, state: PenaltyState, repetition: float, presence: float,
                            frequency: float) -> torch.Tensor:
-    """The same math in torch on the tokens each row ever counted (a few thousand, not the whole vocabulary)."""
+    """The same math on the CPU, on the tokens each row ever counted (a few thousand, not the whole vocabulary)."""
     out = logits.float().clone() if logits.dtype == torch.float32 else logits.float()
     if state.support is None:  # a state built for Triton, applied on the CPU: every token of the vocabulary
         return _penalize_torch(out, state.counts, repetition, presence, frequency).to(logits.dtype)
+    out_rows, count_rows = out.numpy(), state.counts.numpy()
     for row in range(out.shape[0]):
-        tokens = torch.from_numpy(state._support_of(row))
-        if tokens.numel():
-            penalized = _penalize_torch(out[row].index_select(0, tokens), state.counts[row].index_select(0, tokens),
-                                        repetition, presence, frequency)
-            out[row].index_copy_(0, tokens, penalized)
+        tokens = state._support_of(row)
+        out_rows[row, tokens] = _penalize_numpy(out_rows[row, tokens], count_rows[row, tokens], repetition,
+                                                presence, frequency)
     return out.to(logits.dtype)
 
 

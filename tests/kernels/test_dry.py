@@ -219,3 +219,21 @@ def test_bad_input_raises_one_line_errors():
         state.append(-1)
     with pytest.raises(ValueError, match="one token per sequence"):
         state.append(torch.tensor([1, 2]))
+
+
+def test_triton_writes_every_output_element():
+    """The apply launcher into a NaN-filled output: every element is written, penalized or not, odd V."""
+    from kernels.dry.dry import _dry_apply_triton, _dry_scatter_triton, _penalty_table
+
+    vocab_size = 2 * 1024 + 37
+    history = [2050, 7, 2050, 7, 2050]
+    state = DryState.from_history(torch.tensor(history, device=DEVICE), set(), vocab_size, force_triton=True)
+    logits = torch.randn(1, vocab_size, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    out = torch.full_like(logits, float("nan"))
+    _dry_scatter_triton(state.history, state.match, state.is_breaker, state.length, 2, state._best)
+    table = _penalty_table(0.8, 1.75, 2, default_max_exponent(0.8, 1.75), logits.device)
+    _dry_apply_triton(logits, state._best, table, 2, out=out)
+    expected = apply_dry_reference(logits.cpu(), [history], set(), **DRY)
+    torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=0)
+    assert out[0, 7] < logits[0, 7]  # "7 2050" repeated: candidate 7 extends a 3-token repeat
+    assert not state._best.any()  # the scratch is left all-zero for the next token

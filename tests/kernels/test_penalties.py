@@ -135,3 +135,17 @@ def test_bad_input_raises_one_line_errors():
         PenaltyState.from_history(torch.tensor([1]), 4, range=-1)
     with pytest.raises(ValueError, match=r"must be \[B, T\] or \[T\]"):
         PenaltyState.from_history(torch.zeros(1, 1, 1, dtype=torch.long), 4)
+
+
+def test_triton_writes_every_output_element():
+    """The launcher into a NaN-filled output: every element is written (tokens seen or not, odd V)."""
+    from kernels.penalties.penalties import _apply_penalties_triton
+
+    vocab_size = 2 * 1024 + 37
+    state = PenaltyState.from_history(torch.tensor([[3, 3, 2000], [5, 2080, 2080]], device=DEVICE), vocab_size,
+                                      force_triton=True)
+    logits = make_logits(2, vocab_size, torch.float32).to(DEVICE)
+    out = torch.full_like(logits, float("nan"))
+    _apply_penalties_triton(logits, state.counts, 1.2, 0.3, 0.1, out=out)
+    expected = apply_penalties_reference(logits.cpu(), [[3, 3, 2000], [5, 2080, 2080]], 1.2, 0.3, 0.1)
+    torch.testing.assert_close(out.cpu(), expected, **EXACT)
