@@ -2,7 +2,7 @@
 
 Serves Hugging Face `Mamba2ForCausalLM` and `BambaForCausalLM` safetensors folders through our own kernels
 (kernels.ssd, kernels.conv1d, kernels.gated_norm), with the decode step captured in a CUDA graph on GPU.
-Imports `kernels/` and `models.errors` only.
+Imports `kernels/`; of models/, only `models.errors` and (for sampling on the device) `models.sampling`.
 """
 
 from __future__ import annotations

@@ -169,3 +169,17 @@ def test_presets_derive_the_published_sizes():
     assert 2.6e9 < large.n_params() < 2.8e9
     with pytest.raises(ConfigError, match="layer_types"):
         Mamba2Config(n_layers=3, layer_types=["mamba", "attention"])
+
+
+def test_config_json_written_by_older_converters_reads(tmp_path):
+    # Older conversions write a bare Infinity (valid for Python's json) and omit the defaults.
+    (tmp_path / "config.json").write_text(
+        '{"architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2", "vocab_size": 50288, "hidden_size": 768,'
+        ' "num_hidden_layers": 24, "num_heads": 24, "head_dim": 64, "n_groups": 1, "state_size": 128,'
+        ' "time_step_limit": [0.0, Infinity], "tie_word_embeddings": true, "eos_token_id": 0}'
+    )
+    config = read_config(tmp_path)
+    preset = Mamba2Config.from_preset("mamba2-130m")
+    assert (config.n_heads, config.conv_dim, config.in_proj_size) == (preset.n_heads, preset.conv_dim,
+                                                                      preset.in_proj_size)
+    assert config.time_step_limit == (0.0, math.inf) and config.tie_embeddings and config.eos_token_ids == [0]
