@@ -1,6 +1,7 @@
 """Argument checks shared by the scan and the step: one-line ValueErrors naming what was expected and what arrived."""
 
 import torch
+import triton
 
 
 def expect(condition: bool, message: str) -> None:
@@ -25,3 +26,11 @@ def expect_common(op: str, tensors: list[torch.Tensor | None], dt_limit: tuple[f
         expect(t.is_floating_point(), f"{op}: tensors must be floating point, got {t.dtype}")
     expect(len(dt_limit) == 2 and dt_limit[0] <= dt_limit[1],
            f"{op}: dt_limit must be (min, max) with min <= max, got {tuple(dt_limit)}")
+
+
+def expect_triton_can_run(op: str, x: torch.Tensor, kernel) -> None:
+    """Triton runs CUDA tensors, or CPU tensors only in its interpreter (TRITON_INTERPRET=1 before triton loads)."""
+    interpreted = not isinstance(kernel, triton.runtime.JITFunction)
+    expect(x.is_cuda or interpreted,
+           f"{op}: force_triton with {x.device} tensors needs CUDA tensors or TRITON_INTERPRET=1 set before triton "
+           "is imported")

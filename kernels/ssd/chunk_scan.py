@@ -14,14 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.ssd.checks import expect, expect_common, expect_shapes
+from kernels.ssd.checks import expect, expect_common, expect_shapes, expect_triton_can_run
 from kernels.ssd.reference import ssd_chunk_scan_torch
-
-
-@triton.jit
-def _softplus(x):
-    # Same threshold as torch.nn.functional.softplus and mamba_ssm: above 20, softplus(x) == x in fp32.
-    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))), x)
+from kernels.ssd.state_step import softplus
 
 
 @triton.jit
@@ -56,7 +51,7 @@ def _ssd_chunk_dt_kernel(
     if HAS_DT_BIAS:
         b_dt += tl.load(p_dt_bias + o_h, mask=m_h, other=0.0).to(tl.float32)[:, None]
     if DT_SOFTPLUS:
-        b_dt = _softplus(b_dt)
+        b_dt = softplus(b_dt)
     b_dt = tl.minimum(tl.maximum(b_dt, dt_min), dt_max)
     # Steps past the end of the sequence: dt = 0, so no decay and no input; the last chunk's end state stays right.
     b_dt = tl.where(m_hq, b_dt, 0.0)
@@ -241,8 +236,7 @@ def _ssd_chunk_scan_triton(
     chunk, block_m, block_p, block_n = tiles.chunk, tiles.block_m, tiles.block_p, tiles.block_n
     n_chunks = triton.cdiv(seq_len, chunk)
     # Under TRITON_INTERPRET=1 @triton.jit makes interpreted functions, not JITFunctions (see _dot).
-    interpreted = not isinstance(_ssd_chunk_output_kernel, triton.runtime.JITFunction)
-    dot_upcast = x.dtype == torch.bfloat16 and interpreted
+    dot_upcast = x.dtype == torch.bfloat16 and not isinstance(_ssd_chunk_output_kernel, triton.runtime.JITFunction)
     # The kernels index A and dt_bias as contiguous [H].
     A = A.contiguous()
     dt_bias = None if dt_bias is None else dt_bias.contiguous()
@@ -350,6 +344,7 @@ def ssd_chunk_scan(
     """
     check_scan_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit, initial_state, out, final_state_out)
     if x.is_cuda or force_triton:
+        expect_triton_can_run("ssd_chunk_scan", x, _ssd_chunk_output_kernel)
         batch, _, heads, head_dim = x.shape
         y = torch.empty_like(x) if out is None else out
         final_state = final_state_out

@@ -7,12 +7,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.ssd.checks import expect, expect_common, expect_shapes
+from kernels.ssd.checks import expect, expect_common, expect_shapes, expect_triton_can_run
 from kernels.ssd.reference import ssd_step_reference
 
 
 @triton.jit
-def _softplus(x):
+def softplus(x):
     # Same threshold as torch.nn.functional.softplus and mamba_ssm: above 20, softplus(x) == x in fp32.
     return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))), x)
 
@@ -48,7 +48,7 @@ def _ssd_state_step_kernel(
     if HAS_DT_BIAS:
         b_dt += tl.load(p_dt_bias + i_h).to(tl.float32)
     if DT_SOFTPLUS:
-        b_dt = _softplus(b_dt)
+        b_dt = softplus(b_dt)
     b_dt = tl.minimum(tl.maximum(b_dt, dt_min), dt_max)
     b_A = tl.load(p_A + i_h).to(tl.float32)
     b_B = tl.load(p_B + i_b * s_B_b + i_g * s_B_g + o_n * s_B_n, mask=m_n, other=0.0).to(tl.float32)
@@ -151,6 +151,7 @@ def ssd_state_step(
     """
     check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_limit, out)
     if x.is_cuda or force_triton:
+        expect_triton_can_run("ssd_state_step", x, _ssd_state_step_kernel)
         return _ssd_state_step_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, out)
     y = ssd_step_reference(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
     if out is None:

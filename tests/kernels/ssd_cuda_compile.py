@@ -2,7 +2,7 @@
 
 The interpreter the CPU tests run in does not check what only a GPU compile checks (tile sizes tl.dot accepts,
 types, shared memory use), so test_ssd_*.py run this script in a process without TRITON_INTERPRET.
-Usage: python ssd_cuda_compile.py <sm, e.g. 90> <dtype: bfloat16|float16|float32> <head_dim> <state_size> <chunk>
+Usage: python ssd_cuda_compile.py <sm>,<dtype>,<head_dim>,<state_size>,<chunk> [...], e.g. 90,bfloat16,64,128,256
 """
 
 import os
@@ -40,9 +40,7 @@ def compile_kernel(kernel, target, pointer_type, constexprs) -> int:
     return compiled.metadata.shared
 
 
-def main() -> None:
-    assert os.environ.get("TRITON_INTERPRET", "0") == "0", "run without TRITON_INTERPRET"
-    sm, dtype_name, head_dim, state_size, chunk_size = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+def compile_all(sm: str, dtype_name: str, head_dim: int, state_size: int, chunk_size: int) -> None:
     target = GPUTarget("cuda", int(sm), 32)
     pointer = "*" + TRITON_TYPES[dtype_name]
     tiles = chunk_scan.scan_tiles(getattr(torch, dtype_name), head_dim, state_size, chunk_size)
@@ -67,6 +65,13 @@ def main() -> None:
     for name, (kernel, constexprs) in kernels.items():
         shared = compile_kernel(kernel, target, pointer, constexprs)
         print(f"{name}: sm_{sm} {dtype_name} shared={shared}")
+
+
+def main() -> None:
+    assert os.environ.get("TRITON_INTERPRET", "0") == "0", "run without TRITON_INTERPRET"
+    for config in sys.argv[1:]:
+        sm, dtype_name, head_dim, state_size, chunk_size = config.split(",")
+        compile_all(sm, dtype_name, int(head_dim), int(state_size), int(chunk_size))
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ DT_VARIANTS = {
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
 def test_scan_optional_inputs(variant):
-    inputs = make_inputs(2, 63, 4, 2, 16, 16, torch.float32, seed=1, **VARIANTS[variant])
+    inputs = make_inputs(2, 40, 4, 2, 16, 16, torch.float32, seed=1, **VARIANTS[variant])
     y, final = run_triton(inputs, 16)
     y_ref, final_ref = ssd_scan_reference(**inputs)
     assert_close(y, y_ref, torch.float32, "y")
@@ -179,21 +179,20 @@ def test_tolerances_are_tight_enough_to_catch_a_wrong_decay():
     assert error > 10 * TOLERANCE[torch.float32]
 
 
-@pytest.mark.parametrize(
-    "arch,dtype,head_dim,state_size,chunk",
-    [("90", "bfloat16", 64, 128, 256), ("86", "float32", 64, 128, 256), ("80", "float16", 64, 256, 128)],
-    ids=["H100 bf16 Mamba2", "RTX 30xx fp32", "A100 fp16 N=256"],
-)
-def test_kernels_compile_for_cuda_without_a_gpu(arch, dtype, head_dim, state_size, chunk):
+def test_kernels_compile_for_cuda_without_a_gpu():
     """Every SSD kernel (scan and step) compiles to a cubin with the launchers' tile table, through ptxas.
 
-    The interpreter never checks what only a real compile does (tl.dot tile rules, types, shared memory).
+    The interpreter never checks what only a real compile does (tl.dot tile rules, types, shared memory). Configs:
+    Mamba2 in bf16 on an H100, fp32 on an RTX 30xx (about 100 KB of shared memory), fp16 with N=256 on an A100.
     """
+    configs = ["90,bfloat16,64,128,256", "86,float32,64,128,256", "80,float16,64,256,128"]
     root = Path(__file__).resolve().parents[2]
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     env |= {"PYTHONPATH": str(root), "TRITON_DEFAULT_FP_FUSION": "1"}
     script = Path(__file__).with_name("ssd_cuda_compile.py")
-    done = subprocess.run([sys.executable, str(script), arch, dtype, str(head_dim), str(state_size), str(chunk)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(script), *configs], env=env, capture_output=True, text=True,
+                          timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count(f"sm_{arch} {dtype}") == 5, done.stdout
+    for config in configs:
+        arch, dtype = config.split(",")[:2]
+        assert done.stdout.count(f"sm_{arch} {dtype}") == 5, done.stdout
