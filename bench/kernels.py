@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -175,12 +174,13 @@ def bench_cpu(histories: list[int], tokens: int, baseline_budget_s: float) -> di
     return {
         "what": "repetition penalties (whole history) + DRY per generated token, CPU, batch 1, V = 49152",
         "parameters": {**PENALTIES, **{f"dry_{key}": value for key, value in DRY.items()}},
-        "ours": "PenaltyState/DryState.append + apply_penalties + apply_dry (torch CPU path)",
+        "ours": "PenaltyState/DryState.append + apply_penalties + apply_dry (their CPU paths: torch/numpy on the "
+                "seen tokens and on the earlier occurrences of the new token)",
         "baseline": "pure Python per token: Counter over the history + text-generation-webui's DRY loop",
         "note": "each side's per-token cost is measured, not extrapolated; the baseline runs fewer tokens (its time "
                 "budget), every one checked against ours (max_abs_difference: our fp32 against python floats). Both "
-                "sides run on one thread; speedup_cpu_time compares thread CPU time, which a shared, loaded machine "
-                "does not distort (wall time is reported too)",
+                "sides run on one thread; speedup_cpu_time compares thread CPU time, which other jobs on a shared machine "
+                "distort far less than wall time (reported too, with the load average at start)",
         "histories": rows,
     }
 
@@ -304,9 +304,13 @@ def bench_gpu() -> dict:
 
         seconds = _cuda_time(one_token, repeats=50)
         penalty_seconds = _cuda_time(lambda: apply_penalties(logits, penalty_state, **PENALTIES), repeats=50)
-        # Penalties: logits read + written (fp32), counts read. DRY: history and match read, match written, twice.
+        # Penalties: logits read and written (fp32), counts read. DRY per token: the update reads history and match
+        # and writes match (int32 each), the scatter reads match again, the apply pass reads and writes logits
+        # and reads the per-token scratch.
         penalty_bytes = VOCAB_SIZE * (4 + 4 + 4)
+        dry_bytes = length * (4 + 4 + 4 + 4) + VOCAB_SIZE * (4 + 4 + 4)
         row = {"history_tokens": length, "penalties_plus_dry_us_per_token": round(seconds * 1e6, 2),
+               "penalties_plus_dry_bandwidth_fraction": round((penalty_bytes + dry_bytes) / seconds / peak, 3),
                "penalties_us": round(penalty_seconds * 1e6, 2),
                "penalties_bandwidth_fraction": round(penalty_bytes / penalty_seconds / peak, 3)}
         result["penalties_dry"].append(row)
