@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import weakref
 from typing import Callable
 from pathlib import Path
@@ -90,6 +91,8 @@ class NativeBackend:
         self._static_counts: torch.Tensor | None = None  # [1, V] int32
         self._counts_owner = None  # weakref to the PenaltyState whose counts are the static buffer
         self._sampling_graphs: dict[tuple, Callable[[], Tensor]] = {}
+        # The static buffers are one per backend: two threads generating at once take turns token by token.
+        self._lock = threading.RLock()
 
     # Text ---------------------------------------------------------------------------------------------------
 
@@ -122,9 +125,10 @@ class NativeBackend:
             raise ValueError(f"the text needs {state.length + len(ids)} tokens but this model's attention cache holds "
                              f"{state.max_seq_len}: shorten the context or load with a larger max_seq_len")
         logits = None
-        for start in range(0, len(ids), PREFILL_CHUNK):
-            chunk = torch.tensor([ids[start:start + PREFILL_CHUNK]], dtype=torch.long, device=self.device)  # [1, L]
-            logits = self.model(chunk, state, last_only=True)  # [1, V]
+        with self._lock:
+            for start in range(0, len(ids), PREFILL_CHUNK):
+                chunk = torch.tensor([ids[start:start + PREFILL_CHUNK]], dtype=torch.long, device=self.device)
+                logits = self.model(chunk, state, last_only=True)  # [1, V]
         return logits[0]
 
     @torch.inference_mode()
@@ -132,14 +136,15 @@ class NativeBackend:
         """Read one token into `state`; fp32 logits [V] for the next token."""
         if state.max_seq_len is not None and state.length >= state.max_seq_len:
             raise ValueError(f"the attention cache of {state.max_seq_len} tokens is full")
-        self._token.fill_(int(token_id))
-        self._position.fill_(state.length)
-        if self.use_cuda_graph:
-            self._bind(state)
-            logits = self._replay_step()[0].clone()
-        else:
-            logits = self.model.decode_step(self._token, state, self._position)[0]
-        state.length += 1
+        with self._lock:
+            self._token.fill_(int(token_id))
+            self._position.fill_(state.length)
+            if self.use_cuda_graph:
+                self._bind(state)
+                logits = self._replay_step()[0].clone()
+            else:
+                logits = self.model.decode_step(self._token, state, self._position)[0]
+            state.length += 1
         return logits
 
     def _record(self, run: Callable[[], Tensor], warmup: Callable[[], object]) -> Callable[[], Tensor]:
@@ -335,9 +340,10 @@ class DeviceSampler:
     @torch.inference_mode()
     def first(self, logits: Tensor) -> int:
         """Draw the first token from the prefill's logits [V] (eager)."""
-        self._refill_noise()
-        token = int(self._draw(logits))
-        self._count(token)
+        with self.backend._lock:
+            self._refill_noise()
+            token = int(self._draw(logits))
+            self._count(token)
         return token
 
     @torch.inference_mode()
@@ -345,18 +351,20 @@ class DeviceSampler:
         """Read `token_id` into the state and draw the token after it."""
         backend = self.backend
         if not self.fused:
-            self._refill_noise()
-            token = int(self._draw(backend.step(self.state, token_id)))
-            self._count(token)
+            with backend._lock:
+                self._refill_noise()
+                token = int(self._draw(backend.step(self.state, token_id)))
+                self._count(token)
             return token
         if self.state.max_seq_len is not None and self.state.length >= self.state.max_seq_len:
             raise ValueError(f"the attention cache of {self.state.max_seq_len} tokens is full")
-        backend._token.fill_(int(token_id))
-        backend._position.fill_(self.state.length)
-        self._refill_noise()
-        drawn = backend._sampling_graph(self)()  # [1]
-        self.state.length += 1
-        return int(drawn)
+        with backend._lock:
+            backend._token.fill_(int(token_id))
+            backend._position.fill_(self.state.length)
+            self._refill_noise()
+            drawn = int(backend._sampling_graph(self)()[0])
+            self.state.length += 1
+        return drawn
 
     def _count(self, token: int) -> None:
         # When fused, _draw counted the token on the device already.

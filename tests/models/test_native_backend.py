@@ -245,3 +245,24 @@ def test_cuda_graph_decode_and_fused_sampling_match_eager(folders, family):
     fused, _ = _sample_tokens(graphed, prompt, 32, sampling, penalties)
     plain, _ = _sample_tokens(eager, prompt, 32, sampling, penalties)
     assert fused == plain
+
+
+def test_two_threads_decoding_at_once_get_what_each_gets_alone(backends):
+    import threading
+
+    backend = _EmulatedRecordBackend(backends["mamba2"].model, backends["mamba2"].tokenizer, max_seq_len=256,
+                                     cuda_graph=True)
+    prompts = [backend.encode(MANUSCRIPT), backend.encode(CONTINUATION)]
+    sampling, penalties = SamplingParams(temperature=0.8), PenaltyParams(repetition=1.2)
+    alone = [_sample_tokens(backends["mamba2"], prompt, 40, sampling, penalties)[0] for prompt in prompts]
+    together = [None, None]
+
+    def run(i):
+        together[i] = _sample_tokens(backend, prompts[i], 40, sampling, penalties)[0]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert together == alone
