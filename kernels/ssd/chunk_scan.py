@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.ssd.checks import expect, expect_common, expect_shapes, expect_triton_can_run
+from kernels.ssd.checks import expect_common, expect_shapes, expect_triton_can_run
 from kernels.ssd.reference import ssd_chunk_scan_torch
 from kernels.ssd.state_step import softplus
 
@@ -284,16 +284,19 @@ def _ssd_chunk_scan_triton(
 def check_scan_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit, initial_state, out, final_state_out):
     """Raise ValueError naming the argument, the expected shape and the shape that arrived."""
     op = "ssd_chunk_scan"
-    expect(x.dim() == 4, f"{op}: x must be [B, L, H, P], got shape {list(x.shape)}")
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be [B, L, H, P], got shape {list(x.shape)}")
     batch, seq_len, heads, head_dim = x.shape
-    expect(seq_len >= 1, f"{op}: the sequence must have at least one token, got L={seq_len}")
-    expect(B.dim() == 4 and B.shape[:2] == x.shape[:2],
-           f"{op}: B must be [{batch}, {seq_len}, G, N], got {list(B.shape)}")
+    if seq_len < 1:
+        raise ValueError(f"{op}: the sequence must have at least one token, got L={seq_len}")
+    if B.dim() != 4 or B.shape[:2] != x.shape[:2]:
+        raise ValueError(f"{op}: B must be [{batch}, {seq_len}, G, N], got {list(B.shape)}")
     groups, state_size = B.shape[2], B.shape[3]
-    expect(groups > 0 and heads % groups == 0,
-           f"{op}: the number of groups G={groups} (B.shape[2]) must divide the number of heads H={heads}")
-    expect(isinstance(chunk_size, int) and chunk_size >= 1,
-           f"{op}: chunk_size must be a positive int, got {chunk_size!r}")
+    if groups == 0 or heads % groups != 0:
+        raise ValueError(f"{op}: the number of groups G={groups} (B.shape[2]) must divide the number of heads "
+                         f"H={heads}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"{op}: chunk_size must be a positive int, got {chunk_size!r}")
     expect_shapes(op, {
         "dt": (dt, (batch, seq_len, heads)),
         "A": (A, (heads,)),
@@ -304,9 +307,8 @@ def check_scan_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit, initi
         "out": (out, (batch, seq_len, heads, head_dim)),
         "final_state_out": (final_state_out, (batch, heads, head_dim, state_size)),
     })
-    if D is not None:
-        expect(tuple(D.shape) in ((heads,), (heads, head_dim)),
-               f"{op}: D must have shape [{heads}] or [{heads}, {head_dim}], got {list(D.shape)}")
+    if D is not None and D.shape != (heads,) and D.shape != (heads, head_dim):
+        raise ValueError(f"{op}: D must have shape [{heads}] or [{heads}, {head_dim}], got {list(D.shape)}")
     expect_common(op, [x, dt, A, B, C, D, z, dt_bias, initial_state, out, final_state_out], dt_limit)
 
 

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.ssd.checks import expect, expect_common, expect_shapes, expect_triton_can_run
+from kernels.ssd.checks import expect_common, expect_shapes, expect_triton_can_run
 from kernels.ssd.reference import ssd_step_reference
 
 
@@ -105,12 +105,15 @@ def _ssd_state_step_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt
 def check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_limit, out) -> None:
     """Raise ValueError naming the argument, the expected shape and the shape that arrived."""
     op = "ssd_state_step"
-    expect(x.dim() == 3, f"{op}: x must be [B, H, P], got shape {list(x.shape)}")
+    if x.dim() != 3:
+        raise ValueError(f"{op}: x must be [B, H, P], got shape {list(x.shape)}")
     batch, heads, head_dim = x.shape
-    expect(B.dim() == 3 and B.shape[0] == batch, f"{op}: B must be [{batch}, G, N], got {list(B.shape)}")
+    if B.dim() != 3 or B.shape[0] != batch:
+        raise ValueError(f"{op}: B must be [{batch}, G, N], got {list(B.shape)}")
     groups, state_size = B.shape[1], B.shape[2]
-    expect(groups > 0 and heads % groups == 0,
-           f"{op}: the number of groups G={groups} (B.shape[1]) must divide the number of heads H={heads}")
+    if groups == 0 or heads % groups != 0:
+        raise ValueError(f"{op}: the number of groups G={groups} (B.shape[1]) must divide the number of heads "
+                         f"H={heads}")
     expect_shapes(op, {
         "state": (state, (batch, heads, head_dim, state_size)),
         "dt": (dt, (batch, heads)),
@@ -120,9 +123,8 @@ def check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_limit, out) -> No
         "dt_bias": (dt_bias, (heads,)),
         "out": (out, (batch, heads, head_dim)),
     })
-    if D is not None:
-        expect(tuple(D.shape) in ((heads,), (heads, head_dim)),
-               f"{op}: D must have shape [{heads}] or [{heads}, {head_dim}], got {list(D.shape)}")
+    if D is not None and D.shape != (heads,) and D.shape != (heads, head_dim):
+        raise ValueError(f"{op}: D must have shape [{heads}] or [{heads}, {head_dim}], got {list(D.shape)}")
     expect_common(op, [state, x, dt, A, B, C, D, z, dt_bias, out], dt_limit)
 
 
