@@ -4,7 +4,9 @@ and a chunked torch scan (same math, fast enough for the CPU path).
 Per head h (group g = h // (H // G)), with dt processed as clamp(softplus(dt + dt_bias), *dt_limit):
     state_t = exp(dt_t * A_h) * state_{t-1} + dt_t * x_t ⊗ B_t          # [P, N]
     y_t     = (state_t @ C_t + D_h * x_t) * silu(z_t)                   # [P]
-Semantics follow mamba_ssm's mamba_chunk_scan_combined / selective_state_update.
+Semantics follow mamba_ssm's mamba_chunk_scan_combined / selective_state_update, with two deliberate differences:
+dt is always clamped to dt_limit (mamba_ssm skips the clamp at the default (0, inf), which only matters for a
+negative dt without softplus), and the step takes dt_limit too, so a scan equals its steps under any limit.
 """
 
 import torch
