@@ -1,9 +1,11 @@
 """Mamba2 prefill: the chunked SSD scan over a whole sequence (Triton + dispatch).
 
-Four kernels, as in mamba_ssm's ssd_combined: (1) per chunk, dt after bias/softplus/clamp and the cumulative log-decay
-(2) per chunk, its own contribution to the state at its end (3) the states passed from chunk to chunk, sequentially,
-in fp32, from the initial state to the final one (4) per chunk, y from the chunk-start state plus the causal
-intra-chunk part, with the D skip and the silu(z) gate fused.
+Four kernels, after mamba_ssm's ssd_combined: (1) per chunk, dt after bias/softplus/clamp and the cumulative
+log-decay (2) per chunk, its own contribution to the state at its end (3) the states passed from chunk to chunk,
+sequentially, in fp32, from the initial state to the final one (4) per chunk, y from the chunk-start state plus the
+causal intra-chunk part, with the D skip and the silu(z) gate fused. Unlike mamba_ssm, (4) computes C·B itself rather
+than reading a [chunk, chunk] matrix per head that a fifth kernel wrote: with one group for 80 heads (Mamba2-2.7B)
+re-reading it would cost more memory traffic than the tensor cores spend recomputing it.
 """
 
 import contextlib
