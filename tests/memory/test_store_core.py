@@ -233,7 +233,8 @@ def test_undo_everything_then_redo_everything(Session):
 
 HOSTILE = {
     "rtl": "\u05e9\u05dc\u05d5\u05dd \u0645\u0631\u062d\u0628\u0627 \u202eevil\u202c mixed",
-    "zwj_emoji": "family: \U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 and flag \U0001f3f3\ufe0f\u200d\U0001f308",
+    "zwj_emoji": ("family: \U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 "
+                  "and flag \U0001f3f3\ufe0f\u200d\U0001f308"),
     "combining": "Z\u0351\u036b\u0343\u036a\u0302\u036b\u033d\u034f\u0334\u0319a\u0300\u0301\u0302 e\u0301 vs \u00e9",
     "nul": "before\x00after\x00\x00end\x10escape-char",
     "crlf": "line one\r\nline two\rline three\n\r\n",
