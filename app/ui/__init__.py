@@ -83,7 +83,7 @@ def build_app(config: Config, source: ModelSource, installed=None):
     import gradio as gr
 
     from app.ui import context, library, memory_tab, reader, services, settings, story_chart, write
-    from app.ui.common import handler
+    from app.ui.common import GENERATION, handler
 
     if installed is None:
         installed = services.Services(config=config, source=source, session_factory=services.open_store(config))
@@ -150,7 +150,7 @@ def build_app(config: Config, source: ModelSource, installed=None):
             .then(remember_novel, [novel_state], [browser], queue=False) \
             .then(refresh_all, [novel_state], all_outputs)
         on_novel_changed(opened.then(write.start_story, [novel_state], write.stream_outputs(write_tab),
-                                     concurrency_id="generation", show_progress="hidden"))
+                                     **GENERATION))
 
         # A reload: the browser still knows which novel was open.
         demo.load(restore_novel, [browser], [novel_state]).then(refresh_all, [novel_state], all_outputs)

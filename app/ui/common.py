@@ -26,6 +26,11 @@ MAX_SHORT_CHARS = 300
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
+# Event options of everything that runs the model: one generation at a time in the process (one model, and a
+# CPU runs one fast or two slowly), with the tab's own status line instead of Gradio's overlay.
+GENERATION = {"concurrency_id": "generation", "concurrency_limit": 1, "show_progress": "hidden"}
+
+
 class InputError(ValueError):
     """The user's input cannot be used; the message says which field and why."""
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from app.ui import services
-from app.ui.common import clean_text, handler, require_novel
+from app.ui.common import GENERATION, clean_text, handler, require_novel
 
 CHOICES = 3
 
@@ -99,7 +99,5 @@ def refresh_outputs(tab: ReaderTab) -> list:
 def wire(tab: ReaderTab, novel_state: gr.State, on_novel_changed) -> None:
     outputs = [tab.passage_box, tab.status_md]
     for index, button in enumerate(tab.choice_btns):
-        on_novel_changed(button.click(_choice_handler(index), [novel_state], outputs,
-                                      concurrency_id="generation", show_progress="hidden"))
-    on_novel_changed(tab.own_choice_btn.click(own_choice, [novel_state, tab.own_choice_box], outputs,
-                                              concurrency_id="generation", show_progress="hidden"))
+        on_novel_changed(button.click(_choice_handler(index), [novel_state], outputs, **GENERATION))
+    on_novel_changed(tab.own_choice_btn.click(own_choice, [novel_state, tab.own_choice_box], outputs, **GENERATION))

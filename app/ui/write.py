@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from app.ui import services
-from app.ui.common import InputError, clean_text, handler, require_novel, word_count
+from app.ui.common import GENERATION, InputError, clean_text, handler, require_novel, word_count
 
 CUSTOM_PLAN = "(my own instruction)"
 
@@ -271,13 +271,10 @@ def stream_outputs(tab: WriteTab) -> list:
 def wire(tab: WriteTab, novel_state: gr.State, on_novel_changed) -> None:
     tab.plan_radio.input(choose_plan, [tab.plan_radio], [tab.instruction_box], queue=False)
     running = [
-        tab.next_step_btn.click(next_step, [novel_state, tab.instruction_box], stream_outputs(tab),
-                                concurrency_id="generation", show_progress="hidden"),
-        tab.retry_btn.click(retry, [novel_state], stream_outputs(tab), concurrency_id="generation",
-                            show_progress="hidden"),
+        tab.next_step_btn.click(next_step, [novel_state, tab.instruction_box], stream_outputs(tab), **GENERATION),
+        tab.retry_btn.click(retry, [novel_state], stream_outputs(tab), **GENERATION),
         tab.auto_write_btn.click(auto_write, [novel_state, tab.auto_steps], stream_outputs(tab),
-                                 concurrency_id="generation", show_progress="minimal",
-                                 show_progress_on=[tab.status_md]),
+                                 **{**GENERATION, "show_progress": "minimal"}, show_progress_on=[tab.status_md]),
     ]
     for dependency in running:
         on_novel_changed(dependency)
