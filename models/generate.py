@@ -122,12 +122,19 @@ def generate(
     if max_new_tokens <= 0:
         info.finish_reason = "length"
         return
-    if not prompt_ids and state is None:
-        raise ValueError("generate needs a non-empty prompt or a state that has read something")
+    if not prompt_ids:
+        # The logits for the first new token come from reading the prompt's last token.
+        raise ValueError("generate needs a non-empty prompt")
 
     _check(cancel)
     if state is None:
         state = backend.new_state()
+    already_read = getattr(state, "length", 0)
+    if not backend.fixed_size_state and already_read + len(prompt_ids) >= backend.context_window:
+        raise ValueError(
+            f"the prompt ({len(prompt_ids)} tokens after {already_read} already read) does not fit "
+            f"{backend.name}'s context window of {backend.context_window} tokens: shorten it"
+        )
     logits = backend.prefill(state, list(prompt_ids))  # [V]
     vocab_size = logits.shape[-1]
 
@@ -141,7 +148,7 @@ def generate(
     eos = set(backend.eos_token_ids)
     room = None
     if not backend.fixed_size_state and backend.context_window > 0:
-        room = backend.context_window - len(prompt_ids)
+        room = backend.context_window - getattr(state, "length", len(prompt_ids))
     new_ids = info.new_token_ids
     stops = StopFilter(stop)
     while True:

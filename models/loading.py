@@ -159,6 +159,8 @@ def load_folder_backend(
     _check_fits(_safetensors_param_count(folder), torch.finfo(dtype).bits // 8, device, name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # Before the model is built: transformers binds the Mamba2-family fast path when the modeling module loads.
+    _install_kernels(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
@@ -167,11 +169,10 @@ def load_folder_backend(
     except Exception as exc:  # transformers and safetensors raise many types; the user needs one line
         raise ModelLoadError(f"Could not load {folder} ({type(exc).__name__}: {_first_line(exc)}).") from None
     model.to(device)
-    _install_kernels(model, device)
     return TransformersBackend(model, tokenizer, name=name, identity=identity or _identity(folder))
 
 
-def _install_kernels(model, device: torch.device) -> None:
+def _install_kernels(device: torch.device) -> None:
     # On CUDA, Mamba2-family layers run our Triton scan/conv through transformers' kernel hook.
     if device.type != "cuda":
         return

@@ -7,9 +7,12 @@ A source is anything with `kind` ("gguf", "folder" or "remote"), `location` (a p
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence, Union
+
+import torch
 
 from models.backend import State
 from models.errors import ModelLoadError
@@ -136,9 +139,18 @@ def load_generator(
     dtype: str = "auto",
     cache_dir: str | Path,
     trust_remote_code: bool = False,
+    threads: int | None = None,
 ) -> TextGenerator:
-    """Load `source` (kind, location, name) or raise `ModelLoadError` with one line saying what to do."""
+    """Load `source` (kind, location, name) or raise `ModelLoadError` with one line saying what to do.
+
+    `threads` sets torch's CPU thread count for the process (on a machine shared with other busy processes one
+    thread can decode many times faster than OpenMP's default, which spins waiting for cores it cannot get).
+    """
     kind, location, name = source.kind, str(source.location), source.name
+    if threads is not None:
+        if threads < 1:
+            raise ModelLoadError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     if kind == "remote":
         from models.remote import RemoteBackend
 
@@ -152,8 +164,6 @@ def load_generator(
             report=report,
         )
     elif kind == "folder":
-        import time
-
         from models import mamba2
 
         started = time.perf_counter()

@@ -120,3 +120,38 @@ def test_broken_weights_give_one_line(tmp_path):
     with pytest.raises(ModelLoadError) as info:
         load_folder_backend(folder, name="broken", device=torch.device("cpu"), dtype=torch.float32)
     assert "Could not load" in _one_line(info)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_a_safetensors_folder_loads_and_generates_in_each_dtype(default_generator, tmp_path, dtype):
+    """A tiny random Llama saved with the default model's tokenizer: load from the folder in each dtype."""
+    import shutil
+    from pathlib import Path
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from models.generate import GenerationInfo
+    from models.sampling import SamplingParams
+
+    folder = tmp_path / "tiny-llama"
+    tokenizer_folder = Path(default_generator.load_report.loaded_from)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         eos_token_id=2, bos_token_id=1, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (tokenizer_folder / name).is_file():
+            shutil.copy(tokenizer_folder / name, folder / name)
+
+    generator = _load("folder", folder, tmp_path, device="cpu", dtype=dtype)
+    backend = generator.backend
+    assert backend.dtype == getattr(torch, dtype) and not backend.fixed_size_state
+    assert backend.context_window == 256
+    info = GenerationInfo()
+    text = generator.complete([{"role": "user", "content": "Hello"}], sampling=SamplingParams(seed=1),
+                              max_new_tokens=4, info=info)
+    assert len(info.new_token_ids) in range(1, 5) and isinstance(text, str)
+    other = _load("folder", folder, tmp_path, device="cpu", dtype="float32" if dtype != "float32" else "bfloat16")
+    assert other.backend.fingerprint != backend.fingerprint  # snapshots never cross dtypes
