@@ -188,3 +188,21 @@ def triggered_lore(session: Session, novel_id: int, text: str, query_vector: Vec
                             reverse=True)
             chosen += [rest[i] for score, i in scored[:max_similar] if score >= similarity_threshold]
     return chosen
+
+
+def embed_missing(session: Session, novel_id: int, embedder: Embedder, batch: int = 64) -> int:
+    """Embed every paragraph and lore entry of a novel that has no vector from this embedder yet (after an import,
+    an edit saved without a vector, or switching embedders). Returns how many were embedded."""
+    from memory.store import paragraphs_missing_embedding, set_lore_embedding, set_paragraph_embedding
+
+    missing = paragraphs_missing_embedding(session, novel_id, embedder.name)
+    for start in range(0, len(missing), batch):
+        chunk = missing[start:start + batch]
+        for paragraph, values in zip(chunk, embedder.embed([p.text for p in chunk])):
+            set_paragraph_embedding(session, paragraph.id, Vector(embedder.name, values))
+    have = select(Embedding.lore_entry_id).where(Embedding.novel_id == novel_id, Embedding.embedder == embedder.name,
+                                                 Embedding.lore_entry_id.is_not(None))
+    lore = list(session.scalars(select(LoreEntry).where(LoreEntry.novel_id == novel_id, LoreEntry.id.not_in(have))))
+    for entry, values in zip(lore, embedder.embed([f"{e.name}: {e.body}" for e in lore])):
+        set_lore_embedding(session, entry.id, Vector(embedder.name, values))
+    return len(missing) + len(lore)

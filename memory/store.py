@@ -26,7 +26,8 @@ Public functions
   body, always_on=False, enabled=True, embedding=None); edit_lore(s, lore_id, expected_version, *, name=None,
   keys=None, body=None, always_on=None, enabled=None, embedding=None); delete_lore(s, lore_id)
 - embeddings: Vector(embedder, values); set_paragraph_embedding(s, paragraph_id, vector);
-  paragraphs_missing_embedding(s, novel_id, embedder) -> list[Paragraph]
+  set_lore_embedding(s, lore_id, vector); paragraphs_missing_embedding(s, novel_id, embedder) -> list[Paragraph]
+  (memory.retrieval.embed_missing(s, novel_id, embedder) fills every gap with a real Embedder)
 - a generation step: commit_step(s, novel_id, paragraph_text, memory_text, plans, chosen_plan, used_plan_text,
   embedding, origin="generated", expected_memory_version=None, expected_paragraph_count=None) -> StepResult
 - history: revisions(s, novel_id, include_dropped=False) -> list[Revision]; undo(s, novel_id) -> Revision | None;

@@ -159,3 +159,19 @@ def test_embedder_is_local_normalized_and_named(embedder):
     assert embedder.name == "all-MiniLM-L6-v2"
     with pytest.raises(retrieval.EmbedderError, match="config.json"):
         retrieval.Embedder(embedder.path.parent / "no-such-folder")
+
+
+def test_embed_missing_fills_paragraphs_and_lore_once(Session, embedder):
+    with Session() as s, s.begin():
+        novel_id = store.create_novel(s, "Backfill").id
+        store.add_paragraph(s, novel_id, "The ferry sank in the storm.")
+        store.add_paragraph(s, novel_id, "Bread was baked at dawn.", embedding=embedder.vector("Bread was baked."))
+        store.add_lore(s, novel_id, "Storms", ["storm"], "Autumn storms wreck boats on the reef.")
+    with Session() as s, s.begin():
+        assert retrieval.embed_missing(s, novel_id, embedder) == 2
+    with Session() as s, s.begin():
+        assert retrieval.embed_missing(s, novel_id, embedder) == 0
+    query = embedder.vector("a boat went down in bad weather")
+    with Session() as s:
+        assert retrieval.top_k(s, novel_id, query, 1)[0][0].position == 1
+        assert [e.name for e in retrieval.triggered_lore(s, novel_id, "calm seas", query)] == ["Storms"]
