@@ -90,6 +90,7 @@ class NativeBackend:
         self._noise = torch.ones(self.vocab_size, device=self.device)  # [V]
         self._static_counts: torch.Tensor | None = None  # [1, V] int32
         self._counts_owner = None  # weakref to the PenaltyState whose counts are the static buffer
+        self._current_sampler: DeviceSampler | None = None
         self._sampling_graphs: dict[tuple, Callable[[], Tensor]] = {}
         # The static buffers are one per backend: two threads generating at once take turns token by token.
         self._lock = threading.RLock()
@@ -215,6 +216,7 @@ class NativeBackend:
                 counts.counts = self._static_counts
                 self._counts_owner = weakref.ref(counts)
         key = (s.temperature, s.top_k, s.top_p, s.min_p, counts is not None, p.repetition, p.presence, p.frequency)
+        self._current_sampler = sampler
         if key not in self._sampling_graphs:
             def warmup() -> None:
                 # The penalty and sampling kernels only (the step's are warm), on scratch counts: a draw counts.
@@ -227,7 +229,9 @@ class NativeBackend:
 
             def step_and_draw() -> Tensor:
                 logits = self.model.decode_step(self._token, self._static, self._position)[0]  # [V]
-                return sampler._draw(logits)  # [1]
+                # A captured graph bakes in the capturing sampler's buffers, which every sampler with this key
+                # shares (static noise and counts); an eager replay must read the sampler of the moment.
+                return self._current_sampler._draw(logits)  # [1]
 
             self._sampling_graphs[key] = self._record(step_and_draw, warmup)
         return self._sampling_graphs[key]
