@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python -m bench.native " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
-        "variants": {"native": "models.mamba2 NativeBackend.step, greedy, argmax read back per token (CUDA graph on GPU)",
+        "variants": {"native": "models.mamba2 NativeBackend.step, greedy, argmax read back per token "
+                               "(CUDA graph on GPU)",
                  "native_sampled": "NativeBackend.sampler: temperature/top-p/min-p + repetition/presence/frequency "
                                    "penalties on the device, fused into the step's graph on GPU",
                      "hf_kernels": "transformers + kernels.hf_provider.install(), through models.hf_backend",

@@ -95,13 +95,18 @@ def test_greedy_64_tokens_match_transformers_generate(checkpoints, family):
 def test_triton_kernels_in_interpreter_match_reference_path(checkpoints, family, monkeypatch):
     ours = load_model(checkpoints[family])
     ids = _prompt(seed=4, length=19)
-    with torch.no_grad():
+
+    def prefill_then_step():
         state = ours.allocate_state(1, max_seq_len=32)
-        reference = torch.cat([ours(ids[:, :18], state), ours.decode_step(ids[:, 18], state, torch.tensor([18]))[:, None]], 1)
+        prefill = ours(ids[:, :18], state)  # [1, 18, V]
+        step = ours.decode_step(ids[:, 18], state, torch.tensor([18]))  # [1, V]
+        return torch.cat([prefill, step[:, None]], dim=1)
+
+    with torch.no_grad():
+        reference = prefill_then_step()
         for name in ("causal_conv1d", "causal_conv1d_update", "gated_rms_norm", "ssd_chunk_scan", "ssd_state_step"):
             monkeypatch.setattr(native_model, name, functools.partial(getattr(native_model, name), force_triton=True))
-        state = ours.allocate_state(1, max_seq_len=32)
-        triton = torch.cat([ours(ids[:, :18], state), ours.decode_step(ids[:, 18], state, torch.tensor([18]))[:, None]], 1)
+        triton = prefill_then_step()
     torch.testing.assert_close(triton, reference, atol=1e-4, rtol=1e-4)
 
 
