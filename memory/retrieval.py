@@ -2,7 +2,7 @@
 
 Each paragraph is embedded once, when it is saved or edited (RecurrentGPT re-embedded the whole novel every step);
 vectors are stored unit-length with the embedder's name and dimension, so top-k is one matrix-vector product.
-The matrix of a novel is cached in memory and reloaded only when the novel's `embedding_epoch` moves.
+The matrix of a novel is cached in memory; when the novel changed, only vectors not cached yet are read again.
 """
 
 from __future__ import annotations
@@ -72,7 +72,10 @@ class Embedder:
 
 @dataclass
 class _Matrix:
-    epoch: int
+    # (embedding_epoch, updated_at) of the novel when loaded: both move on every vector change, and the pair
+    # also differs after a restore from a backup puts an older novel row back.
+    epoch: tuple
+    embedding_ids: np.ndarray  # [N] int64; an embedding id always names the same vector (rows are never updated)
     paragraph_ids: np.ndarray  # [N] int64
     positions: np.ndarray  # [N] int64
     vectors: np.ndarray  # [N, dim] float32
@@ -81,6 +84,7 @@ class _Matrix:
 _CACHE: OrderedDict[tuple[str, str, int], _Matrix] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 8
+_FETCH_CHUNK = 500
 
 
 def clear_cache() -> None:
@@ -89,25 +93,42 @@ def clear_cache() -> None:
 
 
 def _load_matrix(session: Session, novel: Novel, embedder: str, dim: int) -> _Matrix:
+    """The novel's paragraph vectors for one embedder. Unchanged since last time: the cached matrix. Changed: the
+    (id, position) list is re-read and only vectors not cached yet are fetched, so a step adding one paragraph to
+    a 100k-paragraph novel reads one vector, not 100k."""
     key = (novel.uid, embedder, dim)
+    epoch = (novel.embedding_epoch, novel.updated_at)
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
-        if cached is not None and cached.epoch == novel.embedding_epoch:
+        if cached is not None and cached.epoch == epoch:
             _CACHE.move_to_end(key)
             return cached
     rows = session.execute(
-        select(Embedding.paragraph_id, Paragraph.position, Embedding.vector)
+        select(Embedding.id, Embedding.paragraph_id, Paragraph.position)
         .join(Paragraph, Paragraph.id == Embedding.paragraph_id)
         .where(Embedding.novel_id == novel.id, Embedding.embedder == embedder, Embedding.dim == dim)
+        .order_by(Embedding.id)
     ).all()
-    if rows:
-        vectors = np.frombuffer(b"".join(r.vector for r in rows), dtype="<f4").reshape(len(rows), dim)
-    else:
-        vectors = np.zeros((0, dim), dtype=np.float32)
-    matrix = _Matrix(epoch=novel.embedding_epoch,
-                     paragraph_ids=np.fromiter((r.paragraph_id for r in rows), dtype=np.int64, count=len(rows)),
-                     positions=np.fromiter((r.position for r in rows), dtype=np.int64, count=len(rows)),
-                     vectors=vectors)
+    count = len(rows)
+    embedding_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=count)
+    vectors = np.empty((count, dim), dtype=np.float32)
+    have = np.zeros(count, dtype=bool)
+    if cached is not None and cached.embedding_ids.size:
+        # Both id lists are sorted: match them with searchsorted.
+        where = np.searchsorted(cached.embedding_ids, embedding_ids)
+        where = np.minimum(where, cached.embedding_ids.size - 1)
+        have = cached.embedding_ids[where] == embedding_ids
+        vectors[have] = cached.vectors[where[have]]
+    missing = embedding_ids[~have]
+    row_of = {int(e): i for i, e in enumerate(embedding_ids)} if missing.size else {}
+    for start in range(0, missing.size, _FETCH_CHUNK):
+        chunk = [int(e) for e in missing[start:start + _FETCH_CHUNK]]
+        for embedding_id, blob in session.execute(select(Embedding.id, Embedding.vector)
+                                                  .where(Embedding.id.in_(chunk))):
+            vectors[row_of[embedding_id]] = np.frombuffer(blob, dtype="<f4")
+    matrix = _Matrix(epoch=epoch, embedding_ids=embedding_ids,
+                     paragraph_ids=np.fromiter((r[1] for r in rows), dtype=np.int64, count=count),
+                     positions=np.fromiter((r[2] for r in rows), dtype=np.int64, count=count), vectors=vectors)
     with _CACHE_LOCK:
         _CACHE[key] = matrix
         _CACHE.move_to_end(key)

@@ -412,11 +412,12 @@ def _put_embedding(changes: _Changes, novel_id: int, *, vector: Vector, paragrap
     owner = Embedding.paragraph_id == paragraph_id if paragraph_id is not None \
         else Embedding.lore_entry_id == lore_entry_id
     existing = session.scalar(select(Embedding).where(owner, Embedding.embedder == vector.embedder))
+    # Vectors are never changed in place: a new one gets a new row id, so an id always names the same vector
+    # (the retrieval cache relies on it).
     if existing is not None:
-        changes.update(existing, dim=dim, vector=data, created_at=utcnow())
-    else:
-        changes.insert(Embedding(novel_id=novel_id, paragraph_id=paragraph_id, lore_entry_id=lore_entry_id,
-                                 embedder=vector.embedder, dim=dim, vector=data))
+        changes.delete(existing)
+    changes.insert(Embedding(novel_id=novel_id, paragraph_id=paragraph_id, lore_entry_id=lore_entry_id,
+                             embedder=vector.embedder, dim=dim, vector=data))
 
 
 def _drop_embeddings(changes: _Changes, *, paragraph_id: int | None = None, lore_entry_id: int | None = None,
@@ -509,11 +510,11 @@ def set_paragraph_embedding(session: Session, paragraph_id: int, vector: Vector)
     data, dim = _vector_bytes(vector)
     existing = session.scalar(select(Embedding).where(Embedding.paragraph_id == paragraph_id,
                                                       Embedding.embedder == vector.embedder))
-    if existing is None:
-        session.add(Embedding(novel_id=paragraph.novel_id, paragraph_id=paragraph_id, embedder=vector.embedder,
-                              dim=dim, vector=data))
-    else:
-        existing.dim, existing.vector = dim, data
+    if existing is not None:
+        session.delete(existing)
+        session.flush()
+    session.add(Embedding(novel_id=paragraph.novel_id, paragraph_id=paragraph_id, embedder=vector.embedder,
+                          dim=dim, vector=data))
     session.flush()
     _touch_novel(session, paragraph.novel_id, embeddings=True)
 
@@ -682,11 +683,11 @@ def set_lore_embedding(session: Session, lore_id: int, vector: Vector) -> None:
     data, dim = _vector_bytes(vector)
     existing = session.scalar(select(Embedding).where(Embedding.lore_entry_id == lore_id,
                                                       Embedding.embedder == vector.embedder))
-    if existing is None:
-        session.add(Embedding(novel_id=entry.novel_id, lore_entry_id=lore_id, embedder=vector.embedder, dim=dim,
-                              vector=data))
-    else:
-        existing.dim, existing.vector = dim, data
+    if existing is not None:
+        session.delete(existing)
+        session.flush()
+    session.add(Embedding(novel_id=entry.novel_id, lore_entry_id=lore_id, embedder=vector.embedder, dim=dim,
+                          vector=data))
     session.flush()
 
 

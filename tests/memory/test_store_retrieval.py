@@ -60,9 +60,13 @@ def test_cached_vectors_follow_edits_and_undo(Session):
         paragraph, score = retrieval.top_k(s, novel_id, query, 1)[0]
         assert paragraph.id == first.id and score == pytest.approx(1.0)
     with Session() as s, s.begin():
+        store.add_paragraph(s, novel_id, "inserted first, about a too", position=1, embedding=store.Vector("e", a))
         store.edit_paragraph(s, first.id, "no vector now", 1)
     with Session() as s:
-        assert [p.id for p, _ in retrieval.top_k(s, novel_id, query, 5)] != [first.id]
+        updated = [(p.id, p.position, round(score, 5)) for p, score in retrieval.top_k(s, novel_id, query, 5)]
+        retrieval.clear_cache()
+        assert updated == [(p.id, p.position, round(score, 5)) for p, score in retrieval.top_k(s, novel_id, query, 5)]
+        assert first.id not in [row[0] for row in updated] and updated[0][1] == 1
         assert [p.id for p in store.paragraphs_missing_embedding(s, novel_id, "e")] == [first.id]
 
 
