@@ -68,10 +68,11 @@ class NativeBackend:
         self.device = model.device
         self.dtype = model.dtype
         self.vocab_size = self.config.vocab_size
-        self.max_seq_len = max_seq_len
+        # A hybrid attends no further than it was trained to; its cache never needs to be longer.
+        self.max_seq_len = min(max_seq_len, self.config.max_position_embeddings)
         self.fingerprint = hashlib.sha256(f"native|{identity}|{self.dtype}".encode()).hexdigest()[:16]
         self.fixed_size_state = not self.config.has_attention
-        self.context_window = max_seq_len if self.config.has_attention else UNBOUNDED_CONTEXT
+        self.context_window = self.max_seq_len if self.config.has_attention else UNBOUNDED_CONTEXT
         eos = set(self.config.eos_token_ids)
         if tokenizer is not None and isinstance(getattr(tokenizer, "eos_token_id", None), int):
             eos.add(tokenizer.eos_token_id)
