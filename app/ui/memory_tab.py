@@ -105,8 +105,6 @@ def _table_rows(table) -> list[list]:
 @handler
 def save_paragraph_edits(novel_id, table, read_versions: list[dict]) -> tuple[list[list], list[dict], str]:
     """Save each paragraph whose text changed in the table, checking the version read with it."""
-    from memory import store
-
     novel_id = require_novel(novel_id)
     rows = _table_rows(table)
     by_position = {item["position"]: item for item in (read_versions or [])}

@@ -54,7 +54,7 @@ def manuscript_html(title: str, paragraphs: list[tuple[int, str]]) -> str:
 
 def counts_line(paragraphs: list[tuple[int, str]]) -> str:
     words = sum(word_count(text) for _, text in paragraphs)
-    line = f"{len(paragraphs)} paragraphs · {words:,} words"
+    line = f"{len(paragraphs)} paragraph{'' if len(paragraphs) == 1 else 's'} · {words:,} words"
     generator = services.current().loaded_generator()
     if generator is not None:
         tokens = sum(generator.count_tokens(text) for _, text in paragraphs)
@@ -154,7 +154,15 @@ def start_story(novel_id):
 @handler
 def next_step(novel_id, instruction: str):
     """Write the next paragraph following the instruction (a chosen plan, maybe rewritten), streaming it."""
+    from memory import store
+
     novel_id = require_novel(novel_id)
+    with services.current().session() as session:
+        empty = store.paragraph_count(session, novel_id) == 0
+    if empty:
+        # A novel whose opening was stopped or undone: Next step writes the opening from the premise.
+        yield from start_story(novel_id)
+        return
     plan = clean_text(instruction, "The instruction", required=True)
     yield from _run(novel_id, lambda engine, cancel: engine.step(novel_id, plan, cancel=cancel),
                     "writing the next paragraph")

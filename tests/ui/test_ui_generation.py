@@ -85,6 +85,12 @@ def test_a_failing_model_is_a_readable_error_and_saves_nothing(with_embedder):
     assert _texts(with_embedder, novel_id) == []
 
 
+def test_next_step_on_an_empty_novel_writes_the_opening(scripted, with_embedder):
+    novel_id, _ = library.create_novel(PREMISE, "", "", "default")
+    assert list(write.next_step(novel_id, ""))[-1][1] == "Saved."
+    assert _texts(with_embedder, novel_id) == [GOOD["opening"]]
+
+
 def test_retry_undo_redo(scripted, with_embedder):
     novel_id = _started(with_embedder)
     list(write.next_step(novel_id, "Mara lights the lamp anyway and waits."))
