@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from memory.schema import Embedding, LoreEntry, Novel, Paragraph
@@ -93,9 +93,9 @@ def clear_cache() -> None:
 
 
 def _load_matrix(session: Session, novel: Novel, embedder: str, dim: int) -> _Matrix:
-    """The novel's paragraph vectors for one embedder. Unchanged since last time: the cached matrix. Changed: the
-    (id, position) list is re-read and only vectors not cached yet are fetched, so a step adding one paragraph to
-    a 100k-paragraph novel reads one vector, not 100k."""
+    """The novel's paragraph vectors for one embedder. Unchanged since last time: the cached matrix. Only rows
+    added (a step): just those are read. Anything else: the (id, position) list is re-read and only vectors not
+    cached yet are fetched."""
     key = (novel.uid, embedder, dim)
     epoch = (novel.embedding_epoch, novel.updated_at)
     with _CACHE_LOCK:
@@ -103,11 +103,17 @@ def _load_matrix(session: Session, novel: Novel, embedder: str, dim: int) -> _Ma
         if cached is not None and cached.epoch == epoch:
             _CACHE.move_to_end(key)
             return cached
+    where = (Embedding.novel_id == novel.id, Embedding.embedder == embedder, Embedding.dim == dim)
+    if cached is not None:
+        appended = _appended(session, cached, where, epoch)
+        if appended is not None:
+            with _CACHE_LOCK:
+                _CACHE[key] = appended
+            return appended
     rows = session.execute(
         select(Embedding.id, Embedding.paragraph_id, Paragraph.position)
         .join(Paragraph, Paragraph.id == Embedding.paragraph_id)
-        .where(Embedding.novel_id == novel.id, Embedding.embedder == embedder, Embedding.dim == dim)
-        .order_by(Embedding.id)
+        .where(*where).order_by(Embedding.id)
     ).all()
     count = len(rows)
     embedding_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=count)
@@ -135,6 +141,31 @@ def _load_matrix(session: Session, novel: Novel, embedder: str, dim: int) -> _Ma
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return matrix
+
+
+def _appended(session: Session, cached: _Matrix, where: tuple, epoch: tuple) -> _Matrix | None:
+    """The common case after a step: rows were only added at the end. Checked with aggregates computed inside the
+    database (count, id sum, position sum), so no per-row work for the rows already cached; None when anything
+    else changed (an edit, a deletion, an undo, paragraphs moved), and the caller re-reads the id list."""
+    joined = lambda query: query.join(Paragraph, Paragraph.id == Embedding.paragraph_id).where(*where)  # noqa: E731
+    count, id_sum, position_sum = session.execute(joined(select(
+        func.count(Embedding.id), func.coalesce(func.sum(Embedding.id), 0),
+        func.coalesce(func.sum(Paragraph.position), 0)))).one()
+    last_id = int(cached.embedding_ids[-1]) if cached.embedding_ids.size else 0
+    new_rows = session.execute(joined(select(Embedding.id, Embedding.paragraph_id, Paragraph.position,
+                                             Embedding.vector)).where(Embedding.id > last_id)
+                               .order_by(Embedding.id)).all()
+    if (int(count) != cached.embedding_ids.size + len(new_rows)
+            or int(id_sum) != int(cached.embedding_ids.sum()) + sum(r[0] for r in new_rows)
+            or int(position_sum) != int(cached.positions.sum()) + sum(r[2] for r in new_rows)):
+        return None
+    dim = cached.vectors.shape[1]
+    added = np.frombuffer(b"".join(r[3] for r in new_rows), dtype="<f4").reshape(len(new_rows), dim)
+    return _Matrix(epoch=epoch,
+                   embedding_ids=np.concatenate([cached.embedding_ids, [r[0] for r in new_rows]]).astype(np.int64),
+                   paragraph_ids=np.concatenate([cached.paragraph_ids, [r[1] for r in new_rows]]).astype(np.int64),
+                   positions=np.concatenate([cached.positions, [r[2] for r in new_rows]]).astype(np.int64),
+                   vectors=np.concatenate([cached.vectors, added]))
 
 
 def _query(query_vector: Vector | np.ndarray, embedder: str | None) -> tuple[np.ndarray, str]:

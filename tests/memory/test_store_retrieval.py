@@ -49,6 +49,19 @@ def test_cached_vectors_follow_edits_and_undo(Session):
     query = store.Vector("e", a)
     with Session() as s:
         assert retrieval.top_k(s, novel_id, query, 1)[0][0].id == first.id
+    # Appending (what a step does) updates the cached matrix with just the new row.
+    with Session() as s, s.begin():
+        appended = store.add_paragraph(s, novel_id, "closest to a", embedding=store.Vector("e", a + 0.01 * b))
+    with Session() as s:
+        found = [(p.id, round(score, 5)) for p, score in retrieval.top_k(s, novel_id, query, 3, exclude_positions=[1])]
+        retrieval.clear_cache()
+        assert found == [(p.id, round(score, 5))
+                         for p, score in retrieval.top_k(s, novel_id, query, 3, exclude_positions=[1])]
+        assert found[0][0] == appended.id and len(found) == 2
+    with Session() as s, s.begin():
+        store.undo(s, novel_id)
+    with Session() as s:
+        assert [p.id for p, _ in retrieval.top_k(s, novel_id, query, 3)] == [first.id, first.id + 1]
     with Session() as s, s.begin():
         store.edit_paragraph(s, first.id, "now about b", 1, embedding=store.Vector("e", b))
     with Session() as s:
