@@ -272,6 +272,7 @@ def build() -> MemoryTab:
     with gr.Accordion("Long-term memory: every paragraph", open=False):
         paragraph_table = gr.Dataframe(headers=PARAGRAPH_HEADERS, datatype=["number", "str", "number"],
                                        interactive=True, static_columns=[0, 2], wrap=True, max_height=420,
+                                       column_widths=["4em", "85%", "5em"],
                                        label="Edit a paragraph's text in place, then save", elem_id="paragraph_table")
         save_paragraphs_btn = gr.Button("Save paragraph edits", elem_id="save_paragraphs_btn")
         with gr.Row():
@@ -279,6 +280,7 @@ def build() -> MemoryTab:
             search_k = gr.Slider(1, 20, value=5, step=1, label="top-k", scale=1)
             search_btn = gr.Button("Search", scale=1, elem_id="search_btn")
         search_results = gr.Dataframe(headers=SEARCH_HEADERS, interactive=False, wrap=True,
+                                      column_widths=["4em", "6em", "85%"],
                                       label="Retrieved paragraphs and scores (cosine similarity)",
                                       elem_id="search_results")
     with gr.Accordion("Story bible", open=False):

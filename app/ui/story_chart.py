@@ -39,7 +39,8 @@ def repetition_scores(paragraphs: list[str], n: int = 3) -> list[float]:
 
 
 def chart_frames(paragraphs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    numbers = list(range(1, len(paragraphs) + 1))
+    # Paragraph numbers as category labels (one bar each, in order) rather than a numeric axis with fractions.
+    numbers = [str(n) for n in range(1, len(paragraphs) + 1)]
     words = pd.DataFrame({"paragraph": numbers, "words": [len(p.split()) for p in paragraphs]})
     repetition = pd.DataFrame({"paragraph": numbers, "repetition": repetition_scores(paragraphs)})
     return words, repetition
@@ -59,7 +60,8 @@ def refresh(novel_id):
     loops = sum(1 for score in repetition["repetition"] if score >= 0.5)
     summary = (f"{len(texts)} paragraphs, {int(words['words'].sum()) if texts else 0} words; "
                f"{loops} paragraph(s) repeat half or more of their phrases." if texts else "No paragraphs yet.")
-    return words, repetition, summary
+    order = list(words["paragraph"])
+    return gr.BarPlot(words, sort=order), gr.BarPlot(repetition, sort=order), summary
 
 
 @dataclass
@@ -73,7 +75,7 @@ class StoryChartTab:
 def build() -> StoryChartTab:
     empty_words, empty_repetition = chart_frames([])
     chart_summary_md = gr.Markdown("No paragraphs yet.", elem_id="chart_summary")
-    words_plot = gr.BarPlot(empty_words, x="paragraph", y="words", title="Words per paragraph",
+    words_plot = gr.BarPlot(empty_words, x="paragraph", y="words", y_lim=[0, None], title="Words per paragraph",
                             x_title="paragraph", y_title="words", height=260, elem_id="words_plot")
     repetition_plot = gr.BarPlot(empty_repetition, x="paragraph", y="repetition", y_lim=[0, 1],
                                  title="Repetition per paragraph (share of 3-word phrases seen before)",

@@ -307,14 +307,15 @@ def test_repetition_score_catches_a_loop():
     scores = story_chart.repetition_scores(paragraphs)
     assert scores[0] == 0.0 and scores[1] == 0.0 and scores[2] == 1.0
     words, repetition = story_chart.chart_frames(paragraphs)
-    assert list(words["words"]) == [9, 8, 9] and list(repetition["paragraph"]) == [1, 2, 3]
+    assert list(words["words"]) == [9, 8, 9] and list(repetition["paragraph"]) == ["1", "2", "3"]
 
 
 def test_chart_refresh_for_a_novel(ui_services):
     novel_id = _novel(ui_services)
     _add_paragraphs(ui_services, novel_id, ["a b c d", "a b c d"])
     words, repetition, summary = story_chart.refresh(novel_id)
-    assert list(repetition["repetition"]) == [0.0, 1.0]
+    assert repetition.value["data"] == [["1", 0.0], ["2", 1.0]]
+    assert repetition.sort == ["1", "2"]
     assert summary.startswith("2 paragraphs, 8 words; 1 paragraph(s)")
 
 
