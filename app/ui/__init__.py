@@ -89,7 +89,8 @@ def build_app(config: Config, source: ModelSource, installed=None):
         installed = services.Services(config=config, source=source, session_factory=services.open_store(config))
     services.install(installed)
 
-    with gr.Blocks(title="Longhand", analytics_enabled=False) as demo:
+    # delete_cache: downloads Gradio copied into its cache are removed after an hour.
+    with gr.Blocks(title="Longhand", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         novel_state = gr.State(None)
         browser = gr.BrowserState(remember_novel(None), storage_key="longhand-open-novel",
                                   secret=_browser_secret(config))

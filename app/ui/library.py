@@ -6,8 +6,10 @@ novel's id: `app.ui.build_app` chains every tab's refresh after it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from app.ui.common import MAX_PREMISE_CHARS, MAX_SHORT_CHARS, InputError, clean_
 
 EXPORT_FORMATS = {"JSON (re-importable)": "json", "Markdown": "md", "Plain text": "txt", "EPUB": "epub"}
 IMPORT_SUFFIXES = [".json", ".md", ".txt"]
+DOWNLOAD_PREFIX = "longhand-export-"
+DOWNLOAD_MAX_AGE_S = 3600
 TABLE_HEADERS = ["id", "title", "words", "paragraphs", "last edited"]
 MODEL_CHOICES = ["default"]
 
@@ -155,13 +159,22 @@ def delete_novel(novel_id, confirmed: bool) -> tuple[None, bool, str]:
 
 
 def _download_dir() -> Path:
-    """A fresh folder outside the data dir: Gradio copies the export from here into its cache and serves only it."""
+    """A fresh folder outside the data dir: Gradio copies the export from here into its cache and serves only it.
+
+    Folders of earlier downloads older than an hour are removed on the way.
+    """
     config = services.current().config
-    folder = Path(tempfile.mkdtemp(prefix="longhand-export-"))
-    if folder.resolve().is_relative_to(config.data_dir.resolve()):
-        shutil.rmtree(folder)
+    temp_root = Path(tempfile.gettempdir())
+    if temp_root.resolve().is_relative_to(config.data_dir.resolve()):
         raise InputError("The system temp folder lies inside the data folder; set TMPDIR elsewhere to download.")
-    return folder
+    cutoff = time.time() - DOWNLOAD_MAX_AGE_S
+    for old in temp_root.glob(f"{DOWNLOAD_PREFIX}*"):
+        try:
+            if old.is_dir() and old.stat().st_mtime < cutoff and old.stat().st_uid == os.getuid():
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue
+    return Path(tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX))
 
 
 @handler
