@@ -65,8 +65,8 @@ class TransformersBackend:
         self._keeps_last_logits = "logits_to_keep" in params
         probe = self.new_state().cache
         layers = list(getattr(probe, "layers", []))
-        self.fixed_size_state = bool(layers) and all(_linear_layer(l) and not _attention_layer(l) or _is_dummy(l)
-                                                     for l in layers)
+        # Fixed-size only when no layer keeps keys/values (which grow with the text).
+        self.fixed_size_state = bool(layers) and not any(_attention_layer(layer) for layer in layers)
         text_config = self.config.get_text_config(decoder=True)
         window = getattr(text_config, "max_position_embeddings", None) or getattr(text_config, "n_positions", None)
         self.context_window = int(window) if window and not self.fixed_size_state else UNBOUNDED_CONTEXT
