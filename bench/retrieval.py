@@ -176,7 +176,13 @@ def _torch_threads() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "retrieval.json"))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads for the embedder (default 1: on a shared 2-core machine, two "
+                             "spinning threads make a one-paragraph batch wait on descheduled peers)")
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load = os.getloadavg()
@@ -184,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         top_k = bench_top_k(Path(tmp))
     embedding = bench_embedding()
     result = {
-        "command": "python -m bench.retrieval --out bench/results/retrieval.json",
+        "command": f"python -m bench.retrieval --out bench/results/retrieval.json --threads {args.threads}",
         "started_utc": started,
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "logical_cpus": os.cpu_count(), "load_average_at_start": load,
