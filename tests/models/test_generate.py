@@ -139,3 +139,22 @@ def test_generation_continues_a_given_state_in_place(tiny_mamba2):
     assert continued.new_token_ids == whole.new_token_ids
     assert state.length == len(ids) + 11  # the last sampled token is not read back
     assert torch.is_tensor(tiny_mamba2.step(state, 65))
+
+
+def test_text_generator_without_a_template_reads_and_reencodes_only_new_manuscript(tiny_mamba2, monkeypatch):
+    from models.service import TextGenerator
+
+    generator = TextGenerator(tiny_mamba2)
+    assert generator.render_chat([{"role": "user", "content": "Go on."}]) == "User: Go on.\n\nAssistant:"
+    state = tiny_mamba2.new_state()
+    assert generator.read(state, "Four") == 4 and state.length == 4
+
+    encoded = []
+    real_encode = tiny_mamba2.encode
+    monkeypatch.setattr(tiny_mamba2, "encode", lambda text: (encoded.append(text), real_encode(text))[1])
+    penalties = PenaltyParams(presence=0.5)
+    list(generator.stream("Go", penalties=penalties, max_new_tokens=2, penalty_history="One.\n\nTwo.",
+                          sampling=HOT))
+    list(generator.stream("Go", penalties=penalties, max_new_tokens=2, penalty_history="One.\n\nTwo.\n\nThree.",
+                          sampling=HOT))
+    assert encoded == ["One.\n\nTwo.", "Go", "\n\nThree.", "Go"]
