@@ -24,7 +24,8 @@ novel changed in another tab meanwhile. ContextPreview: stage, strategy, section
 kept, truncated)], budget, total_tokens, prompt_text (the exact text sent), dropped, plan, manuscript_tokens.
 
 Per-novel settings read from `novel.settings`: sampling, penalties (models.sampling dicts), retrieval_top_k,
-memory_words, max_new_tokens, paragraph_words, context_tokens, max_attempts, mode, snapshot_every, snapshot_dtype
+memory_words, max_new_tokens, paragraph_words, context_tokens, max_attempts, mode, snapshot_budget_mb, snapshot_dtype,
+plan_tokens, title_tokens
 (defaults in app.engine.core.DEFAULTS). Prompts are the files in prompts/, one per stage.
 """
 

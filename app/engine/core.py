@@ -52,11 +52,11 @@ DEFAULTS = {
     "context_tokens": 2048,
     "max_attempts": 3,
     "mode": "write",
-    "snapshot_every": 8,
+    "snapshot_budget_mb": 2000,
     "snapshot_dtype": "fp32",
+    "plan_tokens": 120,
+    "title_tokens": 80,
 }
-PLAN_TOKENS = 120
-TITLE_TOKENS = 80
 CHOICE_TOKENS = 6
 
 
@@ -376,7 +376,8 @@ class Engine:
         rendered = self.prompts.render("plans", premise=view.premise, memory=memory, paragraph=paragraph)
         pooled: list[str] = []
         for attempt in range(self._attempts(view)):
-            raw = self._complete(rendered, view, attempt, PLAN_TOKENS, cancel, temperature_cap=None)
+            raw = self._complete(rendered, view, attempt, int(view.setting("plan_tokens")), cancel,
+                                 temperature_cap=None)
             pooled = merge_plans(pooled, candidate_plans(raw))
             if len(pooled) == 3:
                 return pooled
@@ -421,7 +422,7 @@ class Engine:
             problem = ""
             for attempt in range(self._attempts(view)):
                 title_parsed, outline_parsed = parse_title_outline(
-                    self._complete(rendered, view, attempt, TITLE_TOKENS, cancel))
+                    self._complete(rendered, view, attempt, int(view.setting("title_tokens")), cancel))
                 title = title or title_parsed.value
                 if outline_parsed.ok:
                     outline = outline_parsed.value
@@ -648,15 +649,19 @@ class Engine:
         if self.snapshot_store is not None:
             self.snapshot_store.delete_after(novel_id, position - 1)
 
+    def _snapshot_policy(self, view: _View):
+        from app.engine.strategies import policy
+
+        return policy(int(view.setting("snapshot_budget_mb")) * 1_000_000, str(view.setting("snapshot_dtype")))
+
     def _manuscript_state(self, view: _View, cancel):
         from app.engine.strategies import restore_manuscript_state
 
         return restore_manuscript_state(self.generator, self.snapshot_store, view.novel_id, view.paragraphs,
-                                        cancel=cancel, keep_every=int(view.setting("snapshot_every")),
-                                        dtype=str(view.setting("snapshot_dtype")))
+                                        cancel=cancel, snapshot_policy=self._snapshot_policy(view))
 
     def _save_snapshot(self, view: _View, manuscript, paragraph: str, position: int) -> None:
         from app.engine.strategies import save_after_paragraph
 
         save_after_paragraph(self.generator, self.snapshot_store, view.novel_id, manuscript, paragraph, position,
-                             keep_every=int(view.setting("snapshot_every")), dtype=str(view.setting("snapshot_dtype")))
+                             snapshot_policy=self._snapshot_policy(view))

@@ -57,6 +57,14 @@ class FakeBackend:
 
     def __init__(self, fixed_size_state: bool):
         self.fixed_size_state = fixed_size_state
+        self.tokens_read = 0
+
+    def encode(self, text: str) -> list[str]:
+        return re.findall(r"\S+", text)
+
+    def prefill(self, state, ids) -> None:
+        state["read"].extend(ids)
+        self.tokens_read += len(ids)
 
     def new_state(self):
         return {"read": []}
@@ -90,7 +98,6 @@ class ScriptedGenerator:
         self.backend = FakeBackend(fixed_size_state=stateful)
         self.supports_state = stateful
         self.context_window = context_window
-        self.tokens_read = 0
 
     def count_tokens(self, text: str) -> int:
         return len(re.findall(r"\S+", text))
@@ -101,11 +108,9 @@ class ScriptedGenerator:
     def calls_for(self, stage: str) -> list[Call]:
         return [c for c in self.calls if c.stage == stage]
 
-    def read(self, state, text: str) -> int:
-        tokens = re.findall(r"\S+", text)
-        state["read"].extend(tokens)
-        self.tokens_read += len(tokens)
-        return len(tokens)
+    @property
+    def tokens_read(self) -> int:
+        return self.backend.tokens_read
 
     def stream(self, prompt, *, sampling=None, penalties=None, max_new_tokens=256, stop=(), cancel=None,
                penalty_history="", state=None, info=None):

@@ -1,0 +1,134 @@
+"""`python -m app write`: run N writing steps headless, on a new novel (from a premise) or an existing one.
+
+Progress goes to stdout, one line per stage; each finished step is committed, so Ctrl-C keeps every finished step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+
+from app.config import Config
+
+HELP = "write N steps headless on a new novel (from a premise) or an existing one, printing progress"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--premise", metavar="TEXT_OR_FILE",
+                        help="a premise text, or a premise .json file (see data/premises/)")
+    source.add_argument("--novel", type=int, metavar="ID", help="continue the existing novel with this id")
+    parser.add_argument("--steps", type=int, default=3, help="how many steps to write (default 3; the opening counts)")
+    parser.add_argument("--plan", help="the plan for the first step (default: the model chooses, as in auto mode)")
+    parser.add_argument("--mode", choices=("write", "interactive"), help="third person, or second person (IF)")
+    parser.add_argument("--seed", type=int, help="sampling seed (default: a fresh one each generation)")
+    parser.add_argument("--max-new-tokens", type=int, help="token limit of a paragraph (default 250)")
+    parser.add_argument("--quiet", action="store_true", help="print only the finished paragraphs")
+
+
+def _echo(text: str) -> None:
+    print(text, flush=True)
+
+
+def run(config: Config, args: argparse.Namespace) -> int:
+    from app.cli import UserError
+
+    if args.steps < 1:
+        raise UserError("--steps must be at least 1.")
+    from app.engine import Cancelled, Engine, EngineError
+    from app.engine.premises import Premise, PremiseError, create_novel, load_premise
+    from app.offline import default_embedder_path, resolve_model
+    from memory import store
+    from memory.db import init_db, make_engine, make_sessionmaker
+    from memory.retrieval import Embedder
+    from memory.snapshots import FileSnapshotStore
+    from models.errors import ModelLoadError
+    from models.service import load_generator
+
+    source = resolve_model(config.model, config.models_dir, config.allow_download)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    db = make_engine(config.database_url)
+    init_db(db, backups_dir=config.backups_dir)
+    session_factory = make_sessionmaker(db)
+    embedder = Embedder(default_embedder_path() if config.embedder == "default" else config.embedder)
+    started = time.perf_counter()
+    try:
+        generator = load_generator(source, device=config.device, dtype=config.dtype, cache_dir=config.models_dir,
+                                   trust_remote_code=config.trust_remote_code)
+    except ModelLoadError as exc:
+        raise UserError(str(exc)) from None
+    if not args.quiet:
+        _echo(f"model {generator.name} loaded in {time.perf_counter() - started:.1f}s")
+    snapshots = FileSnapshotStore(session_factory, config.data_dir / "snapshots") if generator.supports_state \
+        else None
+    engine = Engine(session_factory, generator, embedder, snapshot_store=snapshots)
+
+    settings: dict = {}
+    if args.seed is not None:
+        settings["sampling"] = {"seed": args.seed}
+    if args.max_new_tokens is not None:
+        settings["max_new_tokens"] = args.max_new_tokens
+    if args.mode:
+        settings["mode"] = args.mode
+    try:
+        if args.premise is not None:
+            text = args.premise.strip()
+            premise = load_premise(text) if text.endswith(".json") else Premise(id="cli", premise=text)
+            novel_id = create_novel(session_factory, embedder, premise, settings=settings)
+            if not args.quiet:
+                _echo(f"novel {novel_id} created")
+        else:
+            novel_id = args.novel
+            with session_factory() as session, session.begin():
+                store.get_novel(session, novel_id)
+                if settings:
+                    store.update_novel_settings(session, novel_id, settings)
+    except (PremiseError, store.StoreError) as exc:
+        raise UserError(str(exc)) from None
+    if not args.quiet:
+        _echo(f"context strategy: {engine.strategy}")
+
+    cancel = threading.Event()
+    try:
+        remaining = args.steps
+        if args.plan:
+            _report(engine.step(novel_id, args.plan, cancel=cancel), args.quiet, 1, args.steps, started)
+            remaining -= 1
+        if remaining:
+            _report(engine.auto_write(novel_id, remaining, cancel=cancel), args.quiet, args.steps - remaining + 1,
+                    args.steps, started)
+    except (EngineError, store.StoreError) as exc:
+        raise UserError(str(exc)) from None
+    except Cancelled:
+        _echo("stopped; every finished step is saved")
+        return 130
+    if not args.quiet:
+        _echo(f"done: novel {novel_id}, {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+def _report(events, quiet: bool, first: int, total: int, started: float) -> None:
+    step = first
+    for event in events:
+        stamp = f"[{time.perf_counter() - started:6.0f}s]"
+        if event.kind == "done":
+            outcome = event.outcome
+            if quiet:
+                _echo(outcome.paragraph + "\n")
+            else:
+                _echo(f"{stamp} step {step}/{total}: saved paragraph {outcome.position} "
+                      f"({len(outcome.paragraph.split())} words)\n\n{outcome.paragraph}\n\n"
+                      f"memory: {outcome.memory}\nplans:\n" + "\n".join(f"  {i}. {p}"
+                                                                      for i, p in enumerate(outcome.plans, 1)))
+            step += 1
+        elif quiet:
+            continue
+        elif event.kind == "progress":
+            _echo(f"{stamp} {event.text}")
+        elif event.kind == "notice":
+            _echo(f"{stamp} note: {event.text}")
+        elif event.kind == "reset":
+            _echo(f"{stamp} {event.text}")
+    sys.stdout.flush()
