@@ -234,3 +234,22 @@ def test_manuscript_import_splits_paragraphs(Session, tmp_path):
     with Session() as s:
         assert store.get_novel(s, novel.id).title == "My Draft"
         assert [p.text for p in store.paragraphs(s, novel.id)] == ["One.\nStill one.", "Two \u05e9."]
+
+
+def test_hostile_text_survives_json_export_and_import(Session, tmp_path):
+    from tests.memory.test_store_core import HOSTILE
+
+    with Session() as s, s.begin():
+        novel_id = store.create_novel(s, HOSTILE["zwj_emoji"], premise=HOSTILE["crlf"]).id
+        for text in HOSTILE.values():
+            store.add_paragraph(s, novel_id, text)
+        store.set_memory(s, novel_id, HOSTILE["nul"] + HOSTILE["rtl"], expected_version=1)
+    with Session() as s:
+        path = exchange.export_to_file(s, novel_id, tmp_path, "json")
+    document = exchange.read_import_file(path)
+    with Session() as s, s.begin():
+        copy_id = exchange.import_json(s, document).id
+    with Session() as s:
+        assert [p.text for p in store.paragraphs(s, copy_id)] == list(HOSTILE.values())
+        assert store.current_memory(s, copy_id).text == HOSTILE["nul"] + HOSTILE["rtl"]
+        assert store.get_novel(s, copy_id).premise == HOSTILE["crlf"]
