@@ -47,6 +47,16 @@ def run(config: Config, args: argparse.Namespace) -> int:
     from models.errors import ModelLoadError
     from models.service import load_generator
 
+    # Bad input fails at once, before minutes of model loading.
+    premise = None
+    if args.premise is not None:
+        text = args.premise.strip()
+        if not text:
+            raise UserError("--premise must not be empty.")
+        try:
+            premise = load_premise(text) if text.endswith(".json") else Premise(id="cli", premise=text)
+        except PremiseError as exc:
+            raise UserError(str(exc)) from None
     source = resolve_model(config.model, config.models_dir, config.allow_download)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     db = make_engine(config.database_url)
@@ -73,9 +83,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
     if args.mode:
         settings["mode"] = args.mode
     try:
-        if args.premise is not None:
-            text = args.premise.strip()
-            premise = load_premise(text) if text.endswith(".json") else Premise(id="cli", premise=text)
+        if premise is not None:
             novel_id = create_novel(session_factory, embedder, premise, settings=settings)
             if not args.quiet:
                 _echo(f"novel {novel_id} created")
@@ -85,7 +93,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
                 store.get_novel(session, novel_id)
                 if settings:
                     store.update_novel_settings(session, novel_id, settings)
-    except (PremiseError, store.StoreError) as exc:
+    except store.StoreError as exc:
         raise UserError(str(exc)) from None
     if not args.quiet:
         _echo(f"context strategy: {engine.strategy}")
