@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         report["gpu"] = gpu_section(args.gpu_shapes, GPU_MANUSCRIPTS)
     else:
         report["gpu"] = {"skipped": "no CUDA device (torch.cuda.is_available() is False): GPU figures need one"}
+    report["machine"]["load_average_at_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
