@@ -41,13 +41,25 @@ def one_line(exc: BaseException) -> str:
     return first[:500]
 
 
-def _user_message(exc: BaseException) -> str:
-    # Errors of our own packages carry messages written for the user; anything else is a bug, named by its type.
+def _is_for_the_user(exc: BaseException) -> bool:
+    # Errors of our own packages carry messages written for the user; anything else is a bug.
     module = type(exc).__module__.split(".")[0]
-    if isinstance(exc, (InputError, ValueError, LookupError, PermissionError, FileNotFoundError)) \
-            or module in ("app", "memory", "models"):
+    return isinstance(exc, (InputError, ValueError, LookupError, PermissionError, FileNotFoundError)) \
+        or module in ("app", "memory", "models")
+
+
+def _user_message(exc: BaseException) -> str:
+    if _is_for_the_user(exc):
         return one_line(exc)
     return f"Something went wrong ({type(exc).__name__}: {one_line(exc)}). Nothing was saved by this action."
+
+
+def _log(fn, exc: BaseException) -> None:
+    """A refused action is one line in the server log; an unexpected failure keeps its traceback there."""
+    if _is_for_the_user(exc):
+        log.warning("%s: %s", fn.__name__, one_line(exc))
+    else:
+        log.exception("handler %s failed", fn.__name__)
 
 
 def as_gr_error(exc: BaseException) -> gr.Error:
@@ -70,7 +82,7 @@ def handler(fn):
             except GeneratorExit:
                 raise
             except Exception as exc:
-                log.exception("handler %s failed", fn.__name__)
+                _log(fn, exc)
                 raise as_gr_error(exc) from None
         return stream
 
@@ -81,7 +93,7 @@ def handler(fn):
         except gr.Error:
             raise
         except Exception as exc:
-            log.exception("handler %s failed", fn.__name__)
+            _log(fn, exc)
             raise as_gr_error(exc) from None
     return call
 

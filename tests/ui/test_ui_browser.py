@@ -122,7 +122,8 @@ def test_write_edit_memory_reload_and_inspect(served_app, tmp_path: Path):
     shots.mkdir()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        profile = browser.new_context(viewport={"width": 1280, "height": 1000})
+        page = profile.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(url)
@@ -192,6 +193,28 @@ def test_write_edit_memory_reload_and_inspect(served_app, tmp_path: Path):
         _open_tab(page, "Context")
         _wait_text(_textarea(page, "context_box"), MEMORY_EDIT, 120_000)
         page.screenshot(path=str(shots / "5-context.png"), full_page=True)
+
+        # Two tabs on one novel: the second saves the memory, the first (now stale) is refused, visibly.
+        second = profile.new_page()  # a second tab of the same browser profile
+        second.goto(url)
+        _wait_text(second.locator("#header"), "novel #", 60_000)
+        _open_tab(second, "Memory")
+        _wait_text(_textarea(second, "memory_box"), MEMORY_EDIT, 30_000)
+        _textarea(second, "memory_box").fill("Saved from the second tab.")
+        second.locator("#save_memory_btn").click()
+        _wait_text(second.locator("#memory_status"), "Memory saved", 30_000)
+        _open_tab(page, "Memory")
+        _textarea(page, "memory_box").fill("Saved from the first tab, which is stale.")
+        page.locator("#save_memory_btn").click()
+        error = page.locator('[data-testid="toast-body"].error')
+        error.first.wait_for(timeout=30_000)
+        assert "changed elsewhere" in error.first.inner_text()
+        page.screenshot(path=str(shots / "6-stale-tab-refused.png"), full_page=True)
         browser.close()
+    from memory import store
+    from memory.db import make_engine, make_sessionmaker
+
+    with make_sessionmaker(make_engine(f"sqlite:///{data_dir / 'longhand.db'}"))() as session:
+        assert store.current_memory(session, 1).text == "Saved from the second tab."
     assert not errors, f"the page raised JavaScript errors: {errors}"
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
