@@ -12,7 +12,7 @@ from memory import store
 
 pytestmark = pytest.mark.slow
 
-SMALL = {"max_new_tokens": 70, "paragraph_words": 50, "memory_words": 40, "plan_tokens": 60, "title_tokens": 30,
+SMALL = {"max_new_tokens": 60, "paragraph_words": 45, "memory_words": 30, "plan_tokens": 50, "title_tokens": 24,
          "max_attempts": 2, "sampling": {"seed": 7}}
 
 
