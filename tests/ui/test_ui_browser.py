@@ -209,6 +209,7 @@ def test_write_edit_memory_reload_and_inspect(served_app, tmp_path: Path):
         error = page.locator('[data-testid="toast-body"].error')
         error.first.wait_for(timeout=30_000)
         assert "changed elsewhere" in error.first.inner_text()
+        page.wait_for_timeout(500)  # the toast slides in
         page.screenshot(path=str(shots / "6-stale-tab-refused.png"), full_page=True)
         browser.close()
     from memory import store
