@@ -25,6 +25,7 @@ from app.engine.context import (
 from app.engine.parsing import (
     Parsed,
     candidate_plans,
+    copies_text,
     merge_plans,
     parse_choice,
     parse_memory,
@@ -378,7 +379,8 @@ class Engine:
         for attempt in range(self._attempts(view)):
             raw = self._complete(rendered, view, attempt, int(view.setting("plan_tokens")), cancel,
                                  temperature_cap=None)
-            pooled = merge_plans(pooled, candidate_plans(raw))
+            # A sentence copied from the paragraph is not a plan for the next one.
+            pooled = merge_plans(pooled, [plan for plan in candidate_plans(raw) if not copies_text(plan, paragraph)])
             if len(pooled) == 3:
                 return pooled
         missing = 3 - len(pooled)

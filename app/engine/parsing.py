@@ -207,6 +207,11 @@ def merge_plans(plans: list[str], more: list[str], limit: int = 3) -> list[str]:
     return merged
 
 
+def copies_text(plan: str, text: str) -> bool:
+    """True when `plan` is (nearly) a sentence of `text` copied out: a tiny model's usual non-plan."""
+    return any(_similar(plan, sentence) for sentence in sentences(text))
+
+
 def parse_plans(raw: str, want: int = 3) -> Parsed[list[str]]:
     """Exactly `want` distinct plans from `raw`, or None with how many were usable."""
     plans = candidate_plans(raw, want)

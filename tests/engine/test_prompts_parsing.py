@@ -6,6 +6,7 @@ import pytest
 
 from app.engine.parsing import (
     candidate_plans,
+    copies_text,
     parse_choice,
     parse_memory,
     parse_paragraph,
@@ -80,6 +81,12 @@ def test_duplicate_and_empty_plans_are_not_counted():
     assert candidate_plans("1. The storm breaks the lamp.\n2. The storm breaks the lamp!") == [
         "The storm breaks the lamp."]
     assert candidate_plans("") == []
+
+
+def test_a_plan_copied_from_the_paragraph_is_recognised():
+    paragraph = "Mara climbed the stairs in the dark. The lamp was cold and the glass was cracked."
+    assert copies_text("The lamp was cold and the glass was cracked.", paragraph)
+    assert not copies_text("Mara repairs the cracked glass before the storm.", paragraph)
 
 
 def test_paragraph_parser_strips_preamble_loops_and_unfinished_sentences():
