@@ -203,6 +203,7 @@ def test_write_edit_memory_reload_and_inspect(served_app, tmp_path: Path):
         _textarea(second, "memory_box").fill("Saved from the second tab.")
         second.locator("#save_memory_btn").click()
         _wait_text(second.locator("#memory_status"), "Memory saved", 30_000)
+        page.bring_to_front()  # a background tab does not animate, and its toast would not show in the screenshot
         _open_tab(page, "Memory")
         _textarea(page, "memory_box").fill("Saved from the first tab, which is stale.")
         page.locator("#save_memory_btn").click()
