@@ -2,7 +2,11 @@
 
 `generate` honours stop strings (never yielding any part of one), a token limit, end-of-sequence tokens and a
 `threading.Event` that another thread sets to cancel (checked between tokens; raises `Cancelled`). With a seed the
-run is deterministic: the sampler uses its own CPU generator, so the same seed gives the same tokens.
+run is deterministic: the sampler uses its own generator, so the same seed gives the same tokens.
+
+A backend with a `sampler` method (the native Mamba2 runtime) draws its tokens itself: penalties and sampling run
+on the device, fused with the decode step (one CUDA graph replay per token on GPU). Other backends go through the
+python chain here: `backend.step`, then models.sampling's penalties → probabilities → sample.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
+
+import torch
 
 from models.backend import Backend, State
 from models.errors import Cancelled
@@ -95,6 +101,25 @@ def _dry_breakers(backend: Backend, vocab_size: int, breakers: list[str]) -> set
     return cache[key]
 
 
+class ChainSampler:
+    """The python sampling chain behind the same `first`/`next` interface as a backend's own sampler: each next
+    token is `backend.step`, then penalties → probabilities → a draw from the CPU `generator`."""
+
+    def __init__(self, backend: Backend, state: State, sampling: SamplingParams, generator: torch.Generator,
+                 tracker: PenaltyTracker | None) -> None:
+        self.backend, self.state, self.sampling = backend, state, sampling
+        self.generator, self.tracker = generator, tracker
+
+    def first(self, logits: torch.Tensor) -> int:
+        """Draw a token from logits [V]."""
+        probs = logits_to_probs(apply_penalties_chain(logits, self.tracker), self.sampling)  # [V]
+        return sample(probs.cpu(), self.generator)
+
+    def next(self, token_id: int) -> int:
+        """Read `token_id` into the state and draw the token after it."""
+        return self.first(self.backend.step(self.state, token_id))
+
+
 def generate(
     backend: Backend,
     prompt_ids: list[int],
@@ -138,12 +163,17 @@ def generate(
     logits = backend.prefill(state, list(prompt_ids))  # [V]
     vocab_size = logits.shape[-1]
 
+    history = list(prompt_ids) if penalty_history_ids is None else list(penalty_history_ids)
+    # The python chain counts each kept token here; a backend's own sampler counts its draws itself.
     tracker = None
-    if penalties.active:
-        history = list(prompt_ids) if penalty_history_ids is None else list(penalty_history_ids)
-        breakers = _dry_breakers(backend, vocab_size, penalties.dry_sequence_breakers) if penalties.dry_active \
-            else set()
-        tracker = PenaltyTracker(penalties, history, vocab_size, logits.device, breakers)
+    if getattr(backend, "sampler", None) is not None:
+        sampler = backend.sampler(state, sampling, penalties, history, seed=info.seed)
+    else:
+        if penalties.active:
+            breakers = _dry_breakers(backend, vocab_size, penalties.dry_sequence_breakers) \
+                if penalties.dry_active else set()
+            tracker = PenaltyTracker(penalties, history, vocab_size, logits.device, breakers)
+        sampler = ChainSampler(backend, state, sampling, generator, tracker)
 
     eos = set(backend.eos_token_ids)
     room = None
@@ -151,10 +181,13 @@ def generate(
         room = backend.context_window - getattr(state, "length", len(prompt_ids))
     new_ids = info.new_token_ids
     stops = StopFilter(stop)
+    token = None
     while True:
         _check(cancel)
-        probs = logits_to_probs(apply_penalties_chain(logits, tracker), sampling)
-        token = sample(probs.cpu(), generator)
+        # The first token comes from the prompt's logits; each later one from reading the token before it.
+        token = sampler.first(logits) if token is None else sampler.next(token)
+        # A cancel that arrived during a (long) step: the token it gave is not shown.
+        _check(cancel)
         if token in eos:
             info.finish_reason = "eos"
             break
@@ -178,8 +211,6 @@ def generate(
         if room is not None and len(new_ids) >= room:
             info.finish_reason = "context"
             break
-        _check(cancel)
-        logits = backend.step(state, token)
 
     piece = stops.flush(backend.decode(new_ids))
     if stops.stopped:
