@@ -303,3 +303,24 @@ def test_manuscript_state_reads_only_what_is_new(session_factory, embedder, nove
     run(engine.step(novel_id, "Mara sleeps."))
     assert " ".join(generator.calls_for("paragraph")[-1].state) == \
         "Mara kept the lamp alone and hated the gulls. " + " ".join([GOOD["paragraph"]] * 2)
+
+
+def test_retry_of_the_opening_replaces_it(session_factory, embedder, novel_id):
+    engine, generator = started(session_factory, embedder, novel_id)
+    generator.script["opening"] = ["The island was only a rock, and Mara was its only keeper for nine long years."]
+    _, outcome = run(engine.retry(novel_id))
+    state = db_state(session_factory, novel_id)
+    assert [p[1] for p in state["paragraphs"]] == [outcome.paragraph]
+    assert outcome.paragraph.startswith("The island was only a rock")
+    assert state["title"] == "The Keeper of Skerry"
+
+
+def test_retry_refused_after_a_later_edit(session_factory, embedder, novel_id):
+    engine, generator = started(session_factory, embedder, novel_id)
+    with session_factory() as session, session.begin():
+        version = store.current_memory(session, novel_id).version
+        store.set_memory(session, novel_id, "The writer's own memory.", expected_version=version)
+    before = db_state(session_factory, novel_id)
+    with pytest.raises(EngineError, match="last change was not a step"):
+        run(engine.retry(novel_id))
+    assert db_state(session_factory, novel_id) == before
