@@ -26,6 +26,7 @@ from app.engine.parsing import (
     Parsed,
     candidate_plans,
     copies_text,
+    drop_repeated_sentences,
     merge_plans,
     parse_choice,
     parse_memory,
@@ -321,7 +322,9 @@ class Engine:
         target = int(view.setting("paragraph_words"))
         penalties = self._penalties(view)
         history = "\n\n".join(text for _, text in view.paragraphs) if penalties.active else ""
+        earlier = [text for _, text in view.paragraphs]
         problem = ""
+        repeated = ""
         for attempt in range(self._attempts(view)):
             if attempt:
                 yield Event("reset", f"Retrying the paragraph ({problem}).", stage="paragraph")
@@ -346,11 +349,23 @@ class Engine:
                     close()
             parsed = parse_paragraph(raw)
             if parsed.ok:
-                if parsed.problem:
-                    notices.append(f"Paragraph repaired: {parsed.problem}.")
-                yield Event("paragraph", parsed.value, stage="paragraph")
-                return
-            problem = parsed.problem
+                fresh = drop_repeated_sentences(parsed.value, earlier)
+                if fresh.ok:
+                    repairs = [r for r in (parsed.problem, fresh.problem) if r]
+                    if repairs:
+                        notices.append(f"Paragraph repaired: {'; '.join(repairs)}.")
+                    yield Event("paragraph", fresh.value, stage="paragraph")
+                    return
+                # Mostly a copy of earlier paragraphs: worth another try; kept as the last resort.
+                repeated = repeated or parsed.value
+                problem = fresh.problem
+            else:
+                problem = parsed.problem
+        if repeated:
+            notices.append("Every try mostly repeated earlier paragraphs; the last one was kept as written: "
+                           "rewrite it, retry, or raise the repetition penalties in Settings.")
+            yield Event("paragraph", repeated, stage="paragraph")
+            return
         raise EngineError(f"The model gave no usable paragraph in {self._attempts(view)} tries ({problem}); "
                           "nothing was saved. Try again, or change the plan or the sampling settings.")
 

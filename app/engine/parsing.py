@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from app.engine.text import cut_loop, limit_words, sentences, trim_to_sentence, words
+from app.engine.text import cut_loop, limit_words, normalized_sentence, sentences, trim_to_sentence, words
 
 T = TypeVar("T")
 
@@ -118,6 +118,19 @@ def parse_paragraph(raw: str, min_words: int = MIN_PARAGRAPH_WORDS) -> Parsed[st
         return Parsed(None, "the answer held no paragraph" if not text else f"the paragraph was too short "
                       f"({len(words(text))} words)")
     return Parsed(text, "; ".join(repaired))
+
+
+def drop_repeated_sentences(paragraph: str, earlier: list[str],
+                            min_words: int = MIN_PARAGRAPH_WORDS) -> Parsed[str]:
+    """`paragraph` without the sentences that repeat a sentence of the earlier paragraphs word for word (a small
+    model's favourite loop: copying the last paragraph). None when too little new text is left."""
+    seen = {normalized_sentence(s) for text in earlier for s in sentences(text)}
+    kept = [s for s in sentences(paragraph) if len(words(s)) < 3 or normalized_sentence(s) not in seen]
+    text = " ".join(kept)
+    if len(words(text)) < min_words:
+        return Parsed(None, "it repeated earlier paragraphs")
+    dropped = len(sentences(paragraph)) - len(kept)
+    return Parsed(text, f"dropped {dropped} sentence(s) repeated from earlier paragraphs" if dropped else "")
 
 
 def parse_memory(raw: str, max_words: int, min_words: int = MIN_MEMORY_WORDS) -> Parsed[str]:

@@ -324,3 +324,15 @@ def test_retry_refused_after_a_later_edit(session_factory, embedder, novel_id):
     with pytest.raises(EngineError, match="last change was not a step"):
         run(engine.retry(novel_id))
     assert db_state(session_factory, novel_id) == before
+
+
+def test_a_copy_of_the_last_paragraph_is_retried_then_kept_visibly(session_factory, embedder, novel_id):
+    engine, generator = started(session_factory, embedder, novel_id)
+    generator.script["paragraph"] = [GOOD["opening"], GOOD["paragraph"]]
+    _, outcome = run(engine.step(novel_id, "Mara climbs the tower."))
+    assert outcome.paragraph == GOOD["paragraph"] and len(generator.calls_for("paragraph")) == 2
+    generator.script["paragraph"] = [GOOD["paragraph"]]
+    events, outcome = run(engine.step(novel_id, "Mara climbs the tower."))
+    assert len(generator.calls_for("paragraph")) == 2 + ATTEMPTS
+    assert outcome.paragraph == GOOD["paragraph"]
+    assert any("repeated earlier paragraphs" in e.text for e in events if e.kind == "notice")

@@ -144,3 +144,14 @@ def test_repetition_measures():
     assert not is_looping("I went home. Then I slept. The morning came with rain.")
     assert cut_loop("One two three. Four five six. One two three.") == "One two three. Four five six."
     assert trim_to_sentence("It rained. She was") == "It rained."
+
+
+def test_sentences_copied_from_earlier_paragraphs_are_dropped():
+    from app.engine.parsing import drop_repeated_sentences
+
+    earlier = ["Mara climbed the stairs in the dark. The lamp was cold."]
+    fresh = drop_repeated_sentences("The lamp was cold. She struck a match and the wick caught at once, blue then "
+                                    "gold.", earlier)
+    assert fresh.value == "She struck a match and the wick caught at once, blue then gold."
+    assert "dropped 1 sentence" in fresh.problem
+    assert not drop_repeated_sentences("Mara climbed the stairs in the dark. The lamp was cold.", earlier).ok
