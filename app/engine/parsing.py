@@ -54,6 +54,11 @@ _OUTLINE_MARK = re.compile(
     re.IGNORECASE)
 
 
+# A "plan" that talks about the list instead of the story ("These are three possible outcomes...").
+_META_PLAN = re.compile(r"\b(these (are|ideas|options)|possible (outcomes|scenarios|ideas|directions)|"
+                        r"(next|this) paragraph|three (ideas|options|plans))\b", re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class Parsed(Generic[T]):
     value: T | None
@@ -212,7 +217,7 @@ def merge_plans(plans: list[str], more: list[str], limit: int = 3) -> list[str]:
     for plan in more:
         if len(merged) >= limit:
             break
-        if len(words(plan)) < MIN_PLAN_WORDS or plan.endswith((":", "：")):
+        if len(words(plan)) < MIN_PLAN_WORDS or plan.endswith((":", "：")) or _META_PLAN.search(plan):
             continue
         if any(_similar(plan, other) for other in merged):
             continue

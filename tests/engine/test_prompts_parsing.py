@@ -81,6 +81,8 @@ def test_duplicate_and_empty_plans_are_not_counted():
     assert candidate_plans("1. The storm breaks the lamp.\n2. The storm breaks the lamp!") == [
         "The storm breaks the lamp."]
     assert candidate_plans("") == []
+    assert candidate_plans("1. Mara runs away.\n2. These are three possible outcomes of the scene, each with a "
+                           "twist.") == ["Mara runs away."]
 
 
 def test_a_plan_copied_from_the_paragraph_is_recognised():
