@@ -4,10 +4,10 @@ The UI, the CLI (`python -m app write`) and the tests all drive this one API:
 
     engine = Engine(session_factory, generator, embedder, snapshot_store=None, prompts_dir=PROMPTS_DIR)
 
-    engine.start(novel_id, *, cancel=None, mode=None)               -> Iterator[Event]  (title, outline, opening)
+    engine.start(novel_id, *, cancel=None, mode=None, propose_title=None) -> Iterator[Event]  (title, outline, opening)
     engine.step(novel_id, plan=None, *, plan_index=None, cancel=None, mode=None) -> Iterator[Event]
-    engine.retry(novel_id, *, cancel=None)                          -> Iterator[Event]  (rewrite the last step)
-    engine.auto_write(novel_id, steps, *, cancel=None)              -> Iterator[Event]  (model picks each plan)
+    engine.retry(novel_id, *, cancel=None, mode=None)               -> Iterator[Event]  (rewrite the last step)
+    engine.auto_write(novel_id, steps, *, cancel=None, mode=None)   -> Iterator[Event]  (model picks each plan)
     engine.choose(novel_id, choice, *, cancel=None)                 -> Iterator[Event]  (interactive fiction)
     engine.reader_view(novel_id)                                    -> ReaderView(title, paragraphs, choices)
     engine.inspect_context(novel_id, plan=None, *, mode=None)       -> ContextPreview (generates nothing)
@@ -24,9 +24,10 @@ novel changed in another tab meanwhile. ContextPreview: stage, strategy, section
 kept, truncated)], budget, total_tokens, prompt_text (the exact text sent), dropped, plan, manuscript_tokens.
 
 Per-novel settings read from `novel.settings`: sampling, penalties (models.sampling dicts), retrieval_top_k,
-memory_words, max_new_tokens, paragraph_words, context_tokens, max_attempts, mode, snapshot_budget_mb, snapshot_dtype,
-plan_tokens, title_tokens
-(defaults in app.engine.core.DEFAULTS). Prompts are the files in prompts/, one per stage.
+memory_words, max_new_tokens, paragraph_words, context_tokens, max_attempts, mode, snapshot_budget_mb,
+snapshot_dtype, plan_tokens, title_tokens (defaults in app.engine.core.DEFAULTS). Prompts are the files in prompts/,
+one per stage. The UI's Undo/Redo should call engine.undo/redo (not memory.store directly) so that recurrent-state
+snapshots of changed paragraphs are dropped.
 """
 
 from models.errors import Cancelled
