@@ -106,6 +106,11 @@ def test_retry_undo_redo(scripted, with_embedder):
 
 def test_auto_write_commits_each_step(scripted, with_embedder):
     novel_id = _started(with_embedder)
+    # Two different paragraphs: the engine rightly flags a step that copies an earlier one.
+    scripted.script["paragraph"] = [
+        "At dawn the boatman came back without his oars, and Mara met him on the slipway with the note folded small.",
+        "By noon the fog had lifted enough to show the second lighthouse, dark where no lighthouse should have stood.",
+    ]
     frames = list(write.auto_write(novel_id, 2))
     assert frames[-1][1] == "Saved."
     assert any("Step 2 of 2" in status for _, status in frames)
