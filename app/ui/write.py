@@ -170,7 +170,7 @@ def next_step(novel_id, instruction: str):
 
 @handler
 def retry(novel_id):
-    """Regenerate the last step from the same inputs (the old one stays reachable with Undo)."""
+    """Regenerate the last step from the same inputs; it replaces that step (Undo then goes back to before it)."""
     novel_id = require_novel(novel_id)
     yield from _run(novel_id, lambda engine, cancel: engine.retry(novel_id, cancel=cancel),
                     "rewriting the last paragraph")
