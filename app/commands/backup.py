@@ -21,9 +21,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
     from memory.db import open_database
 
     if args.list:
-        for info in backup.list_backups(config.backups_dir):
-            print(f"{info.path.name}  {info.nbytes / 2**20:.2f} MiB  ({info.reason})")
-        return 0
+        return print_backups(config)
     if args.keep < 1:
         raise UserError(f"--keep must be at least 1, got {args.keep}.")
     engine, _ = open_database(config.database_url, config.backups_dir)
@@ -32,4 +30,13 @@ def run(config: Config, args: argparse.Namespace) -> int:
     except backup.BackupError as exc:
         raise UserError(str(exc)) from None
     print(path)
+    return 0
+
+
+def print_backups(config: Config) -> int:
+    """`--list` for backup and restore: one line per backup in <data dir>/backups."""
+    from memory import backup
+
+    for info in backup.list_backups(config.backups_dir):
+        print(f"{info.path.name}  {info.nbytes / 2**20:.2f} MiB  ({info.reason})")
     return 0

@@ -19,12 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(config: Config, args: argparse.Namespace) -> int:
     from app.cli import UserError
     from memory import backup
+    from app.commands.backup import print_backups
     from memory.db import make_engine
 
     if args.list:
-        for info in backup.list_backups(config.backups_dir):
-            print(f"{info.path.name}  {info.nbytes / 2**20:.2f} MiB  ({info.reason})")
-        return 0
+        return print_backups(config)
     try:
         source = backup.resolve_backup(config.backups_dir, args.backup)
         safety = backup.restore(make_engine(config.database_url), source, config.backups_dir)

@@ -450,16 +450,20 @@ class Engine:
                                "written from the premise alone.")
             view.settings["outline"] = outline
         yield Event("progress", "Writing the opening…", stage="paragraph")
+        return (yield from self._write_opening(view, mode, cancel, notices,
+                                               title=title, outline=outline, propose_title=propose_title))
+
+    def _write_opening(self, view: _View, mode: str, cancel, notices: list[str], **finish_args) -> Iterator[Event]:
+        """Stream the opening paragraph from the premise, then finish the step (memory, plans, commit)."""
         preview = self._opening_context(view, mode)
         paragraph = ""
         for event in self._paragraph(view, preview, cancel, notices):
             if event.kind == "paragraph":
                 paragraph = event.text
             yield event
-        outcome = yield from self._finish(view, paragraph, plan_text="(the opening)", plan_index=None,
-                                          strategy=PROMPT_ONLY, cancel=cancel, notices=notices, manuscript=None,
-                                          title=title, outline=outline, propose_title=propose_title)
-        return outcome
+        return (yield from self._finish(view, paragraph, plan_text="(the opening)", plan_index=None,
+                                        strategy=PROMPT_ONLY, cancel=cancel, notices=notices, manuscript=None,
+                                        **finish_args))
 
     def step(self, novel_id: int, plan: str | None = None, *, plan_index: int | None = None,
              cancel: threading.Event | None = None, mode: str | None = None) -> Iterator[Event]:
@@ -571,16 +575,7 @@ class Engine:
         return (yield from self._step(view, plan_text, view.retry_plan_index, cancel, mode, retry=True))
 
     def _retry_opening(self, novel_id: int, view: _View, cancel, mode: str) -> Iterator[Event]:
-        notices: list[str] = []
-        preview = self._opening_context(view, mode)
-        paragraph = ""
-        for event in self._paragraph(view, preview, cancel, notices):
-            if event.kind == "paragraph":
-                paragraph = event.text
-            yield event
-        return (yield from self._finish(view, paragraph, plan_text="(the opening)", plan_index=None,
-                                        strategy=PROMPT_ONLY, cancel=cancel, notices=notices, manuscript=None,
-                                        retry=True))
+        return (yield from self._write_opening(view, mode, cancel, [], retry=True))
 
     def auto_write(self, novel_id: int, steps: int, *, cancel: threading.Event | None = None,
                    mode: str | None = None) -> Iterator[Event]:
