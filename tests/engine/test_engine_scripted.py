@@ -336,3 +336,32 @@ def test_a_copy_of_the_last_paragraph_is_retried_then_kept_visibly(session_facto
     assert len(generator.calls_for("paragraph")) == 2 + ATTEMPTS
     assert outcome.paragraph == GOOD["paragraph"]
     assert any("repeated earlier paragraphs" in e.text for e in events if e.kind == "notice")
+
+
+STORM = [
+    "The storm broke over the island at dusk. Rain hammered the lantern glass, the wind screamed through the gallery "
+    "rail, and Mara braced the door of the tower with her shoulder while the sea threw spray over the rocks below.",
+    "All night the gale went on. Waves climbed the rocks and burst against the tower, the lamp shuddered in its "
+    "cradle, and Mara kept the light turning by hand while the rain ran down the inside of the windows.",
+    "By midnight the wind had torn a shutter loose. It banged against the tower wall like a fist, the rain blew in "
+    "sideways, and Mara climbed the iron stairs again and again to wipe the salt from the lantern glass.",
+    "Toward morning the storm was still rising. Spray reached the gallery, the tower groaned in the gusts, and Mara, "
+    "soaked and shaking, kept the lamp alight while thunder rolled over the black water around the island.",
+]
+KEY = "Mara's brother hid the spare key under the blue stone beside the well."
+
+
+def test_retrieval_follows_the_plan_not_only_the_long_last_paragraph(session_factory, embedder, novel_id):
+    """The plan asks for something said once, early; the manuscript since is a long storm, like the last paragraph.
+    Retrieval must still bring the early fact into the context."""
+    with session_factory() as session, session.begin():
+        for text in [STORM[0], KEY, *STORM[1:]]:
+            store.add_paragraph(session, novel_id, text, embedding=embedder.vector(text))
+    engine = make_engine(session_factory, embedder, ScriptedGenerator())
+    preview = engine.inspect_context(novel_id, "Mara goes looking for the spare key her brother hid.")
+    retrieved = next(s for s in preview.sections if s.name == "retrieved")
+    assert KEY in retrieved.text
+    # The last paragraph still counts: with a plan that asks for nothing in particular, what resembles it wins.
+    preview = engine.inspect_context(novel_id, "Mara thinks about what to do next.")
+    retrieved = next(s for s in preview.sections if s.name == "retrieved")
+    assert KEY not in retrieved.text and retrieved.text.count("(paragraph") == 3
