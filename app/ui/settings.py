@@ -2,7 +2,8 @@
 
 Every field has a one-line explanation. The per-novel settings dict the store keeps is
 `{"model", "device", "dtype", "sampling": SamplingParams dict, "penalties": PenaltyParams dict,
-"retrieval_top_k", "memory_words", "max_new_tokens"}`; `to_fields`/`from_fields` convert between it and the form.
+"retrieval_top_k", "memory_words", "max_new_tokens", "context_tokens", "snapshot_budget_mb", "snapshot_dtype"}`;
+`to_fields`/`from_fields` convert between it and the form.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ import gradio as gr
 from app.config import DEVICES, DTYPES
 from app.ui import services
 from app.ui.common import InputError, handler
+from models.backend import STATE_DTYPES
 
 # The form's fields, in the order `wire()` passes them to the handlers.
 FIELD_NAMES = (
     "model", "device", "dtype", "temperature", "top_p", "min_p", "repetition", "presence", "frequency",
     "penalty_range", "dry_multiplier", "dry_base", "dry_allowed_length", "dry_sequence_breakers",
-    "retrieval_top_k", "memory_words", "max_new_tokens",
+    "retrieval_top_k", "memory_words", "max_new_tokens", "context_tokens", "snapshot_budget_mb", "snapshot_dtype",
 )
-EXTRAS = ("retrieval_top_k", "memory_words", "max_new_tokens")
+EXTRAS = ("retrieval_top_k", "memory_words", "max_new_tokens", "context_tokens", "snapshot_budget_mb")
 # With no novel open, Save stores the form here (in the data dir) as the settings every new novel starts with.
 NEW_NOVEL_DEFAULTS = "new-novel-settings.json"
 
@@ -32,7 +34,8 @@ def defaults() -> dict:
     from models.sampling import PenaltyParams, SamplingParams
 
     return {"model": "default", "device": "auto", "dtype": "auto", "sampling": SamplingParams().to_dict(),
-            "penalties": PenaltyParams().to_dict(), **{name: DEFAULTS[name] for name in EXTRAS}}
+            "penalties": PenaltyParams().to_dict(), **{name: DEFAULTS[name] for name in EXTRAS},
+            "snapshot_dtype": DEFAULTS["snapshot_dtype"]}
 
 
 def merged(settings: dict | None) -> dict:
@@ -58,7 +61,8 @@ def to_fields(settings: dict | None) -> dict:
         "dry_allowed_length": penalties["dry_allowed_length"],
         "dry_sequence_breakers": json.dumps(penalties["dry_sequence_breakers"], ensure_ascii=False),
         "retrieval_top_k": s["retrieval_top_k"], "memory_words": s["memory_words"],
-        "max_new_tokens": s["max_new_tokens"],
+        "max_new_tokens": s["max_new_tokens"], "context_tokens": s["context_tokens"],
+        "snapshot_budget_mb": s["snapshot_budget_mb"], "snapshot_dtype": s["snapshot_dtype"],
     }
 
 
@@ -104,8 +108,18 @@ def from_fields(fields: dict) -> dict:
         raise InputError("memory length must be between 20 and 2000 words.")
     if not 1 <= extras["max_new_tokens"] <= 4096:
         raise InputError("paragraph length must be between 1 and 4096 tokens.")
+    if not 256 <= extras["context_tokens"] <= 1_048_576:
+        raise InputError("context budget must be between 256 and 1048576 tokens.")
+    if extras["context_tokens"] <= extras["max_new_tokens"]:
+        raise InputError(f"context budget ({extras['context_tokens']} tokens) must be larger than the paragraph "
+                         f"length ({extras['max_new_tokens']} tokens): the paragraph is written inside it.")
+    if not 0 <= extras["snapshot_budget_mb"] <= 1_000_000:
+        raise InputError("snapshot disk budget must be between 0 and 1000000 MB.")
+    if fields.get("snapshot_dtype") not in STATE_DTYPES:
+        raise InputError(f"snapshot precision must be one of {', '.join(STATE_DTYPES)}.")
     return {"model": model, "device": fields["device"], "dtype": fields["dtype"],
-            "sampling": sampling.to_dict(), "penalties": penalties.to_dict(), **extras}
+            "sampling": sampling.to_dict(), "penalties": penalties.to_dict(), **extras,
+            "snapshot_dtype": fields["snapshot_dtype"]}
 
 
 def _defaults_path():
@@ -232,6 +246,17 @@ def build() -> SettingsTab:
             f["max_new_tokens"] = gr.Slider(1, 4096, value=d["max_new_tokens"], step=1,
                                             label="Paragraph length (tokens)",
                                             info="the most tokens one paragraph may take")
+        with gr.Row():
+            f["context_tokens"] = gr.Number(value=d["context_tokens"], precision=0, minimum=256,
+                                            label="Context budget (tokens)",
+                                            info="prompt plus paragraph; the model's own window caps it")
+            f["snapshot_budget_mb"] = gr.Number(value=d["snapshot_budget_mb"], precision=0, minimum=0,
+                                                label="State snapshots (MB on disk)",
+                                                info="Mamba2 models: saved states let a step skip re-reading "
+                                                     "the manuscript; 0 keeps none")
+            f["snapshot_dtype"] = gr.Dropdown(list(STATE_DTYPES), value=d["snapshot_dtype"],
+                                              label="Snapshot precision",
+                                              info="bf16 halves the disk a snapshot takes; fp32 is exact")
     with gr.Row():
         save_settings_btn = gr.Button("Save settings", variant="primary", elem_id="save_settings_btn")
         reset_settings_btn = gr.Button("Back to defaults", elem_id="reset_settings_btn")

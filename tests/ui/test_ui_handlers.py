@@ -166,6 +166,20 @@ def test_settings_round_trip_per_novel(ui_services):
     assert stored["sampling"]["temperature"] == 0.3 and stored["penalties"]["range"] == 64
 
 
+def test_context_budget_and_snapshot_settings_reach_the_engine(ui_services):
+    novel_id = _novel(ui_services)
+    values = dict(zip(settings.FIELD_NAMES, settings.refresh(novel_id)))
+    assert (values["context_tokens"], values["snapshot_dtype"]) == (2048, "fp32")
+    values.update(context_tokens=1024, max_new_tokens=100, snapshot_budget_mb=50, snapshot_dtype="bf16")
+    settings.save_settings(novel_id, *[values[name] for name in settings.FIELD_NAMES])
+    assert dict(zip(settings.FIELD_NAMES, settings.refresh(novel_id)))["context_tokens"] == 1024
+    engine = ui_services.history_engine()  # no model: its window does not cap the budget
+    view = engine._read(novel_id)
+    assert engine._budget(view) == 1024 - 100  # the paragraph is written inside the budget
+    policy = engine._snapshot_policy(view)
+    assert (policy.budget_bytes, policy.dtype) == (50_000_000, "bf16")
+
+
 def test_settings_saved_with_no_novel_open_seed_new_novels(ui_services):
     values = dict(zip(settings.FIELD_NAMES, settings.refresh(None)))
     values.update(max_new_tokens=32, temperature=0.5)
@@ -183,6 +197,9 @@ def test_settings_saved_with_no_novel_open_seed_new_novels(ui_services):
     ("dry_sequence_breakers", "not json", "JSON list"),
     ("retrieval_top_k", 50, "top-k"),
     ("device", "tpu", "device"),
+    ("context_tokens", 100, "context budget"),
+    ("max_new_tokens", 3000, "larger than the paragraph length"),
+    ("snapshot_dtype", "fp8", "snapshot precision"),
 ])
 def test_settings_refuse_bad_values(ui_services, field, value, message):
     novel_id = _novel(ui_services)
