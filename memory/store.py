@@ -12,7 +12,8 @@ user can act on are `StoreError` subclasses with one-line messages: `ConflictErr
 Public functions
 - novels: create_novel(s, title, premise="", style_notes="", settings=None, memory_text="") -> Novel;
   list_novels(s) -> list[NovelSummary]; get_novel(s, novel_id) -> Novel; rename_novel(s, novel_id, title);
-  update_novel(s, novel_id, *, premise=None, style_notes=None); update_novel_settings(s, novel_id, settings,
+  update_novel(s, novel_id, *, premise=None, style_notes=None); edit_story(s, novel_id, premise, style_notes,
+  outline, read) (compare-and-set against what the page read); update_novel_settings(s, novel_id, settings,
   merge=True); delete_novel(s, novel_id)
 - paragraphs: paragraphs(s, novel_id) -> list[Paragraph]; get_paragraph(s, paragraph_id);
   paragraph_at(s, novel_id, position); add_paragraph(s, novel_id, text, origin="written", position=None,
@@ -354,6 +355,41 @@ def update_novel(session: Session, novel_id: int, *, premise: str | None = None,
         changes = _Changes(session, novel_id)
         changes.update(novel, **values)
         _record(session, changes, "novel.edit", "edited " + " and ".join(k.replace("_", " ") for k in values))
+    return novel
+
+
+STORY_FIELDS = ("premise", "style_notes", "outline")
+
+
+def story(novel: Novel) -> dict[str, str]:
+    """What steers every step besides the memories: the premise, the style notes and the outline (kept in the
+    settings, where the opening step writes it)."""
+    return {"premise": novel.premise or "", "style_notes": novel.style_notes or "",
+            "outline": str((novel.settings or {}).get("outline") or "")}
+
+
+def edit_story(session: Session, novel_id: int, premise: str, style_notes: str, outline: str,
+               read: dict[str, str]) -> Novel:
+    """Save the premise, style notes and outline as one undoable change, if they are still what `read` (the
+    `story()` the page showed) says; else raise ConflictError naming what changed elsewhere."""
+    novel = _lock_novel(session, novel_id)
+    current = story(novel)
+    stale = [name for name in STORY_FIELDS if current[name] != (read or {}).get(name, "")]
+    if stale:
+        raise ConflictError("The " + " and the ".join(name.replace("_", " ") for name in stale)
+                            + " were changed elsewhere since you opened them; nothing was saved: reload and "
+                              "apply your edit again.")
+    new = {"premise": _check_text(premise, "The premise"), "style_notes": _check_text(style_notes, "The style notes"),
+           "outline": _check_text(outline, "The outline")}
+    if not new["premise"].strip():
+        raise ValidationError("The premise cannot be empty: every step reads it.")
+    changed = [name for name in STORY_FIELDS if new[name] != current[name]]
+    if not changed:
+        return novel
+    changes = _Changes(session, novel_id)
+    changes.update(novel, premise=new["premise"], style_notes=new["style_notes"],
+                   settings={**(novel.settings or {}), "outline": new["outline"]})
+    _record(session, changes, "novel.edit", "edited the " + " and the ".join(n.replace("_", " ") for n in changed))
     return novel
 
 

@@ -1,5 +1,6 @@
-"""The Memory tab: the short-term memory (edit, save, history, restore), the long-term memory (every paragraph,
-editable in place, with a retrieval search showing scores) and the story bible (add, edit, remove entries).
+"""The Memory tab: the premise, style notes and outline every step reads; the short-term memory (edit, save,
+history, restore); the long-term memory (every paragraph, editable in place, with a retrieval search showing
+scores); and the story bible (add, edit, remove entries).
 
 Every save passes the version the page last read; when another tab saved first, the store's conflict message is
 shown and nothing is overwritten.
@@ -12,12 +13,36 @@ from dataclasses import dataclass
 import gradio as gr
 
 from app.ui import services
-from app.ui.common import MAX_SHORT_CHARS, InputError, clean_text, handler, require_novel
+from app.ui.common import MAX_PREMISE_CHARS, MAX_SHORT_CHARS, InputError, clean_text, handler, require_novel
 
 PARAGRAPH_HEADERS = ["#", "text", "words"]
 SEARCH_HEADERS = ["#", "score", "text"]
 LORE_HEADERS = ["id", "name", "keys", "always on", "body"]
 NEW_ENTRY = "(new entry)"
+
+
+# ---------------------------------------------------------------- premise, style notes, outline
+
+
+def _story(novel_id: int) -> dict[str, str]:
+    from memory import store
+
+    with services.current().session() as session:
+        return store.story(store.get_novel(session, novel_id))
+
+
+@handler
+def save_story(novel_id, premise: str, style_notes: str, outline: str, read: dict | None) -> tuple[dict, str]:
+    """Save the premise, style notes and outline if nobody changed them since the page read `read`."""
+    from memory import store
+
+    novel_id = require_novel(novel_id)
+    premise = clean_text(premise, "The premise", required=True, max_chars=MAX_PREMISE_CHARS)
+    style_notes = clean_text(style_notes, "The style notes", max_chars=MAX_PREMISE_CHARS)
+    outline = clean_text(outline, "The outline", max_chars=MAX_PREMISE_CHARS)
+    with services.current().session() as session, session.begin():
+        store.edit_story(session, novel_id, premise, style_notes, outline, read or {})
+    return _story(novel_id), "Saved: the next step reads the new premise, style notes and outline."
 
 
 # ---------------------------------------------------------------- short-term memory
@@ -217,13 +242,15 @@ def remove_lore(novel_id, entry_id):
 @handler
 def refresh(novel_id):
     if novel_id in (None, ""):
-        return ("", 0, gr.update(choices=[], value=None), "", [], [], [], gr.update(choices=[(NEW_ENTRY, 0)], value=0))
+        return ("", 0, gr.update(choices=[], value=None), "", [], [], [], gr.update(choices=[(NEW_ENTRY, 0)], value=0),
+                "", "", "", {})
     novel_id = int(novel_id)
     text, version, history = _memory(novel_id)
     rows, versions = _paragraph_rows(novel_id)
     lore_rows, lore_choices = _lore(novel_id)
+    story = _story(novel_id)
     return (text, version, gr.update(choices=history, value=None), "", rows, versions, lore_rows,
-            gr.update(choices=lore_choices, value=0))
+            gr.update(choices=lore_choices, value=0), story["premise"], story["style_notes"], story["outline"], story)
 
 
 # ---------------------------------------------------------------- layout
@@ -254,6 +281,11 @@ class MemoryTab:
     save_lore_btn: gr.Button
     remove_lore_btn: gr.Button
     status_md: gr.Markdown
+    premise_box: gr.Textbox
+    style_box: gr.Textbox
+    outline_box: gr.Textbox
+    story_read: gr.State  # the premise, style notes and outline as the page read them (for the conflict check)
+    save_story_btn: gr.Button
 
 
 def build() -> MemoryTab:
@@ -261,6 +293,15 @@ def build() -> MemoryTab:
     memory_version = gr.State(0)
     paragraph_versions = gr.State([])
     lore_version = gr.State(0)
+    story_read = gr.State({})
+    with gr.Accordion("Premise, style notes and outline", open=False):
+        premise_box = gr.Textbox(label="Premise", lines=3, elem_id="story_premise",
+                                 info="what the novel is about; every step reads it")
+        style_box = gr.Textbox(label="Style notes", lines=2, elem_id="story_style",
+                               info="voice, genre, tense, anything the prose should follow")
+        outline_box = gr.Textbox(label="Outline", lines=5, elem_id="story_outline",
+                                 info="proposed with the opening; rewrite it to steer where the story goes")
+        save_story_btn = gr.Button("Save premise, style and outline", elem_id="save_story_btn")
     with gr.Accordion("Short-term memory", open=True):
         memory_box = gr.Textbox(label="Short-term memory (the running summary the next step reads)", lines=6,
                                 elem_id="memory_box")
@@ -298,15 +339,19 @@ def build() -> MemoryTab:
     return MemoryTab(memory_box, memory_version, save_memory_btn, memory_history, history_preview,
                      restore_memory_btn, paragraph_table, paragraph_versions, save_paragraphs_btn, search_box,
                      search_k, search_btn, search_results, lore_table, lore_pick, lore_name, lore_keys, lore_body,
-                     lore_always_on, lore_version, save_lore_btn, remove_lore_btn, status_md)
+                     lore_always_on, lore_version, save_lore_btn, remove_lore_btn, status_md, premise_box,
+                     style_box, outline_box, story_read, save_story_btn)
 
 
 def refresh_outputs(tab: MemoryTab) -> list:
     return [tab.memory_box, tab.memory_version, tab.memory_history, tab.history_preview, tab.paragraph_table,
-            tab.paragraph_versions, tab.lore_table, tab.lore_pick]
+            tab.paragraph_versions, tab.lore_table, tab.lore_pick, tab.premise_box, tab.style_box, tab.outline_box,
+            tab.story_read]
 
 
 def wire(tab: MemoryTab, novel_state: gr.State, on_novel_changed) -> None:
+    tab.save_story_btn.click(save_story, [novel_state, tab.premise_box, tab.style_box, tab.outline_box,
+                                          tab.story_read], [tab.story_read, tab.status_md])
     tab.save_memory_btn.click(save_memory, [novel_state, tab.memory_box, tab.memory_version],
                               [tab.memory_version, tab.memory_history, tab.status_md])
     tab.memory_history.input(show_memory_version, [novel_state, tab.memory_history], [tab.history_preview])

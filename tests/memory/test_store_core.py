@@ -71,6 +71,39 @@ def test_bad_input_is_refused_with_a_message(Session):
             store.add_paragraph(s, novel_id, "x", origin="dreamed")
 
 
+def test_story_edit_is_compare_and_set_and_undoable(Session):
+    novel_id = new_novel(Session)
+    with Session() as s, s.begin():
+        store.update_novel_settings(s, novel_id, {"outline": "1. Mara finds the bottle.", "max_new_tokens": 99})
+    with Session() as s:
+        read = store.story(store.get_novel(s, novel_id))
+    assert read == {"premise": "p", "style_notes": "", "outline": "1. Mara finds the bottle."}
+    before = snapshot(Session, novel_id)
+    with Session() as s, s.begin():
+        store.edit_story(s, novel_id, "A keeper and a bottle.", "Spare, present tense.", "1. The bottle. 2. The boat.",
+                         read)
+    with Session() as s:
+        novel = store.get_novel(s, novel_id)
+        assert store.story(novel) == {"premise": "A keeper and a bottle.", "style_notes": "Spare, present tense.",
+                                      "outline": "1. The bottle. 2. The boat."}
+        assert novel.settings["max_new_tokens"] == 99  # the other settings are untouched
+    after = snapshot(Session, novel_id)
+    # A second tab that read the old story is refused, naming what changed, and saves nothing.
+    with Session() as s, s.begin():
+        with pytest.raises(store.ConflictError, match="premise and the style notes and the outline were changed"):
+            store.edit_story(s, novel_id, "Tab two's premise.", "", "", read)
+    assert snapshot(Session, novel_id) == after
+    with Session() as s, s.begin():
+        with pytest.raises(store.ValidationError, match="premise cannot be empty"):
+            store.edit_story(s, novel_id, "  ", "", "", store.story(store.get_novel(s, novel_id)))
+    with Session() as s, s.begin():
+        assert store.undo(s, novel_id) is not None
+    assert snapshot(Session, novel_id) == before
+    with Session() as s, s.begin():
+        assert store.redo(s, novel_id) is not None
+    assert snapshot(Session, novel_id) == after
+
+
 def test_stale_edit_is_refused_and_newer_text_kept(Session):
     novel_id = new_novel(Session)
     with Session() as s, s.begin():

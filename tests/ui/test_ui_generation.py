@@ -131,6 +131,26 @@ def test_context_shows_the_edited_memory_and_the_instruction_verbatim(scripted, 
     assert context.inspect(None, "")[2].startswith("Open a novel")
 
 
+def test_edited_outline_and_style_reach_the_next_step(scripted, with_embedder):
+    novel_id = _started(with_embedder)
+    refreshed = memory_tab.refresh(novel_id)
+    premise, style, outline, read = refreshed[-4:]
+    assert outline and read["outline"] == outline  # the opening proposed one, and the page shows it
+    new_outline = "1. Mara refuses the boatman.\n2. The lamp fails on the longest night."
+    _, status = memory_tab.save_story(novel_id, premise, "Write it like a ship's log.", new_outline, read)
+    assert "Saved" in status
+    prompt, _, _ = context.inspect(novel_id, "Mara waits for the boat.")
+    assert new_outline in prompt and "Write it like a ship's log." in prompt and outline not in prompt
+    run_step = list(write.next_step(novel_id, "Mara waits for the boat."))
+    assert run_step and new_outline in scripted.calls_for("paragraph")[-1].prompt
+    # A tab still holding the old story gets the conflict, and the saved outline stays.
+    with pytest.raises(gr.Error, match="changed elsewhere"):
+        memory_tab.save_story(novel_id, premise, style, "Tab two's outline.", read)
+    assert memory_tab.refresh(novel_id)[-2] == new_outline
+    with pytest.raises(gr.Error, match="premise is empty"):
+        memory_tab.save_story(novel_id, "", style, new_outline, memory_tab.refresh(novel_id)[-1])
+
+
 def test_stale_memory_from_another_tab_blocks_the_step_visibly(scripted, with_embedder):
     novel_id = _started(with_embedder)
     version = memory_tab.refresh(novel_id)[1]
