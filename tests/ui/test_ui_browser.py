@@ -108,6 +108,32 @@ def _wait_text(locator, needle: str, timeout_ms: int) -> None:
     raise AssertionError(f"{needle!r} did not appear within {timeout_ms / 1000:.0f}s")
 
 
+def _wait_saved(page, shots: Path, log: Path, name: str, timeout_s: float = 300) -> list[int]:
+    """Sample the draft box's length until the Write tab says the step is saved; fail on an error toast."""
+    draft = _textarea(page, "draft_box")
+    status = page.locator("#write_status")
+    lengths: list[int] = []
+    first_shot = False
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = draft.input_value()
+        if text and (not lengths or len(text) != lengths[-1]):
+            lengths.append(len(text))
+            if not first_shot and len(lengths) >= 2:
+                page.screenshot(path=str(shots / f"{name}-streaming.png"), full_page=True)
+                first_shot = True
+        if "Saved." in status.inner_text():
+            return lengths
+        # Warnings (a repaired paragraph, a kept memory) are fine; an error toast is not.
+        toasts = page.locator('[data-testid="toast-body"].error')
+        if toasts.count():
+            page.screenshot(path=str(shots / f"{name}-error.png"), full_page=True)
+            pytest.fail(f"the page showed an error: {toasts.first.inner_text()}\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    page.screenshot(path=str(shots / f"{name}-timeout.png"), full_page=True)
+    pytest.fail(f"the {name} was not saved within {timeout_s:.0f}s; lengths seen {lengths}\n{log.read_text()[-3000:]}")
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(600)
@@ -142,29 +168,7 @@ def test_write_edit_memory_reload_and_inspect(served_app, tmp_path: Path):
         page.locator("#create_btn").click()
 
         # The opening streams into the draft box: sample its length until the step is saved.
-        draft = _textarea(page, "draft_box")
-        status = page.locator("#write_status")
-        lengths: list[int] = []
-        first_shot = False
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            text = draft.input_value()
-            if text and (not lengths or len(text) != lengths[-1]):
-                lengths.append(len(text))
-                if not first_shot and len(lengths) >= 2:
-                    page.screenshot(path=str(shots / "1-streaming.png"), full_page=True)
-                    first_shot = True
-            if "Saved." in status.inner_text():
-                break
-            # Warnings (a repaired paragraph, a kept memory) are fine; an error toast is not.
-            toasts = page.locator('[data-testid="toast-body"].error')
-            if toasts.count():
-                page.screenshot(path=str(shots / "1-error.png"), full_page=True)
-                pytest.fail(f"the page showed an error: {toasts.first.inner_text()}\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        else:
-            page.screenshot(path=str(shots / "1-timeout.png"), full_page=True)
-            pytest.fail(f"the opening was not saved within 300s; lengths seen {lengths}\n{log.read_text()[-3000:]}")
+        lengths = _wait_saved(page, shots, log, "opening")
         # The text grows piece by piece; the final paragraph may be a little shorter (the engine trims an
         # unfinished last sentence) or start over (a retry after a malformed attempt).
         growths = sum(1 for before, after in zip(lengths, lengths[1:]) if after > before)
@@ -219,4 +223,90 @@ def test_write_edit_memory_reload_and_inspect(served_app, tmp_path: Path):
     with make_sessionmaker(make_engine(f"sqlite:///{data_dir / 'longhand.db'}"))() as session:
         assert store.current_memory(session, 1).text == "Saved from the second tab."
     assert not errors, f"the page raised JavaScript errors: {errors}"
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def _saved_paragraphs(data_dir: Path) -> list[tuple[str, bool]]:
+    """Novel 1's paragraphs as (text, written by a whole step: it has its embedding and, after the opening, the plan
+    set it was written from points at it)."""
+    from sqlalchemy import select
+
+    from memory import store
+    from memory.db import make_engine, make_sessionmaker
+    from memory.schema import Embedding, PlanSet
+
+    engine = make_engine(f"sqlite:///{data_dir / 'longhand.db'}")
+    try:
+        with make_sessionmaker(engine)() as session:
+            planned = set(session.scalars(select(PlanSet.paragraph_id).where(PlanSet.novel_id == 1)))
+            embedded = set(session.scalars(select(Embedding.paragraph_id).where(Embedding.novel_id == 1)))
+            return [(p.text, p.id in embedded and (p.position == 1 or p.id in planned))
+                    for p in store.paragraphs(session, 1)]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.timeout(600)
+def test_reload_mid_paragraph_saves_nothing_half_written_and_writing_goes_on(served_app, tmp_path: Path):
+    require_or_skip(Path(CHROMIUM).exists() or shutil.which("chromium") is not None,
+                    "Debian's chromium is not installed (tests/system_deps.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    url, data_dir, log = served_app
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+        page.goto(url)
+        page.wait_for_selector("#create_btn", timeout=60_000)
+        _open_tab(page, "Settings")
+        length = page.locator("#setting_max_new_tokens input[type=number]").first
+        length.fill("64")
+        length.press("Enter")
+        page.locator("#save_settings_btn").click()
+        _wait_text(page.locator("#settings_status"), "new novels start with", 30_000)
+        _open_tab(page, "Library")
+        _textarea(page, "premise_box").fill("A ferry pilot finds her own name on a passenger list from 1952.")
+        page.locator("#create_btn").click()
+        _wait_saved(page, shots, log, "opening")
+        opening = _saved_paragraphs(data_dir)
+        assert len(opening) == 1 and opening[0][1]
+
+        # Start the next step and reload while its paragraph is still streaming in.
+        _open_tab(page, "Write")
+        _textarea(page, "instruction_box").fill("Orla asks the harbour master about the 1952 crossing.")
+        page.locator("#next_step_btn").click()
+        draft, status = _textarea(page, "draft_box"), page.locator("#write_status")
+        partial = ""
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            text, said = draft.input_value(), status.inner_text()
+            if "Writing the paragraph" in said and len(text) >= 20:
+                partial = text
+                break
+            time.sleep(0.05)
+        assert partial, f"the paragraph never streamed\n{log.read_text()[-3000:]}"
+        page.screenshot(path=str(shots / "mid-paragraph.png"), full_page=True)
+        page.reload()
+        page.wait_for_selector("#create_btn", timeout=60_000)
+        _wait_text(page.locator("#header"), "novel #", 60_000)
+
+        # The reloaded page goes on writing: its step is saved whatever became of the abandoned one.
+        _open_tab(page, "Write")
+        _textarea(page, "instruction_box").fill("Orla reads the passenger list again by lamplight.")
+        page.locator("#next_step_btn").click()
+        _wait_saved(page, shots, log, "after-reload")
+        page.locator("#manuscript .lh-para").nth(1).wait_for(timeout=30_000)
+        page.screenshot(path=str(shots / "after-reload-saved.png"), full_page=True)
+        browser.close()
+
+    saved = _saved_paragraphs(data_dir)
+    # The abandoned step was stopped (2 paragraphs) or finished whole on the server (3); never half-written.
+    assert len(saved) in (2, 3), saved
+    assert saved[0] == opening[0]
+    assert all(whole for _, whole in saved), saved
+    assert partial not in [text for text, _ in saved]
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
