@@ -148,15 +148,17 @@ def load_settings(novel_id: int) -> dict:
 
 @handler
 def refresh(novel_id):
-    """The form's values for the open novel (the defaults for new novels when none is open)."""
+    """The form's values for the open novel (the defaults for new novels when none is open), then the same values
+    as one dict: what this page read, for save_settings' conflict check."""
     settings = load_settings(int(novel_id)) if novel_id not in (None, "") else new_novel_defaults()
     values = to_fields(settings)
-    return tuple(values[name] for name in FIELD_NAMES)
+    return (*(values[name] for name in FIELD_NAMES), values)
 
 
 @handler
-def save_settings(novel_id, *values) -> str:
-    """Save the form as the open novel's settings (with none open: as the defaults for new novels)."""
+def save_settings(novel_id, read: dict | None, *values) -> tuple[dict, str]:
+    """Save the form as the open novel's settings (with none open: as the defaults for new novels), unless another
+    tab saved different settings since this page read `read` (None: no check). Returns the new `read`."""
     from memory import store
 
     settings = from_fields(dict(zip(FIELD_NAMES, values)))
@@ -170,11 +172,16 @@ def save_settings(novel_id, *values) -> str:
         temporary = path.with_name(path.name + ".part")
         temporary.write_text(json.dumps(settings, indent=1), encoding="utf-8")
         temporary.replace(path)
-        return "No novel is open: saved as the settings new novels start with."
+        return to_fields(merged(settings)), "No novel is open: saved as the settings new novels start with."
     novel_id = int(novel_id)
     with services.current().session() as session, session.begin():
+        current = to_fields(merged(store.get_novel(session, novel_id).settings))
+        if read and current != read:
+            changed = ", ".join(name.replace("_", " ") for name in FIELD_NAMES if current[name] != read.get(name))
+            raise store.ConflictError(f"The settings were changed elsewhere ({changed}) since this page read them; "
+                                      "nothing was saved: reopen the novel to see them, then make your change again.")
         store.update_novel_settings(session, novel_id, settings)
-    return "Settings saved for this novel. The next step uses them."
+    return to_fields(merged(settings)), "Settings saved for this novel. The next step uses them."
 
 
 @handler
@@ -192,6 +199,7 @@ class SettingsTab:
     save_settings_btn: gr.Button
     reset_settings_btn: gr.Button
     status_md: gr.Markdown
+    read: gr.State  # the saved settings as this page last read or saved them (the conflict check's baseline)
 
 
 def build() -> SettingsTab:
@@ -263,14 +271,14 @@ def build() -> SettingsTab:
     status_md = gr.Markdown("", elem_id="settings_status")
     for name, component in f.items():
         component.elem_id = f"setting_{name}"
-    return SettingsTab(f, save_settings_btn, reset_settings_btn, status_md)
+    return SettingsTab(f, save_settings_btn, reset_settings_btn, status_md, gr.State(None))
 
 
 def refresh_outputs(tab: SettingsTab) -> list:
-    return [tab.fields[name] for name in FIELD_NAMES]
+    return [tab.fields[name] for name in FIELD_NAMES] + [tab.read]
 
 
 def wire(tab: SettingsTab, novel_state: gr.State) -> None:
-    inputs = [novel_state] + [tab.fields[name] for name in FIELD_NAMES]
-    tab.save_settings_btn.click(save_settings, inputs, [tab.status_md])
-    tab.reset_settings_btn.click(reset_settings, None, refresh_outputs(tab))
+    inputs = [novel_state, tab.read] + [tab.fields[name] for name in FIELD_NAMES]
+    tab.save_settings_btn.click(save_settings, inputs, [tab.read, tab.status_md])
+    tab.reset_settings_btn.click(reset_settings, None, [tab.fields[name] for name in FIELD_NAMES])

@@ -149,30 +149,59 @@ def test_markdown_manuscript_imports_as_paragraphs(ui_services, tmp_path):
 # ---------------------------------------------------------------- settings
 
 
+def _form(novel_id) -> tuple[dict, dict]:
+    """The settings form as the page reads it: the field values, and what the page keeps for the conflict check."""
+    refreshed = settings.refresh(novel_id)
+    return dict(zip(settings.FIELD_NAMES, refreshed)), refreshed[-1]
+
+
+def _save(novel_id, values: dict, read: dict | None):
+    return settings.save_settings(novel_id, read, *[values[name] for name in settings.FIELD_NAMES])
+
+
 def test_settings_round_trip_per_novel(ui_services):
     first, second = _novel(ui_services), _novel(ui_services, "Another premise.")
-    values = dict(zip(settings.FIELD_NAMES, settings.refresh(first)))
+    values, read = _form(first)
     assert values["temperature"] == 0.8 and values["retrieval_top_k"] == 3
     values.update(temperature=0.3, repetition=1.15, penalty_range=64, dry_multiplier=0.8,
                   dry_sequence_breakers='["\\n", "."]', retrieval_top_k=5, max_new_tokens=40)
-    settings.save_settings(first, *[values[name] for name in settings.FIELD_NAMES])
-    saved = dict(zip(settings.FIELD_NAMES, settings.refresh(first)))
+    _save(first, values, read)
+    saved, _ = _form(first)
     assert saved["temperature"] == 0.3 and saved["penalty_range"] == 64 and saved["max_new_tokens"] == 40
     assert json.loads(saved["dry_sequence_breakers"]) == ["\n", "."]
-    untouched = dict(zip(settings.FIELD_NAMES, settings.refresh(second)))
+    untouched, _ = _form(second)
     assert untouched["temperature"] == 0.8
     with ui_services.session() as s:
         stored = store.get_novel(s, first).settings
     assert stored["sampling"]["temperature"] == 0.3 and stored["penalties"]["range"] == 64
 
 
+def test_a_stale_tab_cannot_overwrite_newer_settings(ui_services):
+    novel_id = _novel(ui_services)
+    tab_one, read_one = _form(novel_id)
+    tab_two, read_two = _form(novel_id)
+    tab_one["temperature"] = 0.4
+    read_one, _ = _save(novel_id, tab_one, read_one)
+    tab_one["min_p"] = 0.1  # the saving tab carries on from what it saved
+    _save(novel_id, tab_one, read_one)
+    tab_two["repetition"] = 1.3
+    with pytest.raises(gr.Error, match=r"changed elsewhere \(temperature, min p\)"):
+        _save(novel_id, tab_two, read_two)
+    saved, read_again = _form(novel_id)
+    assert (saved["temperature"], saved["min_p"], saved["repetition"]) == (0.4, 0.1, tab_one["repetition"])
+    # Once it has read the newer settings, the second tab's change goes through and keeps the first tab's.
+    saved["repetition"] = 1.3
+    _save(novel_id, saved, read_again)
+    assert _form(novel_id)[0]["temperature"] == 0.4 and _form(novel_id)[0]["repetition"] == 1.3
+
+
 def test_context_budget_and_snapshot_settings_reach_the_engine(ui_services):
     novel_id = _novel(ui_services)
-    values = dict(zip(settings.FIELD_NAMES, settings.refresh(novel_id)))
+    values, read = _form(novel_id)
     assert (values["context_tokens"], values["snapshot_dtype"]) == (2048, "fp32")
     values.update(context_tokens=1024, max_new_tokens=100, snapshot_budget_mb=50, snapshot_dtype="bf16")
-    settings.save_settings(novel_id, *[values[name] for name in settings.FIELD_NAMES])
-    assert dict(zip(settings.FIELD_NAMES, settings.refresh(novel_id)))["context_tokens"] == 1024
+    _save(novel_id, values, read)
+    assert _form(novel_id)[0]["context_tokens"] == 1024
     engine = ui_services.history_engine()  # no model: its window does not cap the budget
     view = engine._read(novel_id)
     assert engine._budget(view) == 1024 - 100  # the paragraph is written inside the budget
@@ -181,13 +210,13 @@ def test_context_budget_and_snapshot_settings_reach_the_engine(ui_services):
 
 
 def test_settings_saved_with_no_novel_open_seed_new_novels(ui_services):
-    values = dict(zip(settings.FIELD_NAMES, settings.refresh(None)))
+    values, read = _form(None)
     values.update(max_new_tokens=32, temperature=0.5)
-    message = settings.save_settings(None, *[values[name] for name in settings.FIELD_NAMES])
+    _, message = _save(None, values, read)
     assert "new novels" in message
-    assert dict(zip(settings.FIELD_NAMES, settings.refresh(None)))["max_new_tokens"] == 32
+    assert _form(None)[0]["max_new_tokens"] == 32
     novel_id = _novel(ui_services)
-    seeded = dict(zip(settings.FIELD_NAMES, settings.refresh(novel_id)))
+    seeded, _ = _form(novel_id)
     assert seeded["max_new_tokens"] == 32 and seeded["temperature"] == 0.5
 
 
@@ -203,10 +232,10 @@ def test_settings_saved_with_no_novel_open_seed_new_novels(ui_services):
 ])
 def test_settings_refuse_bad_values(ui_services, field, value, message):
     novel_id = _novel(ui_services)
-    values = dict(zip(settings.FIELD_NAMES, settings.refresh(novel_id)))
+    values, read = _form(novel_id)
     values[field] = value
     with pytest.raises(gr.Error, match=message):
-        settings.save_settings(novel_id, *[values[name] for name in settings.FIELD_NAMES])
+        _save(novel_id, values, read)
 
 
 # ---------------------------------------------------------------- memory
