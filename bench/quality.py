@@ -134,6 +134,21 @@ def aggregate(results: list[dict]) -> dict:
     return by_condition
 
 
+def _commit() -> str | None:
+    """The checked-out commit the engine ran from (`+changes` when tracked files differ from it)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "app", "models", "memory", "kernels",
+                                "prompts"], cwd=root).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
+
+
 def _summary(runs: list[Run], engine, session_factory, embedder, args, started: float, rounds: int) -> dict:
     results = []
     for run in runs:
@@ -152,7 +167,9 @@ def _summary(runs: list[Run], engine, session_factory, embedder, args, started: 
         "benchmark": "quality",
         "command": "python -m bench.quality " + " ".join(sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads},
+        "commit": args.commit,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
+                    "load_average_at_start": args.load_at_start, "load_average_now": list(os.getloadavg())},
         "model": engine.generator.name,
         "strategy": engine.strategy,
         "requested": {"steps": args.steps, "premises": args.premises, "penalties": args.penalties,
@@ -172,8 +189,9 @@ def merge(paths: list[str], out: Path) -> int:
     merged = {
         "benchmark": "quality",
         "command": "python -m bench.quality --merge " + " ".join(paths),
-        "parts": [{"file": p, "command": part["command"], "completed_rounds": part["completed_rounds"],
-                   "finished": part["finished"], "wall_seconds": part["wall_seconds"]} for p, part in zip(paths, parts)],
+        "parts": [{"file": p, "command": part["command"], "commit": part.get("commit"),
+                   "completed_rounds": part["completed_rounds"], "finished": part["finished"],
+                   "wall_seconds": part["wall_seconds"], "machine": part["machine"]} for p, part in zip(paths, parts)],
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": parts[0]["machine"], "model": parts[0]["model"], "strategy": parts[0]["strategy"],
         "penalty_settings": parts[0]["penalty_settings"],
@@ -203,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="combine finished result files (one per premise "
                         "when runs were split across processes) into --out, and exit")
     args = parser.parse_args(argv)
+    args.commit, args.load_at_start = _commit(), list(os.getloadavg())
     if args.merge:
         return merge(args.merge, Path(args.out))
 
