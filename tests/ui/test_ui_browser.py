@@ -108,6 +108,20 @@ def _wait_text(locator, needle: str, timeout_ms: int) -> None:
     raise AssertionError(f"{needle!r} did not appear within {timeout_ms / 1000:.0f}s")
 
 
+def _create_novel(page, premise: str, paragraph_tokens: int) -> None:
+    """Create a novel from `premise` with short paragraphs (they keep the test quick): with no novel open yet, Save
+    in Settings sets what new novels start with."""
+    _open_tab(page, "Settings")
+    length = page.locator("#setting_max_new_tokens input[type=number]").first
+    length.fill(str(paragraph_tokens))
+    length.press("Enter")
+    page.locator("#save_settings_btn").click()
+    _wait_text(page.locator("#settings_status"), "new novels start with", 30_000)
+    _open_tab(page, "Library")
+    _textarea(page, "premise_box").fill(premise)
+    page.locator("#create_btn").click()
+
+
 def _wait_saved(page, shots: Path, log: Path, name: str, timeout_s: float = 300) -> list[int]:
     """Sample the draft box's length until the Write tab says the step is saved; fail on an error toast."""
     draft = _textarea(page, "draft_box")
@@ -155,17 +169,7 @@ def test_write_edit_memory_reload_and_inspect(served_app, tmp_path: Path):
         page.goto(url)
         page.wait_for_selector("#create_btn", timeout=60_000)
 
-        # Short paragraphs keep the test quick: with no novel open, Save sets the settings new novels start with.
-        _open_tab(page, "Settings")
-        length = page.locator("#setting_max_new_tokens input[type=number]").first
-        length.fill("48")
-        length.press("Enter")
-        page.locator("#save_settings_btn").click()
-        _wait_text(page.locator("#settings_status"), "new novels start with", 30_000)
-
-        _open_tab(page, "Library")
-        _textarea(page, "premise_box").fill("A lighthouse keeper finds a message in a bottle addressed to her.")
-        page.locator("#create_btn").click()
+        _create_novel(page, "A lighthouse keeper finds a message in a bottle addressed to her.", paragraph_tokens=48)
 
         # The opening streams into the draft box: sample its length until the step is saved.
         lengths = _wait_saved(page, shots, log, "opening")
@@ -262,15 +266,7 @@ def test_reload_mid_paragraph_saves_nothing_half_written_and_writing_goes_on(ser
         page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
         page.goto(url)
         page.wait_for_selector("#create_btn", timeout=60_000)
-        _open_tab(page, "Settings")
-        length = page.locator("#setting_max_new_tokens input[type=number]").first
-        length.fill("64")
-        length.press("Enter")
-        page.locator("#save_settings_btn").click()
-        _wait_text(page.locator("#settings_status"), "new novels start with", 30_000)
-        _open_tab(page, "Library")
-        _textarea(page, "premise_box").fill("A ferry pilot finds her own name on a passenger list from 1952.")
-        page.locator("#create_btn").click()
+        _create_novel(page, "A ferry pilot finds her own name on a passenger list from 1952.", paragraph_tokens=64)
         _wait_saved(page, shots, log, "opening")
         opening = _saved_paragraphs(data_dir)
         assert len(opening) == 1 and opening[0][1]
