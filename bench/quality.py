@@ -27,10 +27,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from app.engine.core import DEFAULT_PENALTIES
+
 PENALTY_CONDITIONS = {
-    "off": {},
-    # Repetition penalty over the last 512 tokens plus DRY: the settings the Settings tab suggests for small models.
-    "on": {"repetition": 1.1, "range": 512, "dry_multiplier": 0.8, "dry_base": 1.75, "dry_allowed_length": 2},
+    # Every penalty off (models.sampling.PenaltyParams' own defaults), spelled out: a novel without penalties in
+    # its settings writes with the engine's DEFAULT_PENALTIES.
+    "off": {"repetition": 1.0, "presence": 0.0, "frequency": 0.0, "dry_multiplier": 0.0},
+    # Repetition penalty over the last 512 tokens plus DRY: the engine's defaults.
+    "on": DEFAULT_PENALTIES,
 }
 
 

@@ -25,7 +25,8 @@ kept, truncated)], budget, total_tokens, prompt_text (the exact text sent), drop
 
 Per-novel settings read from `novel.settings`: sampling, penalties (models.sampling dicts), retrieval_top_k,
 memory_words, max_new_tokens, paragraph_words, context_tokens, max_attempts, mode, snapshot_budget_mb,
-snapshot_dtype, plan_tokens, title_tokens (defaults in app.engine.core.DEFAULTS). Prompts are the files in prompts/,
+snapshot_dtype, plan_tokens, title_tokens (defaults in app.engine.core.DEFAULTS; penalties over
+DEFAULT_PENALTIES). Prompts are the files in prompts/,
 one per stage. The UI's Undo/Redo should call engine.undo/redo (not memory.store directly) so that recurrent-state
 snapshots of changed paragraphs are dropped.
 """
@@ -33,11 +34,11 @@ snapshots of changed paragraphs are dropped.
 from models.errors import Cancelled
 
 from app.engine.context import MANUSCRIPT_STATE, PROMPT_ONLY, ContextPreview, ContextTooLargeError, Section
-from app.engine.core import DEFAULTS, MODES, Engine, EngineError, Event, ReaderView, StepOutcome
+from app.engine.core import DEFAULT_PENALTIES, DEFAULTS, MODES, Engine, EngineError, Event, ReaderView, StepOutcome
 from app.engine.prompts import PROMPTS_DIR, PromptLibrary, TemplateError
 
 __all__ = [
-    "Cancelled", "ContextPreview", "ContextTooLargeError", "DEFAULTS", "Engine", "EngineError", "Event",
+    "Cancelled", "ContextPreview", "ContextTooLargeError", "DEFAULT_PENALTIES", "DEFAULTS", "Engine", "EngineError", "Event",
     "MANUSCRIPT_STATE", "MODES", "PROMPTS_DIR", "PROMPT_ONLY", "PromptLibrary", "ReaderView", "Section",
     "StepOutcome", "TemplateError",
 ]

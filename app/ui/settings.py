@@ -30,11 +30,11 @@ NEW_NOVEL_DEFAULTS = "new-novel-settings.json"
 
 
 def defaults() -> dict:
-    from app.engine import DEFAULTS
+    from app.engine import DEFAULT_PENALTIES, DEFAULTS
     from models.sampling import PenaltyParams, SamplingParams
 
     return {"model": "default", "device": "auto", "dtype": "auto", "sampling": SamplingParams().to_dict(),
-            "penalties": PenaltyParams().to_dict(), **{name: DEFAULTS[name] for name in EXTRAS},
+            "penalties": PenaltyParams.from_dict(DEFAULT_PENALTIES).to_dict(), **{name: DEFAULTS[name] for name in EXTRAS},
             "snapshot_dtype": DEFAULTS["snapshot_dtype"]}
 
 

@@ -44,6 +44,7 @@ class Call:
     prompt: str
     max_new_tokens: int
     state: object = None
+    penalties: object = None  # the models.sampling.PenaltyParams the engine sent
 
 
 class FakeBackend:
@@ -116,7 +117,7 @@ class ScriptedGenerator:
                penalty_history="", state=None, info=None):
         assert isinstance(prompt, str), "the engine sends rendered prompt text"
         stage = stage_of(prompt)
-        call = Call(stage, prompt, max_new_tokens, None if state is None else list(state["read"]))
+        call = Call(stage, prompt, max_new_tokens, None if state is None else list(state["read"]), penalties)
         self.calls.append(call)
         answers = self.script[stage]
         answer = answers.pop(0) if len(answers) > 1 else answers[0]

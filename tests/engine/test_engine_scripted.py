@@ -365,3 +365,20 @@ def test_retrieval_follows_the_plan_not_only_the_long_last_paragraph(session_fac
     preview = engine.inspect_context(novel_id, "Mara thinks about what to do next.")
     retrieved = next(s for s in preview.sections if s.name == "retrieved")
     assert KEY not in retrieved.text and retrieved.text.count("(paragraph") == 3
+
+
+def test_penalties_are_on_by_default_and_a_novels_own_win(session_factory, embedder, novel_id):
+    from app.engine import DEFAULT_PENALTIES
+
+    engine, generator = started(session_factory, embedder, novel_id)
+    sent = generator.calls_for("opening")[-1].penalties
+    assert (sent.repetition, sent.range, sent.dry_multiplier) == (1.1, 512, 0.8) == \
+        tuple(DEFAULT_PENALTIES[k] for k in ("repetition", "range", "dry_multiplier"))
+    # The memory and the plans restate names and events on purpose: they are written without penalties.
+    assert generator.calls_for("memory")[-1].penalties is None and generator.calls_for("plans")[-1].penalties is None
+    with session_factory() as session, session.begin():
+        store.update_novel_settings(session, novel_id, {"penalties": {"repetition": 1.0, "dry_multiplier": 0.0,
+                                                                      "presence": 0.3}})
+    run(engine.step(novel_id, "Mara climbs the tower."))
+    sent = generator.calls_for("paragraph")[-1].penalties
+    assert (sent.repetition, sent.dry_multiplier, sent.presence) == (1.0, 0.0, 0.3)
