@@ -21,12 +21,7 @@ from models.service import ModelSpec, load_generator
 PLANS = ["Mara climbs the tower in the storm.", "A boat appears without lights.", "Mara reads the old logbook."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # batch-1 decode of a tiny model: extra threads only spin
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _generator(family: str, tmp_path_factory):

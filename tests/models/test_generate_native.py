@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-import torch
 
 from models.errors import Cancelled
 from models.generate import GenerationInfo, generate
@@ -19,6 +18,7 @@ from models.mamba2 import NativeBackend, load_native_backend
 from models.mamba2.random_checkpoint import save_random_checkpoint
 from models.sampling import PenaltyParams, SamplingParams
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PROMPT = "The lighthouse keeper counted ships at night. "
 GREEDY = SamplingParams(temperature=0.0)
 HOT = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=11)
@@ -70,15 +70,6 @@ class _SamplerSpy:
 
         sampler.first, sampler.next = first, next_
         return sampler
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Batch-1 decode of tiny models is latency-bound: extra OpenMP threads only spin against other processes.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from models.sampling import PenaltyParams, SamplingParams
 FAMILIES = ["mamba2", "bamba"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Batch-1 decode of tiny models is latency-bound: extra OpenMP threads only spin against other processes.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MANUSCRIPT = "The lighthouse keeper counted ships at night. " * 3
 CONTINUATION = "Then the fog came in, and she stopped counting."
 

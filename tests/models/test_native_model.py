@@ -15,13 +15,7 @@ from models.mamba2.random_checkpoint import save_random_checkpoint
 FAMILIES = ["mamba2", "bamba"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Batch-1 decode of tiny models is latency-bound: extra OpenMP threads only spin against other processes.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PROMPT_LEN = 37  # not a multiple of the tiny configs' chunk of 16
 
 

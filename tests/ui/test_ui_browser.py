@@ -1,7 +1,8 @@
 """End to end in real headless Chromium: the real app (default model) in a subprocess on a free port.
 
 Creates a novel and watches its first paragraph stream in, edits the short-term memory, reloads the page and finds
-the edit kept, then finds the edited memory in the Context tab. Screenshots go to the test's tmp_path.
+the edit kept, then finds the edited memory in the Context tab; and reloads in the middle of a streaming paragraph,
+then writes on from the reloaded page. Screenshots go to the test's tmp_path.
 """
 
 from __future__ import annotations
@@ -71,6 +72,27 @@ def served_app(tmp_path: Path):
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture
+def chromium():
+    """Debian's chromium, headless, driven by playwright through `executable_path` (no browser download)."""
+    require_or_skip(Path(CHROMIUM).exists() or shutil.which("chromium") is not None,
+                    "Debian's chromium is not installed (tests/system_deps.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where a browser test leaves its screenshots."""
+    path = tmp_path / "screenshots"
+    path.mkdir()
+    return path
 
 
 def _status(url: str) -> int:
@@ -151,76 +173,68 @@ def _wait_saved(page, shots: Path, log: Path, name: str, timeout_s: float = 300)
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(600)
-def test_write_edit_memory_reload_and_inspect(served_app, tmp_path: Path):
-    require_or_skip(Path(CHROMIUM).exists() or shutil.which("chromium") is not None,
-                    "Debian's chromium is not installed (tests/system_deps.sh installs it)")
-    from playwright.sync_api import sync_playwright
-
+def test_write_edit_memory_reload_and_inspect(chromium, served_app, shots: Path):
     url, data_dir, log = served_app
     _assert_private(url, data_dir)
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        profile = browser.new_context(viewport={"width": 1280, "height": 1000})
-        page = profile.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(url)
-        page.wait_for_selector("#create_btn", timeout=60_000)
+    profile = chromium.new_context(viewport={"width": 1280, "height": 1000})
+    page = profile.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url)
+    page.wait_for_selector("#create_btn", timeout=60_000)
 
-        _create_novel(page, "A lighthouse keeper finds a message in a bottle addressed to her.", paragraph_tokens=48)
+    _create_novel(page, "A lighthouse keeper finds a message in a bottle addressed to her.", paragraph_tokens=48)
 
-        # The opening streams into the draft box: sample its length until the step is saved.
-        lengths = _wait_saved(page, shots, log, "opening")
-        # The text grows piece by piece; the final paragraph may be a little shorter (the engine trims an
-        # unfinished last sentence) or start over (a retry after a malformed attempt).
-        growths = sum(1 for before, after in zip(lengths, lengths[1:]) if after > before)
-        assert growths >= 2, f"the paragraph did not stream token by token (lengths seen: {lengths})"
-        page.locator("#manuscript .lh-para").first.wait_for(timeout=30_000)
-        page.screenshot(path=str(shots / "2-opening-written.png"), full_page=True)
+    # The opening streams into the draft box: sample its length until the step is saved.
+    lengths = _wait_saved(page, shots, log, "opening")
+    # The text grows piece by piece; the final paragraph may be a little shorter (the engine trims an
+    # unfinished last sentence) or start over (a retry after a malformed attempt).
+    growths = sum(1 for before, after in zip(lengths, lengths[1:]) if after > before)
+    assert growths >= 2, f"the paragraph did not stream token by token (lengths seen: {lengths})"
+    page.locator("#manuscript .lh-para").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(shots / "2-opening-written.png"), full_page=True)
 
-        # Edit the short-term memory and save it.
-        _open_tab(page, "Memory")
-        memory_box = _textarea(page, "memory_box")
-        _wait_text(memory_box, " ", 30_000)
-        memory_box.fill(MEMORY_EDIT)
-        page.locator("#save_memory_btn").click()
-        _wait_text(page.locator("#memory_status"), "Memory saved", 30_000)
-        page.screenshot(path=str(shots / "3-memory-edited.png"), full_page=True)
+    # Edit the short-term memory and save it.
+    _open_tab(page, "Memory")
+    memory_box = _textarea(page, "memory_box")
+    _wait_text(memory_box, " ", 30_000)
+    memory_box.fill(MEMORY_EDIT)
+    page.locator("#save_memory_btn").click()
+    _wait_text(page.locator("#memory_status"), "Memory saved", 30_000)
+    page.screenshot(path=str(shots / "3-memory-edited.png"), full_page=True)
 
-        # A reload restores the open novel and the saved memory.
-        page.reload()
-        page.wait_for_selector("#create_btn", timeout=60_000)
-        _wait_text(page.locator("#header"), "novel #", 60_000)
-        _open_tab(page, "Memory")
-        _wait_text(_textarea(page, "memory_box"), MEMORY_EDIT, 30_000)
-        page.screenshot(path=str(shots / "4-after-reload.png"), full_page=True)
+    # A reload restores the open novel and the saved memory.
+    page.reload()
+    page.wait_for_selector("#create_btn", timeout=60_000)
+    _wait_text(page.locator("#header"), "novel #", 60_000)
+    _open_tab(page, "Memory")
+    _wait_text(_textarea(page, "memory_box"), MEMORY_EDIT, 30_000)
+    page.screenshot(path=str(shots / "4-after-reload.png"), full_page=True)
 
-        # The Context tab shows the edited memory in the next step's prompt.
-        _open_tab(page, "Context")
-        _wait_text(_textarea(page, "context_box"), MEMORY_EDIT, 120_000)
-        page.screenshot(path=str(shots / "5-context.png"), full_page=True)
+    # The Context tab shows the edited memory in the next step's prompt.
+    _open_tab(page, "Context")
+    _wait_text(_textarea(page, "context_box"), MEMORY_EDIT, 120_000)
+    page.screenshot(path=str(shots / "5-context.png"), full_page=True)
 
-        # Two tabs on one novel: the second saves the memory, the first (now stale) is refused, visibly.
-        second = profile.new_page()  # a second tab of the same browser profile
-        second.goto(url)
-        _wait_text(second.locator("#header"), "novel #", 60_000)
-        _open_tab(second, "Memory")
-        _wait_text(_textarea(second, "memory_box"), MEMORY_EDIT, 30_000)
-        _textarea(second, "memory_box").fill("Saved from the second tab.")
-        second.locator("#save_memory_btn").click()
-        _wait_text(second.locator("#memory_status"), "Memory saved", 30_000)
-        page.bring_to_front()  # a background tab does not animate, and its toast would not show in the screenshot
-        _open_tab(page, "Memory")
-        _textarea(page, "memory_box").fill("Saved from the first tab, which is stale.")
-        page.locator("#save_memory_btn").click()
-        error = page.locator('[data-testid="toast-body"].error')
-        error.first.wait_for(timeout=30_000)
-        assert "changed elsewhere" in error.first.inner_text()
-        page.wait_for_timeout(500)  # the toast slides in
-        page.screenshot(path=str(shots / "6-stale-tab-refused.png"), full_page=True)
-        browser.close()
+    # Two tabs on one novel: the second saves the memory, the first (now stale) is refused, visibly.
+    second = profile.new_page()  # a second tab of the same browser profile
+    second.goto(url)
+    _wait_text(second.locator("#header"), "novel #", 60_000)
+    _open_tab(second, "Memory")
+    _wait_text(_textarea(second, "memory_box"), MEMORY_EDIT, 30_000)
+    _textarea(second, "memory_box").fill("Saved from the second tab.")
+    second.locator("#save_memory_btn").click()
+    _wait_text(second.locator("#memory_status"), "Memory saved", 30_000)
+    page.bring_to_front()  # a background tab does not animate, and its toast would not show in the screenshot
+    _open_tab(page, "Memory")
+    _textarea(page, "memory_box").fill("Saved from the first tab, which is stale.")
+    page.locator("#save_memory_btn").click()
+    error = page.locator('[data-testid="toast-body"].error')
+    error.first.wait_for(timeout=30_000)
+    assert "changed elsewhere" in error.first.inner_text()
+    page.wait_for_timeout(500)  # the toast slides in
+    page.screenshot(path=str(shots / "6-stale-tab-refused.png"), full_page=True)
+
     from memory import store
     from memory.db import make_engine, make_sessionmaker
 
@@ -253,51 +267,42 @@ def _saved_paragraphs(data_dir: Path) -> list[tuple[str, bool]]:
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(600)
-def test_reload_mid_paragraph_saves_nothing_half_written_and_writing_goes_on(served_app, tmp_path: Path):
-    require_or_skip(Path(CHROMIUM).exists() or shutil.which("chromium") is not None,
-                    "Debian's chromium is not installed (tests/system_deps.sh installs it)")
-    from playwright.sync_api import sync_playwright
-
+def test_reload_mid_paragraph_saves_nothing_half_written_and_writing_goes_on(chromium, served_app, shots: Path):
     url, data_dir, log = served_app
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
-        page.goto(url)
-        page.wait_for_selector("#create_btn", timeout=60_000)
-        _create_novel(page, "A ferry pilot finds her own name on a passenger list from 1952.", paragraph_tokens=64)
-        _wait_saved(page, shots, log, "opening")
-        opening = _saved_paragraphs(data_dir)
-        assert len(opening) == 1 and opening[0][1]
+    page = chromium.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+    page.goto(url)
+    page.wait_for_selector("#create_btn", timeout=60_000)
+    _create_novel(page, "A ferry pilot finds her own name on a passenger list from 1952.", paragraph_tokens=64)
+    _wait_saved(page, shots, log, "opening")
+    opening = _saved_paragraphs(data_dir)
+    assert len(opening) == 1 and opening[0][1]
 
-        # Start the next step and reload while its paragraph is still streaming in.
-        _open_tab(page, "Write")
-        _textarea(page, "instruction_box").fill("Orla asks the harbour master about the 1952 crossing.")
-        page.locator("#next_step_btn").click()
-        draft, status = _textarea(page, "draft_box"), page.locator("#write_status")
-        partial = ""
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            text, said = draft.input_value(), status.inner_text()
-            if "Writing the paragraph" in said and len(text) >= 20:
-                partial = text
-                break
-            time.sleep(0.05)
-        assert partial, f"the paragraph never streamed\n{log.read_text()[-3000:]}"
-        page.screenshot(path=str(shots / "mid-paragraph.png"), full_page=True)
-        page.reload()
-        page.wait_for_selector("#create_btn", timeout=60_000)
-        _wait_text(page.locator("#header"), "novel #", 60_000)
+    # Start the next step and reload while its paragraph is still streaming in.
+    _open_tab(page, "Write")
+    _textarea(page, "instruction_box").fill("Orla asks the harbour master about the 1952 crossing.")
+    page.locator("#next_step_btn").click()
+    draft, status = _textarea(page, "draft_box"), page.locator("#write_status")
+    partial = ""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        text, said = draft.input_value(), status.inner_text()
+        if "Writing the paragraph" in said and len(text) >= 20:
+            partial = text
+            break
+        time.sleep(0.05)
+    assert partial, f"the paragraph never streamed\n{log.read_text()[-3000:]}"
+    page.screenshot(path=str(shots / "mid-paragraph.png"), full_page=True)
+    page.reload()
+    page.wait_for_selector("#create_btn", timeout=60_000)
+    _wait_text(page.locator("#header"), "novel #", 60_000)
 
-        # The reloaded page goes on writing: its step is saved whatever became of the abandoned one.
-        _open_tab(page, "Write")
-        _textarea(page, "instruction_box").fill("Orla reads the passenger list again by lamplight.")
-        page.locator("#next_step_btn").click()
-        _wait_saved(page, shots, log, "after-reload")
-        page.locator("#manuscript .lh-para").nth(1).wait_for(timeout=30_000)
-        page.screenshot(path=str(shots / "after-reload-saved.png"), full_page=True)
-        browser.close()
+    # The reloaded page goes on writing: its step is saved whatever became of the abandoned one.
+    _open_tab(page, "Write")
+    _textarea(page, "instruction_box").fill("Orla reads the passenger list again by lamplight.")
+    page.locator("#next_step_btn").click()
+    _wait_saved(page, shots, log, "after-reload")
+    page.locator("#manuscript .lh-para").nth(1).wait_for(timeout=30_000)
+    page.screenshot(path=str(shots / "after-reload-saved.png"), full_page=True)
 
     saved = _saved_paragraphs(data_dir)
     # The abandoned step was stopped (2 paragraphs) or finished whole on the server (3); never half-written.
