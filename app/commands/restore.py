@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(config: Config, args: argparse.Namespace) -> int:
     from app.cli import UserError
-    from memory import backup
     from app.commands.backup import print_backups
+    from memory import backup
     from memory.db import make_engine
 
     if args.list:
