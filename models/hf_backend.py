@@ -1,14 +1,17 @@
 """The transformers backend: any causal LM transformers 5 can build, its state being the model's own cache.
 
-transformers 5 keeps every model's memory in one `DynamicCache` made of per-layer objects: attention layers hold
-keys/values (they grow with the text), Mamba2-family layers hold a conv state and a recurrent state (fixed size).
-`TransformersState` wraps that cache plus the number of tokens read; this module serializes it layer by layer to
-safetensors (never pickle) and back.
+transformers 5.24+ keeps every model's memory in one `DynamicCache` made of per-layer objects, passed to `forward`
+as `cache=` (`past_key_values=` and `cache_params=` warn and go away in 5.40): attention layers (`DynamicLayer`,
+`DynamicSlidingWindowLayer`) hold keys/values that grow with the text, Mamba2-family layers
+(`LinearAttentionLayer`) hold conv and recurrent states of fixed size, and hybrid layers
+(`LinearAttentionAndFullAttentionLayer`) hold both. `TransformersState` wraps that cache plus the number of tokens
+read; this module serializes it layer by layer to safetensors (never pickle) and back.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import inspect
 import json
@@ -32,16 +35,35 @@ class TransformersState:
     length: int = 0  # tokens read so far
 
 
+class EmptyStateError(RuntimeError):
+    """A state that has read tokens but whose cache yields no tensors: saving it would write an empty snapshot."""
+
+
+@functools.cache
+def _cache_classes():
+    # Imported on first use: models.loading imports this module at start-up and keeps transformers off that path.
+    from transformers import DynamicCache
+    from transformers.cache_utils import CacheLayerMixin, LinearAttentionCacheLayerMixin
+
+    return DynamicCache, CacheLayerMixin, LinearAttentionCacheLayerMixin
+
+
 def _linear_layer(layer) -> bool:
-    return hasattr(layer, "recurrent_states") and hasattr(layer, "conv_states")
+    return isinstance(layer, _cache_classes()[2])
 
 
 def _attention_layer(layer) -> bool:
-    return hasattr(layer, "keys") and hasattr(layer, "get_seq_length") and not _is_dummy(layer)
+    # A hybrid layer is both a linear one and an attention one; a DummyLayer (no cache) is neither.
+    return isinstance(layer, _cache_classes()[1])
 
 
-def _is_dummy(layer) -> bool:
-    return type(layer).__name__ == "DummyLayer"
+def _layer_types(cache) -> str:
+    """`DynamicCache[LinearAttentionLayer x2, DynamicLayer x1]`: what an error about this cache should name."""
+    counts: dict[str, int] = {}
+    for layer in getattr(cache, "layers", []):
+        counts[type(layer).__name__] = counts.get(type(layer).__name__, 0) + 1
+    layers = ", ".join(f"{name} x{count}" for name, count in counts.items()) or "no layers"
+    return f"{type(cache).__name__}[{layers}]"
 
 
 class TransformersBackend:
@@ -50,9 +72,6 @@ class TransformersBackend:
     supports_state = True
 
     def __init__(self, model, tokenizer, *, name: str, identity: str) -> None:
-        from transformers import DynamicCache
-
-        self._cache_class = DynamicCache
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -61,7 +80,8 @@ class TransformersBackend:
         self.config = model.config
         self.fingerprint = hashlib.sha256(f"{identity}|{self.dtype}".encode()).hexdigest()[:16]
         params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache_params" if "cache_params" in params else "past_key_values"
+        # `cache` since transformers 5.24; a model that has not moved yet still names it `past_key_values`.
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._keeps_last_logits = "logits_to_keep" in params
         probe = self.new_state().cache
         layers = list(getattr(probe, "layers", []))
@@ -98,7 +118,7 @@ class TransformersBackend:
     # Reading --------------------------------------------------------------------------------------------------
 
     def new_state(self) -> TransformersState:
-        return TransformersState(self._cache_class(config=self.config), 0)
+        return TransformersState(_cache_classes()[0](config=self.config), 0)
 
     @torch.inference_mode()
     def _forward(self, state: TransformersState, ids: list[int]) -> torch.Tensor:
@@ -127,6 +147,7 @@ class TransformersBackend:
         return TransformersState(copy.deepcopy(state.cache), state.length)
 
     def _tensors(self, state: TransformersState) -> dict[str, torch.Tensor]:
+        """Every tensor the cache holds, by `layer.kind[.slot]` name; an error if a state that read text has none."""
         tensors: dict[str, torch.Tensor] = {}
         for i, layer in enumerate(state.cache.layers):
             if _linear_layer(layer):
@@ -138,6 +159,13 @@ class TransformersBackend:
             if _attention_layer(layer) and layer.is_initialized and layer.keys is not None and layer.keys.numel():
                 tensors[f"{i}.keys"] = layer.keys
                 tensors[f"{i}.values"] = layer.values
+        if state.length and not tensors:
+            # The symptom of a transformers release whose cache layers this module does not know: saving would
+            # write a snapshot that restores to an empty memory.
+            raise EmptyStateError(
+                f"the state has read {state.length} tokens but its cache {_layer_types(state.cache)} holds no "
+                "tensors this backend knows how to save: the installed transformers changed its cache layers"
+            )
         return tensors
 
     def state_nbytes(self, state: TransformersState) -> int:
@@ -182,25 +210,13 @@ class TransformersBackend:
         cumulative = {int(k): v for k, v in json.loads(meta["cumulative"]).items()}
         state = self.new_state()
         layers = state.cache.layers
+        by_layer: dict[int, dict[str, torch.Tensor]] = {}
         for key, tensor in tensors.items():
-            index, kind, *rest = key.split(".")
-            layer = layers[int(index)]
+            index, _, slot_kind = key.partition(".")
             value = tensor.to(device=self.device, dtype=getattr(torch, dtypes[key]))
-            if kind in ("conv", "recurrent"):
-                s = int(rest[0])
-                if layer.device is None:
-                    layer.device, layer.dtype = value.device, value.dtype
-                if kind == "conv":
-                    layer.conv_states[s] = value
-                    layer.conv_kernel_size[s] = value.shape[-1]
-                    layer.is_conv_states_initialized[s] = True
-                else:
-                    layer.recurrent_states[s] = value
-                    layer.is_recurrent_states_initialized[s] = True
-            else:
-                setattr(layer, kind, value)
-                layer.dtype, layer.device = value.dtype, value.device
-                layer.is_initialized = True
+            by_layer.setdefault(int(index), {})[slot_kind] = value
+        for index, values in by_layer.items():
+            _restore_layer(layers[index], values)
         for i, flags in has_previous.items():
             for s, flag in enumerate(flags):
                 layers[i].has_previous_state[s] = flag
@@ -208,6 +224,25 @@ class TransformersBackend:
             layers[i].cumulative_length = value
         state.length = int(meta["length"])
         return state
+
+
+def _restore_layer(layer, values: dict[str, torch.Tensor]) -> None:
+    """Fill one fresh cache layer from its saved tensors, through the layer's own lazy initialization, so it sets
+    whatever device, dtype and bookkeeping its transformers release keeps; `values` is keyed `keys`, `values`,
+    `conv.<slot>` and `recurrent.<slot>`."""
+    if "keys" in values:
+        layer.lazy_initialization(values["keys"], values["values"])
+        layer.keys, layer.values = values["keys"], values["values"]
+    for name, value in values.items():
+        kind, _, slot = name.partition(".")
+        if kind == "conv":
+            layer.lazy_initialization(conv_states=value, state_idx=int(slot), conv_kernel_size=value.shape[-1])
+            layer.conv_states[int(slot)].copy_(value)
+        elif kind == "recurrent":
+            layer.lazy_initialization(recurrent_states=value, state_idx=int(slot))
+            layer.recurrent_states[int(slot)].copy_(value)
+        elif kind not in ("keys", "values"):
+            raise ValueError(f"state tensor {name!r} is of no cache layer kind this backend saves")
 
 
 def _metadata(data: bytes) -> dict[str, str]:

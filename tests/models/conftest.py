@@ -6,6 +6,9 @@ token for token.
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import pytest
 import torch
 
@@ -102,6 +105,37 @@ class DictSnapshotStore:
 @pytest.fixture
 def snapshot_store() -> DictSnapshotStore:
     return DictSnapshotStore()
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def no_deprecations():
+    """Fail the test on any deprecation transformers reports, as a FutureWarning (its `deprecate_kwarg`) or as a
+    log line (its `warning_once`, whose once-per-process memory is cleared so every test can see it again)."""
+    # transformers adds `warning_once` to Logger when it is imported; before that there is nothing to clear.
+    warning_once = getattr(logging.Logger, "warning_once", None)
+    if warning_once is not None:
+        warning_once.cache_clear()
+    records = _Records()
+    transformers_logger = logging.getLogger("transformers")
+    transformers_logger.addHandler(records)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", category=FutureWarning)
+            warnings.filterwarnings("error", message=".*deprecat", category=DeprecationWarning)
+            yield records
+    finally:
+        transformers_logger.removeHandler(records)
+    deprecations = [message for message in records.messages if "deprecat" in message.lower()]
+    assert deprecations == [], f"transformers reported deprecations: {deprecations}"
 
 
 @pytest.fixture(autouse=True)

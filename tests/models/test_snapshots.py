@@ -10,6 +10,8 @@ from models.generate import GenerationInfo, generate
 from models.sampling import SamplingParams
 from models.snapshots import SnapshotPolicy, invalidate_from, paragraph_ids, read_manuscript, save_snapshot
 
+pytestmark = pytest.mark.usefixtures("no_deprecations")
+
 PARAGRAPHS = [
     "The ferry left at dawn.",
     "Mara counted the gulls, then stopped counting.",

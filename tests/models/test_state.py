@@ -9,6 +9,8 @@ from safetensors.torch import load as safetensors_load
 
 from models.hf_backend import TransformersBackend
 
+pytestmark = pytest.mark.usefixtures("no_deprecations")
+
 TEXT = "A storm came in from the north and the harbour emptied before noon. " * 3
 
 
