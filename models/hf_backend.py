@@ -16,6 +16,7 @@ import hashlib
 import inspect
 import json
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load as st_load
@@ -39,22 +40,29 @@ class EmptyStateError(RuntimeError):
     """A state that has read tokens but whose cache yields no tensors: saving it would write an empty snapshot."""
 
 
+class _CacheClasses(NamedTuple):
+    cache: type  # DynamicCache
+    attention_layer: type  # CacheLayerMixin: keys/values
+    linear_layer: type  # LinearAttentionCacheLayerMixin: conv and recurrent states
+
+
 @functools.cache
-def _cache_classes():
+def _cache_classes() -> _CacheClasses:
     # Imported on first use: models.loading imports this module at start-up and keeps transformers off that path.
     from transformers import DynamicCache
     from transformers.cache_utils import CacheLayerMixin, LinearAttentionCacheLayerMixin
 
-    return DynamicCache, CacheLayerMixin, LinearAttentionCacheLayerMixin
+    return _CacheClasses(cache=DynamicCache, attention_layer=CacheLayerMixin,
+                         linear_layer=LinearAttentionCacheLayerMixin)
 
 
 def _linear_layer(layer) -> bool:
-    return isinstance(layer, _cache_classes()[2])
+    return isinstance(layer, _cache_classes().linear_layer)
 
 
 def _attention_layer(layer) -> bool:
     # A hybrid layer is both a linear one and an attention one; a DummyLayer (no cache) is neither.
-    return isinstance(layer, _cache_classes()[1])
+    return isinstance(layer, _cache_classes().attention_layer)
 
 
 def _layer_types(cache) -> str:
@@ -118,7 +126,7 @@ class TransformersBackend:
     # Reading --------------------------------------------------------------------------------------------------
 
     def new_state(self) -> TransformersState:
-        return TransformersState(_cache_classes()[0](config=self.config), 0)
+        return TransformersState(_cache_classes().cache(config=self.config), 0)
 
     @torch.inference_mode()
     def _forward(self, state: TransformersState, ids: list[int]) -> torch.Tensor:
@@ -205,6 +213,11 @@ class TransformersBackend:
         if meta.get("fingerprint") != self.fingerprint:
             raise ValueError("this state was saved by another model or dtype: it cannot be restored here")
         tensors = st_load(data)
+        length = int(meta["length"])
+        if length and not tensors:
+            # What the backend wrote under transformers 5.24 before it knew that release's cache: restoring it
+            # would continue the novel from an empty memory. A ValueError: snapshot readers then read from scratch.
+            raise ValueError(f"this state read {length} tokens but holds no tensors: it cannot be restored")
         dtypes = json.loads(meta["dtypes"])
         has_previous = {int(k): v for k, v in json.loads(meta["has_previous"]).items()}
         cumulative = {int(k): v for k, v in json.loads(meta["cumulative"]).items()}
@@ -222,7 +235,7 @@ class TransformersBackend:
                 layers[i].has_previous_state[s] = flag
         for i, value in cumulative.items():
             layers[i].cumulative_length = value
-        state.length = int(meta["length"])
+        state.length = length
         return state
 
 

@@ -11,8 +11,9 @@ import warnings
 
 import pytest
 import torch
+from safetensors.torch import save as safetensors_save
 
-from models.hf_backend import TransformersBackend
+from models.hf_backend import STATE_FORMAT, TransformersBackend
 
 BYTE_VOCAB = 256
 EOS_ID = 256  # one special token after the bytes; never produced by text
@@ -68,6 +69,13 @@ def tiny_hybrid() -> TransformersBackend:
 @pytest.fixture(params=["mamba2", "hybrid"])
 def tiny_backend(request) -> TransformersBackend:
     return request.getfixturevalue("tiny_mamba2" if request.param == "mamba2" else "tiny_hybrid")
+
+
+def empty_snapshot(backend, length: int) -> bytes:
+    """The bytes the backend wrote before this port when transformers 5.24 left its cache empty."""
+    meta = {"format": STATE_FORMAT, "fingerprint": backend.fingerprint, "length": str(length), "dtypes": "{}",
+            "has_previous": "{}", "cumulative": "{}"}
+    return safetensors_save({}, metadata=meta)
 
 
 class DictSnapshotStore:

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 
 from models.hf_backend import EmptyStateError, TransformersBackend
-from tests.models.conftest import BYTE_VOCAB, EOS_ID, ByteTokenizer
+from tests.models.conftest import BYTE_VOCAB, EOS_ID, ByteTokenizer, empty_snapshot
 
 pytestmark = pytest.mark.usefixtures("no_deprecations")
 
@@ -145,6 +145,12 @@ def test_a_state_that_read_tokens_but_holds_no_tensors_is_an_error(case):
     assert all(layer_class in message for layer_class, _ in layers)
     with pytest.raises(EmptyStateError):
         backend.state_nbytes(state)
+
+
+def test_an_empty_snapshot_that_claims_tokens_is_refused(case):
+    _, backend, _ = case
+    with pytest.raises(ValueError, match="read 12 tokens but holds no tensors"):
+        backend.state_from_bytes(empty_snapshot(backend, 12))
 
 
 def test_a_state_that_read_nothing_is_empty_not_an_error(case):

@@ -9,6 +9,7 @@ import pytest
 from models.generate import GenerationInfo, generate
 from models.sampling import SamplingParams
 from models.snapshots import SnapshotPolicy, invalidate_from, paragraph_ids, read_manuscript, save_snapshot
+from tests.models.conftest import empty_snapshot
 
 pytestmark = pytest.mark.usefixtures("no_deprecations")
 
@@ -60,6 +61,17 @@ def test_editing_a_paragraph_invalidates_later_snapshots_and_rereads_from_it_onl
     assert result.tokens_read == sum(len(paragraph_ids(tiny_backend, p)) for p in edited[2:])
     assert result.tokens_read < sum(len(paragraph_ids(tiny_backend, p)) for p in edited)
     assert _continue(tiny_backend, result.state) == _continue(tiny_backend, _from_scratch(tiny_backend, edited))
+
+
+def test_an_empty_snapshot_is_read_past_not_restored(tiny_backend, snapshot_store):
+    # An empty snapshot file, as the backend wrote under transformers 5.24 before its port, holding nothing
+    # although it claims 4 paragraphs.
+    tokens = sum(len(paragraph_ids(tiny_backend, p)) for p in PARAGRAPHS[:4])
+    snapshot_store.put(NOVEL, 4, tiny_backend.fingerprint, empty_snapshot(tiny_backend, tokens), "fp32")
+    result = read_manuscript(tiny_backend, snapshot_store, NOVEL, PARAGRAPHS)
+    assert result.restored_from == 0
+    assert result.tokens_read == sum(len(paragraph_ids(tiny_backend, p)) for p in PARAGRAPHS)
+    assert _continue(tiny_backend, result.state) == _continue(tiny_backend, _from_scratch(tiny_backend, PARAGRAPHS))
 
 
 def test_snapshots_of_another_model_are_not_used(tiny_mamba2, tiny_hybrid, snapshot_store):
