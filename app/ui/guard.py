@@ -107,8 +107,10 @@ class Policy:
         return found
 
     def allows_host(self, host_header: str) -> bool:
-        if host_header.strip().lower() in self._public_authorities():
-            return True
+        return host_header.strip().lower() in self._public_authorities() or self._is_local_address(host_header)
+
+    def _is_local_address(self, host_header: str) -> bool:
+        """An allowed host name or address with the configured port."""
         parsed = split_authority(host_header)
         if parsed is None:
             return False
@@ -126,7 +128,7 @@ class Policy:
         parts = urlsplit(origin)
         if parts.scheme != "http" or parts.path or parts.query or parts.fragment or parts.username:
             return False
-        return f"http://{parts.netloc}" == origin and self.allows_host(parts.netloc)
+        return f"http://{parts.netloc}" == origin and self._is_local_address(parts.netloc)
 
     def _is_uploaded(self, path: str) -> bool:
         resolved = os.path.realpath(path)
