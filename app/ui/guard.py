@@ -131,6 +131,9 @@ class Policy:
         return f"http://{parts.netloc}" == origin and self._is_local_address(parts.netloc)
 
     def _is_uploaded(self, path: str) -> bool:
+        if "://" in path:
+            # Gradio would fetch a URL into its cache from the server: no input of ours takes one.
+            return False
         resolved = os.path.realpath(path)
         root = os.path.realpath(self.upload_root)
         return resolved.startswith(root + os.sep)
@@ -155,7 +158,7 @@ class Policy:
 def _file_paths(value):
     """The `path` of every file object (a dict with a string `path`) inside an event's data."""
     if isinstance(value, dict):
-        if isinstance(value.get("path"), str) and not value["path"].startswith(("http://", "https://")):
+        if isinstance(value.get("path"), str):
             yield value["path"]
         for item in value.values():
             yield from _file_paths(item)

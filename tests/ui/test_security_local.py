@@ -70,7 +70,8 @@ def test_event_calls_may_name_only_uploaded_files(tmp_path: Path):
     assert policy.event_refusal("/gradio_api/queue/join", body({"path": str(root / "abc" / "novel.json")})) is None
     assert policy.event_refusal("/gradio_api/queue/join", body(None)) is None
     for value in ({"path": "/etc/passwd"}, {"path": str(root / "abc" / ".." / ".." / "x")},
-                  {"path": str(tmp_path / "gradio-evil" / "x")}, [{"nested": {"path": "/etc/hosts"}}]):
+                  {"path": str(tmp_path / "gradio-evil" / "x")}, [{"nested": {"path": "/etc/hosts"}}],
+                  {"path": "http://169.254.169.254/latest/meta-data"}):
         assert "a path on the server is not accepted" in policy.event_refusal("/gradio_api/queue/join",
                                                                              body(value)), value
     assert "not a path on the server" in policy.event_refusal("/gradio_api/call/import_novel",
