@@ -49,7 +49,7 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
-        private_dir(Path(database).expanduser().parent)
+        private_dir(Path(database).expanduser().parent, tighten_existing=False)
     engine = create_engine(url, echo=echo, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")

@@ -248,7 +248,7 @@ def export_to_file(session: Session, novel_id: int, export_dir: Path | str, fmt:
         raise ExchangeError(f"Unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}.")
     novel = store.get_novel(session, novel_id)
     export_dir = Path(export_dir)
-    private_dir(export_dir)
+    private_dir(export_dir, tighten_existing=False)
     if fmt == "md":
         data = export_markdown(session, novel_id).encode("utf-8")
     elif fmt == "txt":

@@ -20,11 +20,13 @@ def _owned(path: Path) -> bool:
         return False
 
 
-def private_dir(path: Path | str) -> Path:
-    """Create `path` (and any missing parents) and make the folder itself 0700."""
+def private_dir(path: Path | str, *, tighten_existing: bool = True) -> Path:
+    """Create `path` (and any missing parents) and make the folder itself 0700; with `tighten_existing=False`
+    a folder that was already there (one the user chose, holding other things) is left as it is."""
     path = Path(path)
+    existed = path.is_dir()
     path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-    if _owned(path):
+    if _owned(path) and (tighten_existing or not existed):
         os.chmod(path, PRIVATE_DIR_MODE)
     return path
 

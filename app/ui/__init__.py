@@ -254,7 +254,8 @@ def check_share(config: Config) -> None:
 
 
 def launch(config: Config, source: ModelSource, check_only: bool = False) -> int:
-    private_dir(config.data_dir)
+    for folder in (config.data_dir, config.backups_dir, config.exports_dir):
+        private_dir(folder)
     use_private_gradio_dir(config)
     check_share(config)
     demo = build_app(config, source)

@@ -57,6 +57,8 @@ def served(tmp_path: Path, *flags: str, timeout: float = 240):
     port = free_port()
     data_dir = tmp_path / "data"
     data_dir.mkdir(exist_ok=True)
+    # World-readable, as a data dir made by an older Longhand would be: serving must tighten it.
+    os.chmod(data_dir, 0o755)
     seed_database(data_dir)
     log = tmp_path / "server.log"
     with open(log, "w") as out:

@@ -163,3 +163,12 @@ def test_import_of_a_server_path_answers_with_a_message(app, config):
     assert "Imported" in str(imported["output"])
     assert "Traceback" not in log.read_text()
     assert len(novel_titles(data_dir)) == len(before) + 1
+
+
+def test_the_served_data_dir_is_private(app):
+    _, _, data_dir, _ = app
+    # The data dir existed before the app started (the test seeded it), world-readable: serving tightened it.
+    for folder in (data_dir, data_dir / "backups", data_dir / "exports", data_dir / "gradio"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    for name in ("longhand.db", "longhand.db-wal", "ui-secret"):
+        assert stat.S_IMODE((data_dir / name).stat().st_mode) == 0o600, name

@@ -133,6 +133,18 @@ def test_a_database_elsewhere_is_made_private_in_a_new_folder(tmp_path: Path):
     assert _mode(database) == 0o600
 
 
+def test_a_folder_the_user_chose_is_left_as_it_is_but_the_export_is_private(tmp_path: Path):
+    chosen = tmp_path / "Desktop"
+    chosen.mkdir()
+    os.chmod(chosen, 0o755)
+    _, session_factory = open_database(f"sqlite:///{tmp_path / 'data' / 'longhand.db'}")
+    with session_factory() as session, session.begin():
+        novel_id = store.create_novel(session, title="Shared folder").id
+    with session_factory() as session:
+        exported = export_to_file(session, novel_id, chosen, "md")
+    assert _mode(chosen) == 0o755 and _mode(exported) == 0o600
+
+
 # ---------------------------------------------------------------- --share
 
 
