@@ -187,3 +187,33 @@ def test_page_on_another_port_cannot_use_a_logged_in_session(browser, evil_site,
         results = evil.evaluate(ATTACK_JS, {"base": base, "calls": calls})
         _assert_refused(results, seen, data_dir, before)
         context.close()
+
+
+def test_the_apps_own_page_still_imports_and_exports_through_the_guard(browser, tmp_path: Path):
+    manuscript = tmp_path / "harbour.md"
+    manuscript.write_text("# Harbour Lights\n\nThe tide came in twice that night.\n\nNobody counted the boats.\n")
+    with served(tmp_path) as (base, app_port, data_dir, log):
+        before = novel_titles(data_dir)
+        page = browser.new_page()
+        seen = _watch(page, app_port)
+        page.goto(f"{base}/")
+        page.get_by_text("Import and export", exact=True).click()
+        page.locator("#import_file input[type=file]").set_input_files(str(manuscript))
+        page.locator("#import_btn").click()
+        page.locator("#library_status", has_text="Imported").wait_for(timeout=60_000)
+        assert len(novel_titles(data_dir)) == len(before) + 1
+        page.locator("#export_btn").click()
+        try:
+            page.locator("#library_status", has_text="Exported to").wait_for(timeout=60_000)
+            page.locator("#export_file a[href]").first.wait_for(timeout=30_000)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "export.png"), full_page=True)
+            raise AssertionError(page.locator("#export_file").inner_html()[:3000]
+                                 + page.locator("#library_status").inner_text() + log.read_text()[-3000:])
+        link = page.locator("#export_file a[href]").first.get_attribute("href")
+        downloaded = page.evaluate("async (url) => { const r = await fetch(url); return [r.status, await r.text()]; }",
+                                   link)
+        assert downloaded[0] == 200 and "Nobody counted the boats." in downloaded[1]
+        assert not [entry for entry in seen if entry[2] in (400, 403, 413)], seen
+        page.close()
+        assert "Traceback" not in log.read_text()
