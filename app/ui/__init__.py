@@ -198,6 +198,7 @@ def blocked_paths(config: Config) -> list[str]:
 
 def file_inputs(demo) -> dict[str, set[int]]:
     """The positions of file inputs of every event, by fn_index and by api name (see `guard.Policy`)."""
+    # gradio is imported inside functions in this module: use_private_gradio_dir must run before its first import.
     import gradio as gr
 
     found = {}

@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from gradio import tunneling
 
 from app.config import Config
-from app.ui import blocked_paths, gradio_dir, launch_options
+from app.ui import blocked_paths, gradio_dir, launch_options, services
 from app.ui.guard import HostOriginGuard, Policy
 from memory import store
 from memory.backup import backup
@@ -102,8 +103,6 @@ def test_data_dir_database_backups_and_exports_are_private(tmp_path: Path):
     data_dir.mkdir(mode=0o755)
     os.chmod(data_dir, 0o755)
     # The store opened the way the app opens it (a data dir that existed before, world-readable, is tightened).
-    from app.ui import services
-
     config = Config(data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'longhand.db'}")
     session_factory = services.open_store(config)
     with session_factory() as session, session.begin():
@@ -176,8 +175,6 @@ def test_share_without_the_tunnel_program_is_refused_in_one_line(tmp_path: Path)
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_share_with_no_way_to_the_share_server_is_reported_in_one_line(tmp_path: Path):
-    from gradio import tunneling
-
     # A tunnel program is there, but the share server (a closed local port here) cannot be reached.
     binary = tmp_path / "hf" / Path(tunneling.BINARY_PATH).relative_to(tunneling.HF_HOME)
     binary.parent.mkdir(parents=True)
