@@ -18,6 +18,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from memory.db import is_sqlite, sqlite_path
+from memory.private import private_dir, private_file
 
 DEFAULT_KEEP = 10
 _NAME = re.compile(r"^longhand-(\d{8}T\d{6}\d{6})-([a-z0-9-]+)\.(db|json)$")
@@ -59,7 +60,7 @@ def integrity_check(path: Path | str) -> str:
 def backup(engine: Engine, backups_dir: Path | str, *, reason: str = "manual", keep: int = DEFAULT_KEEP) -> Path:
     """Copy the whole database into `backups_dir` and drop all but the newest `keep` backups; returns the file."""
     backups_dir = Path(backups_dir)
-    backups_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(backups_dir)
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S%f")
     extension = "db" if is_sqlite(engine) else "json"
     target = backups_dir / f"longhand-{stamp}-{_slug(reason)}.{extension}"
@@ -73,7 +74,7 @@ def backup(engine: Engine, backups_dir: Path | str, *, reason: str = "manual", k
                                   "may be damaged: run `python -m app backup` again and keep the older backups.")
         else:
             partial.write_text(json.dumps(_bundle(engine), ensure_ascii=False), encoding="utf-8")
-        partial.replace(target)
+        private_file(partial).replace(target)
     finally:
         partial.unlink(missing_ok=True)
     prune(backups_dir, keep)

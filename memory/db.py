@@ -19,6 +19,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from memory.private import private_dir, private_file
+
 BUSY_TIMEOUT_MS = 60_000
 _BEGIN_OPTION = "longhand_begin"
 
@@ -47,13 +49,16 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(database).expanduser().parent, tighten_existing=False)
     engine = create_engine(url, echo=echo, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, connection_record) -> None:
         # Turn off pysqlite's own BEGIN handling; `_on_begin` emits ours.
         dbapi_connection.isolation_level = None
+        # SQLite gives the -wal and -shm files the database file's mode.
+        if database and database != ":memory:" and not database.startswith("file:"):
+            private_file(Path(database).expanduser())
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

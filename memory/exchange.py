@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import JSON
 
 from memory import store
+from memory.private import open_private, private_dir
 from memory.schema import (
     ORIGINS,
     Embedding,
@@ -247,7 +248,7 @@ def export_to_file(session: Session, novel_id: int, export_dir: Path | str, fmt:
         raise ExchangeError(f"Unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}.")
     novel = store.get_novel(session, novel_id)
     export_dir = Path(export_dir)
-    export_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(export_dir, tighten_existing=False)
     if fmt == "md":
         data = export_markdown(session, novel_id).encode("utf-8")
     elif fmt == "txt":
@@ -258,7 +259,7 @@ def export_to_file(session: Session, novel_id: int, export_dir: Path | str, fmt:
         data = dumps(export_json(session, novel_id)).encode("utf-8")
     target = export_path(export_dir, novel.title, fmt)
     temporary = target.with_name(target.name + ".part")
-    with open(temporary, "wb") as handle:
+    with open_private(temporary) as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())

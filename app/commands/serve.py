@@ -24,6 +24,10 @@ def run(config: Config, args: argparse.Namespace) -> int:
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"longhand: warning: listening on {config.host}: anyone who can reach this address can use the app"
               + ("" if config.auth else " (pass --auth user:password to require a login)"), file=sys.stderr)
-    from app.ui import launch
+    from app.cli import UserError
+    from app.ui import LaunchError, launch
 
-    return launch(config, source, check_only=args.check)
+    try:
+        return launch(config, source, check_only=args.check)
+    except LaunchError as exc:
+        raise UserError(str(exc)) from None

@@ -2,18 +2,26 @@
 
 One module per tab (library, write, memory_tab, context, settings, reader, story_chart), each with `build()` and
 `wire()` over plain handler functions. The open novel's id lives in a `gr.State` and, so that a reload restores it,
-in the browser's localStorage (`gr.BrowserState`). Nothing of the data dir is served: Gradio gets it as a blocked
-path, and an export is copied to a fresh temp folder before it is offered for download.
+in the browser's localStorage (`gr.BrowserState`). Nothing of the data dir is served: Gradio gets its contents as
+blocked paths (all but Gradio's own upload and cache folder, `<data dir>/gradio`, which it serves from), and an
+export is copied to a fresh temp folder before it is offered for download. `guard.HostOriginGuard` sits in front of
+every route: only this app's own pages, at an allowed Host, may use it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import secrets
 from pathlib import Path
 
+from starlette.middleware import Middleware
+
 from app.config import Config
 from app.offline import ModelSource
+from app.ui.guard import HostOriginGuard, Policy
+from memory.private import private_dir
 
 CSS = """
 .lh-manuscript { max-height: 60vh; overflow-y: auto; padding: 0 0.5em; }
@@ -24,6 +32,13 @@ CSS = """
 #reader_story { font-size: 1.08em; line-height: 1.6; }
 """
 UPLOAD_LIMIT = "10mb"
+# All files and fields of one request together: one file at the limit, with room for the form around it.
+REQUEST_LIMIT_BYTES = 16 * 1024 * 1024
+GRADIO_DIR_NAME = "gradio"
+
+
+class LaunchError(RuntimeError):
+    """The app cannot be served as asked; the message says why in one line."""
 
 
 def _browser_secret(config: Config) -> str:
@@ -36,7 +51,7 @@ def _browser_secret(config: Config) -> str:
     except OSError:
         pass
     secret = secrets.token_urlsafe(24)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(config.data_dir)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(secret)
@@ -158,7 +173,50 @@ def build_app(config: Config, source: ModelSource, installed=None):
     return demo
 
 
-def launch_options(config: Config) -> dict:
+def gradio_dir(config: Config) -> Path:
+    """Gradio's upload and cache folder: inside the private data dir, not a /tmp folder other users can list."""
+    return Path(config.data_dir).resolve() / GRADIO_DIR_NAME
+
+
+def use_private_gradio_dir(config: Config) -> Path:
+    """Point Gradio's temp and cache folders into the data dir. Before gradio is imported: some of its modules read
+    GRADIO_TEMP_DIR once, at import time."""
+    folder = private_dir(gradio_dir(config))
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(folder / "cached_examples")
+    return folder
+
+
+def blocked_paths(config: Config) -> list[str]:
+    """Everything in the data dir except Gradio's own folder: the database, backups, exports, model caches,
+    snapshots, the browser secret, and whatever else is there at launch."""
+    data_dir = Path(config.data_dir).resolve()
+    found = {config.backups_dir, config.exports_dir, config.models_dir, data_dir / "longhand.db"}
+    found.update(data_dir.iterdir() if data_dir.is_dir() else [])
+    return sorted(str(Path(path).resolve()) for path in found if Path(path).name != GRADIO_DIR_NAME)
+
+
+def file_inputs(demo) -> dict[str, set[int]]:
+    """The positions of file inputs of every event, by fn_index and by api name (see `guard.Policy`)."""
+    # gradio is imported inside functions in this module: use_private_gradio_dir must run before its first import.
+    import gradio as gr
+
+    found = {}
+    for fn_index, block_fn in demo.fns.items():
+        positions = {i for i, block in enumerate(block_fn.inputs) if isinstance(block, (gr.File, gr.UploadButton))}
+        if positions:
+            found[str(fn_index)] = positions
+            if block_fn.api_name:
+                found[str(block_fn.api_name)] = positions
+    return found
+
+
+def guard_policy(config: Config, demo=None) -> Policy:
+    return Policy(port=config.port, configured_host=config.host, max_body_bytes=REQUEST_LIMIT_BYTES,
+                  upload_root=gradio_dir(config), file_inputs=file_inputs(demo) if demo is not None else {})
+
+
+def launch_options(config: Config, policy: Policy | None = None) -> dict:
     """Everything `Blocks.launch` is told; private by default (see the module docstring)."""
     return {
         "server_name": config.host,
@@ -167,8 +225,10 @@ def launch_options(config: Config) -> dict:
         "share": config.share,
         "enable_monitoring": False,
         "max_file_size": UPLOAD_LIMIT,
+        # Gradio passes these to its FastAPI app, so the guard is in the app from its first request.
+        "app_kwargs": {"middleware": [Middleware(HostOriginGuard, policy=policy or guard_policy(config))]},
         # Nothing under the data dir is served: not the database, backups, model caches or earlier exports.
-        "blocked_paths": [str(Path(config.data_dir).resolve())],
+        "blocked_paths": blocked_paths(config),
         "allowed_paths": [],
         # Gradio would otherwise keep every call's inputs and outputs (the manuscript) in the browser's storage.
         "run_history": False,
@@ -179,11 +239,44 @@ def launch_options(config: Config) -> dict:
     }
 
 
+def check_share(config: Config) -> None:
+    """`--share` puts the app on a public URL: refused without a login, and refused when Gradio's tunnel program
+    is missing (it would be downloaded, and Longhand is offline unless --allow-download)."""
+    if not config.share:
+        return
+    if config.auth is None:
+        raise LaunchError("--share makes the app reachable by anyone with the link: add --auth user:password.")
+    # gradio is imported here, after use_private_gradio_dir, like everywhere else in this module.
+    from gradio import tunneling
+
+    if not Path(tunneling.BINARY_PATH).exists() and not config.allow_download:
+        raise LaunchError(f"--share needs Gradio's tunnel program {tunneling.BINARY_PATH}, which is not installed "
+                          "(offline: nothing is downloaded without --allow-download).")
+
+
 def launch(config: Config, source: ModelSource, check_only: bool = False) -> int:
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (config.data_dir, config.backups_dir, config.exports_dir):
+        private_dir(folder)
+    use_private_gradio_dir(config)
+    check_share(config)
     demo = build_app(config, source)
     if check_only:
         print(f"longhand: ok (model {source.name} at {source.location})")
         return 0
-    demo.queue(default_concurrency_limit=4).launch(**launch_options(config))
+    policy = guard_policy(config, demo)
+    demo.queue(default_concurrency_limit=4)
+    options = {**launch_options(config, policy), "prevent_thread_lock": True}
+    if not config.share:
+        demo.launch(**options)
+    else:
+        # Gradio reports a failed tunnel in several lines and serves on regardless; we say it in one and stop.
+        with contextlib.redirect_stdout(io.StringIO()):
+            demo.launch(**options)
+        if not demo.share_url:
+            demo.close()
+            raise LaunchError("--share could not open a public link (no connection to Gradio's share server); "
+                              "nothing is served.")
+        policy.add_public_url(demo.share_url)
+        print(f"longhand: serving at {demo.local_url} and, with a login, at {demo.share_url}")
+    demo.block_thread()
     return 0

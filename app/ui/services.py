@@ -149,8 +149,9 @@ def current() -> Services:
 def open_store(config: Config):
     """Open (and migrate) the database named by the config; returns a session factory."""
     from memory.db import init_db, make_engine, make_sessionmaker
+    from memory.private import private_dir
 
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(config.data_dir)
     engine = make_engine(config.database_url)
     init_db(engine, backups_dir=config.backups_dir)
     return make_sessionmaker(engine)

@@ -371,7 +371,11 @@ def test_launch_options_are_private_by_default(ui_config):
     options = launch_options(ui_config)
     assert options["server_name"] == "127.0.0.1" and options["share"] is False and options["auth"] is None
     assert options["enable_monitoring"] is False and options["max_file_size"] == "10mb"
-    assert options["blocked_paths"] == [str(ui_config.data_dir.resolve())] and options["allowed_paths"] == []
+    # Everything in the data dir is blocked except Gradio's own upload folder (tests/ui/test_security_local.py).
+    data_dir = str(ui_config.data_dir.resolve())
+    assert str(ui_config.data_dir.resolve() / "longhand.db") in options["blocked_paths"]
+    assert all(path.startswith(data_dir + "/") for path in options["blocked_paths"])
+    assert options["allowed_paths"] == []
     assert options["run_history"] is False and options["mcp_server"] is False
     from dataclasses import replace
 
