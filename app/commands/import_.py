@@ -1,6 +1,7 @@
 """`python -m app import`: add a novel from a Longhand JSON export, or from a Markdown / plain-text manuscript.
 
-The file is read and validated completely before anything is written; nothing is half-imported.
+The file is read and validated completely before anything is written (its settings through
+app.engine.settings.NovelSettings, the same checks as the Settings tab); nothing is half-imported.
 """
 
 from __future__ import annotations
@@ -25,16 +26,19 @@ def run(config: Config, args: argparse.Namespace) -> int:
 
     from app.cli import UserError
     from app.commands.export import find_novel
+    from app.engine.settings import check_stored
     from memory import backup, exchange, store
     from memory.db import open_database
 
     path = Path(args.file)
+    if args.title is not None and not args.title.strip():
+        raise UserError("--title must not be empty (leave it out to keep the file's title).")
     suffix = path.suffix.lower()
     if suffix not in (".json", ".md", ".markdown", ".txt"):
         raise UserError(f"Cannot import {path.name}: expected a .json export or a .md / .txt manuscript.")
     try:
         if suffix == ".json":
-            document = exchange.read_import_file(path)
+            document = exchange.read_import_file(path, check_settings=check_stored)
             content = None
         else:
             document = None
