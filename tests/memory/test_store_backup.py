@@ -94,7 +94,9 @@ def test_deleting_a_novel_backs_up_first(database, tmp_path):
     with Session() as s, s.begin():
         novel_id = store.create_novel(s, "Doomed").id
         store.add_paragraph(s, novel_id, "last words")
-    made = backup.delete_novel_with_backup(engine, Session, tmp_path / "b", novel_id)
+    made, trashed = backup.delete_novel_with_backup(engine, Session, tmp_path / "b", novel_id,
+                                                    trash_dir=tmp_path / "trash")
+    assert trashed.path.is_file()
     with Session() as s:
         assert store.list_novels(s) == []
     backup.restore(engine, made, tmp_path / "b")
