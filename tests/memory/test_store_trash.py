@@ -66,7 +66,7 @@ def test_backup_rotation_never_touches_the_trash(database, tmp_path):
         backup.delete_novel_with_backup(engine, Session, tmp_path / "backups", dummy, trash_dir=tmp_path / "trash",
                                         keep=2)
     assert len(backup.list_backups(tmp_path / "backups")) == 2
-    assert not any(f"before-delete-novel-{novel_id}" in b.path.name for b in backup.list_backups(tmp_path / "backups"))
+    assert f"before-delete-novel-{novel_id}" not in {b.reason for b in backup.list_backups(tmp_path / "backups")}
     assert first.path.is_file() and len(trash.list_trash(tmp_path / "trash")) == 6
 
 
