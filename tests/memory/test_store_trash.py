@@ -109,3 +109,57 @@ def test_empty_only_on_request(database, tmp_path):
     assert trash.list_trash(tmp_path / "trash") == []
     with pytest.raises(trash.TrashError, match="No 'nothing.json' in the trash"):
         trash.restore_from_trash(Session, tmp_path / "trash", "nothing.json")
+
+
+def test_cli_trash_list_restore_empty(data_dir, capsys):
+    from app.cli import main
+    from memory.db import open_database
+
+    flags = ["--data-dir", str(data_dir)]
+    _, Session = open_database(f"sqlite:///{data_dir / 'longhand.db'}")
+    novel_id = _novel(Session, "Gone by mistake")
+    trash.move_to_trash(Session, data_dir / "trash", novel_id)
+    assert main(["trash", *flags]) == 0
+    listed = capsys.readouterr().out
+    assert "Gone_by_mistake (novel 1, deleted" in listed
+    assert main(["trash", "restore", *flags]) == 0
+    assert "restored 'Gone by mistake' as novel" in capsys.readouterr().out
+    with Session() as s:
+        [summary] = store.list_novels(s)
+        assert summary.title == "Gone by mistake" and summary.paragraphs == 2
+    trash.move_to_trash(Session, data_dir / "trash", summary.id)
+    assert main(["trash", "empty", *flags]) == 2
+    assert "add --yes to confirm" in capsys.readouterr().err
+    assert len(trash.list_trash(data_dir / "trash")) == 1
+    assert main(["trash", "empty", "--yes", *flags]) == 0
+    assert trash.list_trash(data_dir / "trash") == []
+    assert main(["trash", "restore", "latest", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "The trash is empty" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_import_refuses_bad_settings_and_an_empty_title(data_dir, capsys, tmp_path):
+    import json
+
+    from app.cli import main
+    from memory.db import open_database
+
+    flags = ["--data-dir", str(data_dir)]
+    _, Session = open_database(f"sqlite:///{data_dir / 'longhand.db'}")
+    novel_id = _novel(Session, "Exported")
+    with Session() as s:
+        document = exchange.export_json(s, novel_id)
+    document["novel"]["settings"] = {"sampling": {"temperature": "hot"}}
+    bad = tmp_path / "hot.json"
+    bad.write_text(json.dumps(document), encoding="utf-8")
+    assert main(["import", str(bad), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "temperature must be a number between 0 and 2, got 'hot'" in err and len(err.strip().splitlines()) == 1
+    document["novel"]["settings"] = {}
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(document), encoding="utf-8")
+    assert main(["import", str(good), "--title", " ", *flags]) == 2
+    assert "--title must not be empty" in capsys.readouterr().err
+    with Session() as s:
+        assert [n.id for n in store.list_novels(s)] == [novel_id]
+    assert main(["import", str(good), *flags]) == 0
