@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,11 +71,14 @@ def write_private(path: Path, data: bytes) -> None:
         os.close(directory)
 
 
-def move_to_trash(session_factory: sessionmaker[Session], trash_dir: Path | str, novel_id: int) -> TrashItem:
+def move_to_trash(session_factory: sessionmaker[Session], trash_dir: Path | str, novel_id: int, *,
+                  then: Callable[[Session], None] | None = None) -> TrashItem:
     """Write the novel into the trash, then delete it, in one transaction; returns the trash file.
 
     The novel's row is locked first (PostgreSQL; SQLite's write transaction locks everything), so no step lands
     between the export and the delete. If the trash file cannot be written, nothing is deleted (`TrashError`).
+    `then(session)` runs in the same transaction after the delete (an import replacing the novel): if it fails,
+    the delete is rolled back with it.
     """
     trash_dir = Path(trash_dir)
     path = None
@@ -93,6 +97,8 @@ def move_to_trash(session_factory: sessionmaker[Session], trash_dir: Path | str,
                 raise TrashError(f"Could not write the novel into the trash at {trash_dir} ({exc.strerror or exc}); "
                                  "nothing was deleted.") from None
             store.delete_novel(session, novel_id)
+            if then is not None:
+                then(session)
     except BaseException:
         # The delete did not happen: the trash copy would be a stray duplicate. Keep it if the novel is gone anyway.
         if path is not None and _still_there(session_factory, novel_id):
