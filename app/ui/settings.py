@@ -103,6 +103,8 @@ def save_settings(novel_id, read: dict | None, form: dict) -> tuple[dict, str]:
         temporary.replace(path)
         return settings.to_form(), "No novel is open: saved as the settings new novels start with."
     novel_id = int(novel_id)
+    # Checked before the write transaction: resolving a hub model may download it.
+    check_model(_form(form).model)
     with services.current().session() as session, session.begin():
         stored, _ = NovelSettings.repaired(store.get_novel(session, novel_id).settings)
         current = stored.to_form()
@@ -112,7 +114,6 @@ def save_settings(novel_id, read: dict | None, form: dict) -> tuple[dict, str]:
                                       "nothing was saved: reopen the novel to see them, then make your change again.")
         # The fields the form does not show (the outline, the mode, ...) keep the novel's own values.
         settings = _form(form, stored)
-        check_model(settings.model)
         store.update_novel_settings(session, novel_id, settings.to_dict())
     return settings.to_form(), "Settings saved for this novel. The next step uses them."
 
