@@ -16,10 +16,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.engine.settings import check_stored
+from app.engine.settings import check_stored, settings_notice
 from app.ui import services
 from app.ui.common import MAX_PREMISE_CHARS, MAX_SHORT_CHARS, InputError, clean_text, escape, handler, require_novel
-from app.ui.settings import check_model, new_novel_defaults
+from app.ui.settings import check_model, load_settings, new_novel_defaults
 from memory import backup, trash
 
 EXPORT_FORMATS = {"JSON (re-importable)": "json", "Markdown": "md", "Plain text": "txt", "EPUB": "epub"}
@@ -138,7 +138,10 @@ def open_novel(novel_id) -> tuple[int, str]:
     novel_id = require_novel(novel_id)
     with services.current().session() as session:
         novel = store.get_novel(session, novel_id)
-        return novel_id, f"Opened **{novel.title}**."
+        title = novel.title
+    _, problems = load_settings(novel_id)
+    notice = f" {escape(settings_notice(problems))}" if problems else ""
+    return novel_id, f"Opened **{title}**.{notice}"
 
 
 @handler

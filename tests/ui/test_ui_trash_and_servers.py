@@ -161,8 +161,10 @@ def test_a_novel_with_bad_stored_settings_opens_and_writes_with_a_notice(scripte
     novel_id, _ = library.create_novel(PREMISE, "", "", "default")
     with ui_services.session() as s, s.begin():
         store.update_novel_settings(s, novel_id, BAD)
+    _, opened = library.open_novel(novel_id)
+    assert "saved settings had bad values" in opened and "temperature must be a number" in opened
     refreshed = settings.refresh(novel_id)
-    values, notice = refreshed[0], refreshed[-1]
+    notice = refreshed[-1]
     assert "temperature must be a number between 0 and 2, got 'hot' (the default 0.8 is used)" in notice
     assert "context_tokens (context budget)" in notice
     form, _ = settings.form_values(novel_id)
