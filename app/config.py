@@ -7,10 +7,12 @@ imports torch, transformers or gradio, so `python -m app --help` stays instant.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -43,6 +45,8 @@ class Config:
     trust_remote_code: bool = False
     auth: str | None = None  # "user:password"
     share: bool = False
+    # Model servers other than this machine that a novel's settings may name (every step sends the novel there).
+    allow_remote_host: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
     @property
@@ -52,6 +56,10 @@ class Config:
     @property
     def backups_dir(self) -> Path:
         return self.data_dir / "backups"
+
+    @property
+    def trash_dir(self) -> Path:
+        return self.data_dir / "trash"
 
     @property
     def models_dir(self) -> Path:
@@ -101,6 +109,19 @@ def _parse_auth(name: str, value: str) -> str:
     return value
 
 
+def _parse_hosts(name: str, value: str | list[str]) -> tuple[str, ...]:
+    """Host names from a repeated flag (a list) or a comma-separated environment variable."""
+    items = value if isinstance(value, list) else [item for item in value.split(",") if item.strip()]
+    hosts = []
+    for item in items:
+        host = normal_host(item)
+        if not host or "/" in host or "@" in host or (host.count(":") == 1):
+            raise ConfigError(f"{name} takes a host name or address without scheme, port or path "
+                              f"(e.g. gpu-box.lan or 10.0.0.5), got {item!r}")
+        hosts.append(host)
+    return tuple(dict.fromkeys(hosts))
+
+
 def _parse_str(name: str, value: str) -> str:
     if not value.strip():
         raise ConfigError(f"{name} must not be empty")
@@ -121,6 +142,7 @@ SETTINGS = {
     "trust_remote_code": ("LONGHAND_TRUST_REMOTE_CODE", _parse_bool),
     "auth": ("LONGHAND_AUTH", _parse_auth),
     "share": ("LONGHAND_SHARE", _parse_bool),
+    "allow_remote_host": ("LONGHAND_ALLOW_REMOTE_HOST", _parse_hosts),
 }
 
 
@@ -143,6 +165,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                        help="run a checkpoint's own Python code (off by default; only for models you trust)")
     group.add_argument("--auth", help="require a login, as user:password")
     group.add_argument("--share", action="store_const", const=True, help="open a public Gradio share link")
+    group.add_argument("--allow-remote-host", action="append", metavar="HOST",
+                       help="a model server host (not this machine) that a novel's settings may name; repeatable "
+                            "(env: comma-separated). Without it only localhost, 127.0.0.0/8 and ::1 are accepted")
 
 
 def load_config(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -162,3 +187,51 @@ def load_config(args: argparse.Namespace | None = None, environ: Mapping[str, st
     data_dir = Path(str(values.pop("data_dir", default_data_dir(environ)))).expanduser()
     database_url = str(values.pop("database_url", f"sqlite:///{data_dir / 'longhand.db'}"))
     return Config(data_dir=data_dir, database_url=database_url, **values)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- model servers
+
+
+def normal_host(host: str) -> str:
+    """A host as compared here: lower case, without IPv6 brackets or a trailing dot."""
+    return host.strip().lower().strip("[]").rstrip(".")
+
+
+def model_host(model: str) -> str | None:
+    """The host a model setting sends text to: None for a local model (not an http(s) URL)."""
+    model = model.strip()
+    if not model.lower().startswith(("http://", "https://")):
+        return None
+    try:
+        host = urlsplit(model).hostname
+    except ValueError:
+        host = None
+    if not host:
+        raise ConfigError(f"The model URL {model[:200]!r} names no host.")
+    return normal_host(host)
+
+
+def is_loopback(host: str) -> bool:
+    host = normal_host(host)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(config: Config) -> tuple[str, ...]:
+    """The remote model hosts this launch accepts: --allow-remote-host, and the host of a --model URL."""
+    launch_host = model_host(config.model)
+    return config.allow_remote_host + ((launch_host,) if launch_host else ())
+
+
+def check_model_allowed(model: str, config: Config) -> None:
+    """Refuse (ConfigError, one line) a model URL whose host is neither this machine nor allowed at launch."""
+    host = model_host(model)
+    if host is None or is_loopback(host) or host in allowed_hosts(config):
+        return
+    raise ConfigError(f"Refused the model server {host}: every step would send the novel's text there. Only this "
+                      f"machine (localhost, 127.0.0.1, ::1) is accepted unless the app is started with "
+                      f"--allow-remote-host {host}.")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from app.engine.core import DEFAULT_PENALTIES
+from app.engine import DEFAULT_PENALTIES
 
 PENALTY_CONDITIONS = {
     # Every penalty off (models.sampling.PenaltyParams' own defaults), spelled out: a novel without penalties in

@@ -3,7 +3,8 @@
 SQLite: a consistent copy through SQLite's online backup API (safe while the app is writing), checked with
 `PRAGMA integrity_check` before it is kept. Other databases (PostgreSQL): a JSON file holding every novel in the
 exchange format (memory.exchange), restorable with `restore`. A backup is taken automatically before destructive
-actions: deleting a novel, importing over one, a schema migration, and a restore.
+actions: deleting a novel, importing over one, a schema migration, and a restore. Only the newest N are kept, so a
+deleted novel also goes to the trash (memory.trash), which this rotation never touches.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy import Engine, select
 
 from memory.db import is_sqlite, sqlite_path
 from memory.private import private_dir, private_file
+from memory.trash import TrashItem, move_to_trash
 
 DEFAULT_KEEP = 10
 _NAME = re.compile(r"^longhand-(\d{8}T\d{6}\d{6})-([a-z0-9-]+)\.(db|json)$")
@@ -202,7 +204,7 @@ def _restore_bundle(engine: Engine, backup_file: Path, backups_dir: Path | str, 
             bundle.get("novels"), list):
         raise BackupError(f"{backup_file.name} is not a Longhand backup; nothing was restored.")
     for index, document in enumerate(bundle["novels"]):
-        exchange.validate(document, f"{backup_file.name} (novel {index + 1})")
+        exchange.validate(document, f"{backup_file.name} (novel {index + 1})", require_title=False)
     init_db(engine)
     safety = backup(engine, backups_dir, reason="before-restore", keep=keep + 1)
     session_factory = make_sessionmaker(engine)
@@ -216,13 +218,15 @@ def _restore_bundle(engine: Engine, backup_file: Path, backups_dir: Path | str, 
 
 
 def delete_novel_with_backup(engine: Engine, session_factory, backups_dir: Path | str, novel_id: int, *,
-                             keep: int = DEFAULT_KEEP) -> Path:
-    """Back the database up, then delete one novel (the only way the app deletes a novel). Returns the backup."""
+                             trash_dir: Path | str, keep: int = DEFAULT_KEEP) -> tuple[Path, TrashItem]:
+    """Back the database up, then move one novel into the trash (the only way the app deletes a novel).
+
+    Returns (the backup, the trash item). The backup rotates out after `keep` more backups; the trash item stays
+    until the trash is emptied on purpose (memory.trash).
+    """
     from memory import store
 
     with session_factory() as session:
         store.get_novel(session, novel_id)
     path = backup(engine, backups_dir, reason=f"before-delete-novel-{novel_id}", keep=keep)
-    with session_factory() as session, session.begin():
-        store.delete_novel(session, novel_id)
-    return path
+    return path, move_to_trash(session_factory, trash_dir, novel_id)

@@ -6,7 +6,8 @@ export-local ones (1, 2, ... per table, in creation order), so exporting, import
 same document. State snapshots are not exported: they are a cache a model rebuilds by re-reading the manuscript.
 
 An import is validated completely before anything is written and then written in the caller's one transaction:
-it is all there or none of it. Files that are too big, not UTF-8, truncated, or not the right shape are refused
+it is all there or none of it. The novel's settings are app/'s to judge: callers pass `check_settings` (a function
+raising ValueError with one line), which this module calls without knowing what the settings mean. Files that are too big, not UTF-8, truncated, or not the right shape are refused
 with an `ExchangeError` whose one-line message says what is wrong and where.
 """
 
@@ -22,7 +23,7 @@ import tempfile
 import unicodedata
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import Boolean, DateTime, Integer, LargeBinary, String, Text, func, select, text
 from sqlalchemy.orm import Session
@@ -270,7 +271,11 @@ def export_to_file(session: Session, novel_id: int, export_dir: Path | str, fmt:
 # ---------------------------------------------------------------------------------------------------------------
 # Reading and validating an import.
 
-def read_import_file(path: Path | str, max_bytes: int = MAX_IMPORT_BYTES) -> dict[str, Any]:
+SettingsCheck = Callable[[Any], None]
+
+
+def read_import_file(path: Path | str, max_bytes: int = MAX_IMPORT_BYTES, *,
+                     check_settings: SettingsCheck | None = None, require_title: bool = True) -> dict[str, Any]:
     """Read and fully validate a JSON export file; raises ExchangeError saying what is wrong."""
     path = Path(path)
     if not path.is_file():
@@ -283,10 +288,11 @@ def read_import_file(path: Path | str, max_bytes: int = MAX_IMPORT_BYTES) -> dic
         raw = handle.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise ExchangeError(f"{path.name} is larger than the {max_bytes / 2**20:.0f} MiB import limit.")
-    return parse_import(raw, name=path.name)
+    return parse_import(raw, name=path.name, check_settings=check_settings, require_title=require_title)
 
 
-def parse_import(raw: bytes, name: str = "the file") -> dict[str, Any]:
+def parse_import(raw: bytes, name: str = "the file", *, check_settings: SettingsCheck | None = None,
+                 require_title: bool = True) -> dict[str, Any]:
     if not raw.strip():
         raise ExchangeError(f"{name} is empty.")
     try:
@@ -304,7 +310,7 @@ def parse_import(raw: bytes, name: str = "the file") -> dict[str, Any]:
                                 f"{exc.colno}); the file was probably cut off while copying.") from None
         raise ExchangeError(f"{name} is not valid JSON: {exc.msg} at line {exc.lineno}, column "
                             f"{exc.colno}.") from None
-    validate(document, name)
+    validate(document, name, check_settings=check_settings, require_title=require_title)
     return document
 
 
@@ -420,8 +426,11 @@ def _check_row(name: str, entity: str, where: str, row: Any, *, partial: bool = 
                 _fail(name, at, "holds invalid Unicode (a lone surrogate)")
 
 
-def validate(document: Any, name: str = "the file") -> None:
-    """Check a parsed export completely: shape, types, and that every reference points at something."""
+def validate(document: Any, name: str = "the file", *, check_settings: SettingsCheck | None = None,
+             require_title: bool = True) -> None:
+    """Check a parsed export completely: shape, types, a title, that every reference points at something, and
+    (with `check_settings`) the novel's settings. `require_title=False` is for putting back what a database already
+    held (a backup, the trash), which may predate the title check."""
     if not isinstance(document, dict):
         _fail(name, "the top level", f"must be an object, not {_type_name(document)}")
     if document.get("format") != FORMAT:
@@ -445,6 +454,13 @@ def validate(document: Any, name: str = "the file") -> None:
     missing = [field for field in NOVEL_FIELDS if field not in novel]
     if missing or set(novel) - set(NOVEL_FIELDS):
         _fail(name, "novel", f"must have exactly the fields {', '.join(NOVEL_FIELDS)}")
+    if require_title and not novel["title"].strip():
+        _fail(name, "novel.title", "is empty (a novel needs a title)")
+    if check_settings is not None:
+        try:
+            check_settings(novel["settings"])
+        except ValueError as exc:
+            raise ExchangeError(f"{name} holds settings Longhand cannot use: {exc}.") from None
     ids: dict[str, set[int]] = {"novels": {1}}
     for entity in TABLES:
         table = document[entity]
@@ -551,13 +567,16 @@ def import_json(session: Session, document: dict[str, Any], *, title: str | None
 
     Everything is written in the caller's transaction; if any row fails, the transaction rolls back whole.
     """
-    validate(document)
+    validate(document, require_title=False)
     revision_rows = document["revisions"]
     rows = {name: document[name] for name in TABLES if name != "revisions"}
     local_ids = _collect_ids(rows, revision_rows)
 
     novel_row = dict(document["novel"])
     if title is not None:
+        if not title.strip():
+            raise ExchangeError("The title for the imported novel is empty: give a title, or leave it out to keep "
+                                "the file's.")
         novel_row["title"] = title
     novel = Novel(**store.row_values(Novel, novel_row), embedding_epoch=1)
     session.add(novel)

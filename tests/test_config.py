@@ -77,3 +77,48 @@ def test_bad_settings_name_the_setting(argv, env, message):
 def test_auth_pair():
     config = Config(data_dir=__import__("pathlib").Path("/d"), database_url="sqlite://", auth="ann:s3:cret")
     assert config.auth_pair == ("ann", "s3:cret")
+
+
+def test_allow_remote_host_is_repeatable_and_read_from_the_environment(tmp_path):
+    from app.config import check_model_allowed
+
+    config = load_config(parse(["--allow-remote-host", "GPU.lan", "--allow-remote-host", "[fd00::5]"]),
+                         environ={"HOME": str(tmp_path)})
+    assert config.allow_remote_host == ("gpu.lan", "fd00::5")
+    env = {"HOME": str(tmp_path), "LONGHAND_ALLOW_REMOTE_HOST": "a.example, b.example,"}
+    assert load_config(parse([]), environ=env).allow_remote_host == ("a.example", "b.example")
+    assert load_config(parse(["--allow-remote-host", "c.example"]), environ=env).allow_remote_host == ("c.example",)
+    check_model_allowed("http://gpu.lan:8000/v1#m", config)
+    check_model_allowed("http://[fd00::5]:8000/v1", config)
+    with pytest.raises(ConfigError, match="Refused the model server b.example"):
+        check_model_allowed("https://b.example/v1", config)
+
+
+@pytest.mark.parametrize("value", ["gpu.lan:8000", "http://gpu.lan", "gpu.lan/v1", "user@gpu.lan", " "])
+def test_allow_remote_host_takes_only_a_host(tmp_path, value):
+    with pytest.raises(ConfigError, match="--allow-remote-host takes a host name"):
+        load_config(parse(["--allow-remote-host", value]), environ={"HOME": str(tmp_path)})
+
+
+@pytest.mark.parametrize("model, allowed", [
+    ("default", True), ("/models/smol.gguf", True), ("http://127.0.0.1:8000/v1", True),
+    ("http://127.200.0.1/v1", True), ("http://[::1]:8000/v1", True), ("http://LOCALHOST:11434/v1", True),
+    ("http://128.0.0.1/v1", False), ("http://localhost.evil.example/v1", False), ("http://0.0.0.0:8000/v1", False),
+    ("http://[::ffff:10.0.0.1]/v1", False), ("http://192.168.1.20:8000/v1", False),
+])
+def test_only_loopback_model_servers_pass_without_the_flag(tmp_path, model, allowed):
+    from app.config import check_model_allowed
+
+    config = load_config(parse([]), environ={"HOME": str(tmp_path)})
+    if allowed:
+        check_model_allowed(model, config)
+    else:
+        with pytest.raises(ConfigError, match="Refused the model server"):
+            check_model_allowed(model, config)
+
+
+def test_the_launch_model_url_counts_as_named_at_launch(tmp_path):
+    from app.config import check_model_allowed
+
+    config = load_config(parse(["--model", "http://gpu.lan:9000/v1"]), environ={"HOME": str(tmp_path)})
+    check_model_allowed("http://gpu.lan:9000/v1", config)

@@ -1,6 +1,9 @@
 """`python -m app write`: run N writing steps headless, on a new novel (from a premise) or an existing one.
 
 Progress goes to stdout, one line per stage; each finished step is committed, so Ctrl-C keeps every finished step.
+The flags that change settings (--seed, --max-new-tokens, --mode) are checked by app.engine.settings.NovelSettings
+before the model loads; a novel whose stored settings hold bad values is written with the defaults for those, and
+the note says which.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def run(config: Config, args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise UserError("--steps must be at least 1.")
-    from app.engine import Cancelled, Engine, EngineError
+    from app.engine import Cancelled, Engine, EngineError, NovelSettings, SettingsError
+    from app.engine.settings import settings_notice
     from app.engine.premises import Premise, PremiseError, create_novel, load_premise
     from app.offline import default_embedder_path, resolve_model
     from memory import store
@@ -57,6 +61,17 @@ def run(config: Config, args: argparse.Namespace) -> int:
             premise = load_premise(text) if text.endswith(".json") else Premise(id="cli", premise=text)
         except PremiseError as exc:
             raise UserError(str(exc)) from None
+    overrides: dict = {}
+    if args.seed is not None:
+        overrides["sampling"] = {"seed": args.seed}
+    if args.max_new_tokens is not None:
+        overrides["max_new_tokens"] = args.max_new_tokens
+    if args.mode:
+        overrides["mode"] = args.mode
+    try:
+        NovelSettings.from_dict(overrides)
+    except SettingsError as exc:
+        raise UserError(f"{exc}.") from None
     source = resolve_model(config.model, config.models_dir, config.allow_download)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     db = make_engine(config.database_url)
@@ -75,24 +90,26 @@ def run(config: Config, args: argparse.Namespace) -> int:
         else None
     engine = Engine(session_factory, generator, embedder, snapshot_store=snapshots)
 
-    settings: dict = {}
-    if args.seed is not None:
-        settings["sampling"] = {"seed": args.seed}
-    if args.max_new_tokens is not None:
-        settings["max_new_tokens"] = args.max_new_tokens
-    if args.mode:
-        settings["mode"] = args.mode
     try:
         if premise is not None:
-            novel_id = create_novel(session_factory, embedder, premise, settings=settings)
+            novel_id = create_novel(session_factory, embedder, premise, settings=overrides)
             if not args.quiet:
                 _echo(f"novel {novel_id} created")
         else:
             novel_id = args.novel
             with session_factory() as session, session.begin():
-                store.get_novel(session, novel_id)
-                if settings:
-                    store.update_novel_settings(session, novel_id, settings)
+                stored, problems = NovelSettings.repaired(store.get_novel(session, novel_id).settings)
+                if overrides:
+                    # The flags over the novel's own settings (bad stored values were replaced by their defaults,
+                    # which are saved with them: say so, the engine will not see them any more).
+                    if problems:
+                        _echo(f"note: {settings_notice(problems)}")
+                    combined = stored.to_dict()
+                    combined["sampling"].update(overrides.pop("sampling", {}))
+                    settings = NovelSettings.from_dict({**combined, **overrides})
+                    store.update_novel_settings(session, novel_id, settings.to_dict())
+    except SettingsError as exc:
+        raise UserError(f"{exc}.") from None
     except store.StoreError as exc:
         raise UserError(str(exc)) from None
     if not args.quiet:

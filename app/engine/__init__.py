@@ -23,22 +23,21 @@ StepOutcome too. A step commits only after its last event but `done`; `Cancelled
 novel changed in another tab meanwhile. ContextPreview: stage, strategy, sections [Section(name, text, tokens,
 kept, truncated)], budget, total_tokens, prompt_text (the exact text sent), dropped, plan, manuscript_tokens.
 
-Per-novel settings read from `novel.settings`: sampling, penalties (models.sampling dicts), retrieval_top_k,
-memory_words, max_new_tokens, paragraph_words, context_tokens, max_attempts, mode, snapshot_budget_mb,
-snapshot_dtype, plan_tokens, title_tokens (defaults in app.engine.core.DEFAULTS; penalties over
-DEFAULT_PENALTIES). Prompts are the files in prompts/,
-one per stage. The UI's Undo/Redo should call engine.undo/redo (not memory.store directly) so that recurrent-state
+Per-novel settings: `app.engine.settings.NovelSettings` (its fields, defaults and ranges are the one list; stored
+settings with bad values are read with the defaults for those and a `notice` event on every step). Prompts are
+the files in prompts/, one per stage. The UI's Undo/Redo should call engine.undo/redo (not memory.store directly) so that recurrent-state
 snapshots of changed paragraphs are dropped.
 """
 
 from models.errors import Cancelled
 
 from app.engine.context import MANUSCRIPT_STATE, PROMPT_ONLY, ContextPreview, ContextTooLargeError, Section
-from app.engine.core import DEFAULT_PENALTIES, DEFAULTS, MODES, Engine, EngineError, Event, ReaderView, StepOutcome
+from app.engine.core import Engine, EngineError, Event, ReaderView, StepOutcome
 from app.engine.prompts import PROMPTS_DIR, PromptLibrary, TemplateError
+from app.engine.settings import DEFAULT_PENALTIES, MODES, NovelSettings, SettingsError
 
 __all__ = [
-    "Cancelled", "ContextPreview", "ContextTooLargeError", "DEFAULT_PENALTIES", "DEFAULTS", "Engine", "EngineError", "Event",
-    "MANUSCRIPT_STATE", "MODES", "PROMPTS_DIR", "PROMPT_ONLY", "PromptLibrary", "ReaderView", "Section",
-    "StepOutcome", "TemplateError",
+    "Cancelled", "ContextPreview", "ContextTooLargeError", "DEFAULT_PENALTIES", "Engine", "EngineError", "Event",
+    "MANUSCRIPT_STATE", "MODES", "NovelSettings", "PROMPTS_DIR", "PROMPT_ONLY", "PromptLibrary", "ReaderView",
+    "Section", "SettingsError", "StepOutcome", "TemplateError",
 ]

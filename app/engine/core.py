@@ -34,9 +34,9 @@ from app.engine.parsing import (
     parse_title_outline,
 )
 from app.engine.prompts import PROMPTS_DIR, PromptLibrary
+from app.engine.settings import MODES, NovelSettings, settings_notice
 from app.engine.text import limit_words, sentences
 
-MODES = ("write", "interactive")
 VOICES = {
     "write": "Write in the third person, past tense, as a novel.",
     "interactive": "Write in the second person, present tense: the reader is the hero and is called 'you'.",
@@ -46,24 +46,7 @@ FALLBACK_PLANS = [
     "Bring in a complication that makes the main character act.",
     "Reveal something unexpected about a character or the place.",
 ]
-DEFAULTS = {
-    "retrieval_top_k": 3,
-    "memory_words": 80,
-    "max_new_tokens": 250,
-    "paragraph_words": 110,
-    "context_tokens": 2048,
-    "max_attempts": 3,
-    "mode": "write",
-    "snapshot_budget_mb": 2000,
-    "snapshot_dtype": "fp32",
-    "plan_tokens": 120,
-    "title_tokens": 80,
-}
 CHOICE_TOKENS = 6
-# The penalties a novel's paragraphs are written with unless its settings say otherwise (models.sampling.PenaltyParams
-# fields; its own defaults are all off). bench/quality.py at 30 steps x 5 premises with the default model
-# (bench/results/quality.json), off -> on: saved paragraphs caught in a loop 18 -> 0, distinct-4 0.34 -> 0.97.
-DEFAULT_PENALTIES = {"repetition": 1.1, "range": 512, "dry_multiplier": 0.8, "dry_base": 1.75, "dry_allowed_length": 2}
 # Retrieval scores an earlier paragraph by cos(plan) + LAST_PARAGRAPH_WEIGHT * cos(last paragraph). Embedding the
 # two as one text lets the paragraph-long one drown the one-line plan, and retrieval then returns whatever resembles
 # the recent text (which is in the context already). On the quality benchmark's novels, a needle asked for by the
@@ -117,7 +100,8 @@ class _View:
     title: str
     premise: str
     style: str
-    settings: dict
+    settings: dict  # config.to_dict(), plus the outline the start stage proposes
+    config: NovelSettings
     paragraphs: list[tuple[int, str]]  # (position, text)
     memory: str
     memory_version: int
@@ -125,14 +109,15 @@ class _View:
     retry_revision_id: int | None = None
     retry_plan: str | None = None
     retry_plan_index: int | None = None
+    # A notice when the stored settings held bad values (the defaults are used for those): every step shows it.
+    notices: list[str] = field(default_factory=list)
 
     @property
     def count(self) -> int:
         return len(self.paragraphs)
 
     def setting(self, key: str):
-        value = self.settings.get(key)
-        return DEFAULTS[key] if value is None else value
+        return getattr(self.config, key)
 
 
 @dataclass
@@ -183,8 +168,10 @@ class Engine:
             paragraphs = [(p.position, p.text) for p in store.paragraphs(session, novel_id)]
             memory = store.current_memory(session, novel_id)
             plan_set = store.current_plans(session, novel_id)
+            config, problems = NovelSettings.repaired(novel.settings)
             view = _View(novel_id=novel_id, title=novel.title, premise=novel.premise or "",
-                         style=novel.style_notes or "", settings=dict(novel.settings or {}), paragraphs=paragraphs,
+                         style=novel.style_notes or "", settings=config.to_dict(), config=config,
+                         notices=[settings_notice(problems)] if problems else [], paragraphs=paragraphs,
                          memory=memory.text if memory is not None else "",
                          memory_version=memory.version if memory is not None else 0,
                          plans=list(plan_set.plans) if plan_set is not None and plan_set.paragraph_id is None else [])
@@ -312,9 +299,7 @@ class Engine:
     # ----------------------------------------------------------------------------------------------- generation
 
     def _sampling(self, view: _View, attempt: int, *, temperature_cap: float | None = None):
-        from models.sampling import SamplingParams
-
-        params = SamplingParams.from_dict(view.settings.get("sampling"))
+        params = view.config.sampling_params()
         if params.seed is not None:
             params.seed = params.seed + attempt
         if temperature_cap is not None and params.temperature > temperature_cap:
@@ -322,9 +307,7 @@ class Engine:
         return params
 
     def _penalties(self, view: _View):
-        from models.sampling import PenaltyParams
-
-        return PenaltyParams.from_dict({**DEFAULT_PENALTIES, **(view.settings.get("penalties") or {})})
+        return view.config.penalty_params()
 
     def _attempts(self, view: _View) -> int:
         return max(1, int(self.max_attempts or view.setting("max_attempts")))
@@ -451,7 +434,7 @@ class Engine:
         if not view.premise.strip():
             raise EngineError("Write a premise first: the opening is written from it.")
         mode = self._mode(view, mode)
-        notices: list[str] = []
+        notices: list[str] = list(view.notices)
         yield Event("progress", "Proposing a title and an outline…", stage="start")
         title: str | None = None
         outline = str(view.settings.get("outline") or "")
@@ -511,7 +494,7 @@ class Engine:
     def _step(self, view: _View, plan_text: str, plan_index: int | None, cancel, mode: str,
               retry: bool = False) -> Iterator[Event]:
         strategy = self.strategy
-        notices: list[str] = []
+        notices: list[str] = list(view.notices)
         yield Event("progress", f"Building the context ({strategy})…", stage="context")
         preview = build_context(self.prompts, self.generator, self._inputs(view, plan_text, mode, strategy),
                                 self._budget(view), strategy=strategy)
@@ -596,7 +579,7 @@ class Engine:
         return (yield from self._step(view, plan_text, view.retry_plan_index, cancel, mode, retry=True))
 
     def _retry_opening(self, novel_id: int, view: _View, cancel, mode: str) -> Iterator[Event]:
-        return (yield from self._write_opening(view, mode, cancel, [], retry=True))
+        return (yield from self._write_opening(view, mode, cancel, list(view.notices), retry=True))
 
     def auto_write(self, novel_id: int, steps: int, *, cancel: threading.Event | None = None,
                    mode: str | None = None) -> Iterator[Event]:

@@ -15,10 +15,9 @@ SECTION_HEADERS = ["section", "tokens", "in the prompt"]
 
 
 def _engine_for(novel_id: int):
-    from app.ui.settings import load_settings
+    from app.ui.settings import engine_for
 
-    settings = load_settings(novel_id)
-    return services.current().engine(settings["model"], settings["device"], settings["dtype"])
+    return engine_for(novel_id)
 
 
 @handler

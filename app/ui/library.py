@@ -1,4 +1,5 @@
-"""The Library tab: the list of novels; create, open, rename, delete (after a backup), import and export.
+"""The Library tab: the list of novels; create, open, rename, delete (into the trash), restore from the trash,
+import and export.
 
 Handlers are plain functions over the store; `wire()` binds them. Opening or creating a novel only sets the open
 novel's id: `app.ui.build_app` chains every tab's refresh after it.
@@ -10,13 +11,16 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gradio as gr
 
+from app.engine.settings import check_stored, settings_notice
 from app.ui import services
-from app.ui.common import MAX_PREMISE_CHARS, MAX_SHORT_CHARS, InputError, clean_text, handler, require_novel
+from app.ui.common import MAX_PREMISE_CHARS, MAX_SHORT_CHARS, InputError, clean_text, escape, handler, require_novel
+from app.ui.settings import check_model, load_settings, new_novel_defaults
+from memory import backup, trash
 
 EXPORT_FORMATS = {"JSON (re-importable)": "json", "Markdown": "md", "Plain text": "txt", "EPUB": "epub"}
 IMPORT_SUFFIXES = [".json", ".md", ".txt"]
@@ -40,6 +44,10 @@ class LibraryTab:
     rename_btn: gr.Button
     delete_confirm: gr.Checkbox
     delete_btn: gr.Button
+    trash_dropdown: gr.Dropdown
+    restore_trash_btn: gr.Button
+    empty_trash_confirm: gr.Checkbox
+    empty_trash_btn: gr.Button
     export_format: gr.Radio
     export_btn: gr.Button
     export_file: gr.File
@@ -80,14 +88,22 @@ def novel_choices() -> list[tuple[str, int]]:
     return [(f"{row[1]} (#{row[0]})", row[0]) for row in novel_rows()]
 
 
+def trash_choices() -> list[tuple[str, str]]:
+    """(label, trash file name) per deleted novel, most recently deleted first."""
+    return [(f"{item.title} (#{item.novel_id}, deleted {item.deleted:%Y-%m-%d %H:%M})", item.name)
+            for item in trash.list_trash(services.current().config.trash_dir)]
+
+
 @handler
 def refresh(novel_id: int | None):
-    """The table and the picker, with the open novel selected."""
+    """The table, the picker (with the open novel selected) and the trash."""
     choices = novel_choices()
     ids = {value for _, value in choices}
+    deleted = trash_choices()
     return (
         gr.update(value=novel_rows_or_empty(), headers=TABLE_HEADERS),
         gr.update(choices=choices, value=novel_id if novel_id in ids else None),
+        gr.update(choices=deleted, value=deleted[0][1] if deleted else None),
     )
 
 
@@ -104,19 +120,13 @@ def create_novel(premise: str, genre: str, style: str, model: str) -> tuple[int,
     genre = clean_text(genre, "Genre notes", max_chars=MAX_PREMISE_CHARS)
     style = clean_text(style, "Style notes", max_chars=MAX_PREMISE_CHARS)
     model = clean_text(model, "Model", max_chars=4096) or "default"
-    if model != "default":
-        from app.offline import resolve_model
-
-        config = services.current().config
-        resolve_model(model, config.models_dir, config.allow_download)
+    check_model(model)
     title = premise.split("\n")[0][:60].strip() or "Untitled"
     style_notes = "\n".join(part for part in (f"Genre: {genre}" if genre else "", style) if part)
-    from app.ui.settings import new_novel_defaults
-
-    settings = {**new_novel_defaults(), "model": model}
+    settings = replace(new_novel_defaults(), model=model)
     with services.current().session() as session, session.begin():
         novel = store.create_novel(session, title=title, premise=premise, style_notes=style_notes,
-                                   settings=settings)
+                                   settings=settings.to_dict())
         novel_id = novel.id
     return novel_id, f"Created **{title}**. The opening is being written in the Write tab."
 
@@ -128,7 +138,10 @@ def open_novel(novel_id) -> tuple[int, str]:
     novel_id = require_novel(novel_id)
     with services.current().session() as session:
         novel = store.get_novel(session, novel_id)
-        return novel_id, f"Opened **{novel.title}**."
+        title = novel.title
+    _, problems = load_settings(novel_id)
+    notice = f" {escape(settings_notice(problems))}" if problems else ""
+    return novel_id, f"Opened **{title}**.{notice}"
 
 
 @handler
@@ -144,18 +157,39 @@ def rename_novel(novel_id, new_title: str) -> str:
 
 @handler
 def delete_novel(novel_id, confirmed: bool) -> tuple[None, bool, str]:
-    """Delete after a backup of the whole database; needs the confirmation box ticked. Closes the novel."""
-    from memory import backup, store
+    """Move the novel into the trash (after a backup of the whole database); needs the confirmation box ticked.
+    Closes the novel. If the trash cannot be written, nothing is deleted."""
+    from memory import store
 
     novel_id = require_novel(novel_id)
-    if not confirmed:
-        raise InputError("Tick 'Yes, delete it' first: deleting cannot be undone from the app (a backup is kept).")
+    if confirmed is not True:
+        raise InputError("Tick 'Yes, delete it' first (the novel then goes to the trash below, until you empty it).")
     svc = services.current()
     with svc.session() as session:
         title = store.get_novel(session, novel_id).title
-    saved = backup.delete_novel_with_backup(svc.session_factory.kw["bind"], svc.session_factory,
-                                            svc.config.backups_dir, novel_id)
-    return None, False, f"Deleted **{title}**. A backup of everything before the delete is at `{saved}`."
+    _, trashed = backup.delete_novel_with_backup(svc.session_factory.kw["bind"], svc.session_factory,
+                                                 svc.config.backups_dir, novel_id, trash_dir=svc.config.trash_dir)
+    return None, False, (f"Moved **{escape(title)}** to the trash: restore it under 'Trash' below, or with "
+                         f"`python -m app trash restore {trashed.name}`.")
+
+
+@handler
+def restore_from_trash(name) -> tuple[int, str]:
+    """Bring a deleted novel back from the trash as a new novel (with its whole history) and open it."""
+    if not name:
+        raise InputError("The trash is empty, or no deleted novel is chosen.")
+    svc = services.current()
+    novel_id, title = trash.restore_from_trash(svc.session_factory, svc.config.trash_dir, str(name))
+    return novel_id, f"Restored **{escape(title)}** from the trash."
+
+
+@handler
+def empty_trash(confirmed: bool) -> tuple[bool, str]:
+    """Delete every novel in the trash for good; needs its own confirmation box ticked."""
+    if confirmed is not True:
+        raise InputError("Tick 'Yes, empty the trash' first: the novels in it are then gone for good.")
+    removed = trash.empty_trash(services.current().config.trash_dir)
+    return False, f"Emptied the trash ({len(removed)} novel{'' if len(removed) == 1 else 's'} deleted for good)."
 
 
 def _download_dir() -> Path:
@@ -207,7 +241,7 @@ def import_novel(file_path) -> tuple[int, str]:
     if suffix not in IMPORT_SUFFIXES:
         raise InputError(f"{path.name} cannot be imported: use a Longhand .json export or a .md/.txt manuscript.")
     if suffix == ".json":
-        document = exchange.read_import_file(path)
+        document = exchange.read_import_file(path, check_settings=check_stored)
     else:
         content = clean_text(exchange.read_manuscript_file(path), path.name, required=True, max_chars=10_000_000)
     with services.current().session() as session, session.begin():
@@ -246,9 +280,19 @@ def build() -> LibraryTab:
             rename_box = gr.Textbox(label="New title", scale=3, elem_id="rename_box")
             rename_btn = gr.Button("Rename", scale=1, elem_id="rename_btn")
         with gr.Row():
-            delete_confirm = gr.Checkbox(label="Yes, delete it (a backup of the database is made first)",
+            delete_confirm = gr.Checkbox(label="Yes, delete it (it goes to the trash below)",
                                          value=False, elem_id="delete_confirm")
             delete_btn = gr.Button("Delete novel", variant="stop", elem_id="delete_btn")
+    with gr.Accordion("Trash", open=False):
+        with gr.Row():
+            trash_dropdown = gr.Dropdown(label="Deleted novels", choices=[], interactive=True, scale=3,
+                                         elem_id="trash_dropdown",
+                                         info="kept until you empty the trash; backups rotating out never touch it")
+            restore_trash_btn = gr.Button("Restore", scale=1, elem_id="restore_trash_btn")
+        with gr.Row():
+            empty_trash_confirm = gr.Checkbox(label="Yes, empty the trash (the novels in it are gone for good)",
+                                              value=False, elem_id="empty_trash_confirm")
+            empty_trash_btn = gr.Button("Empty the trash", variant="stop", elem_id="empty_trash_btn")
     with gr.Accordion("Import and export", open=False):
         with gr.Row():
             export_format = gr.Radio(list(EXPORT_FORMATS), value="Markdown", label="Export format",
@@ -260,12 +304,14 @@ def build() -> LibraryTab:
                               elem_id="import_file")
         import_btn = gr.Button("Import", elem_id="import_btn")
     return LibraryTab(novels_table, novel_dropdown, open_btn, premise_box, genre_box, style_box, model_box,
-                      create_btn, rename_box, rename_btn, delete_confirm, delete_btn, export_format, export_btn,
+                      create_btn, rename_box, rename_btn, delete_confirm, delete_btn, trash_dropdown,
+                      restore_trash_btn, empty_trash_confirm, empty_trash_btn, export_format, export_btn,
                       export_file, import_file, import_btn, status_md)
 
 
 def refresh_outputs(tab: LibraryTab) -> list:
-    return [tab.novels_table, tab.novel_dropdown]
+    """What `refresh` fills, in its order."""
+    return [tab.novels_table, tab.novel_dropdown, tab.trash_dropdown]
 
 
 def wire(tab: LibraryTab, novel_state: gr.State, on_novel_changed) -> None:
@@ -274,5 +320,9 @@ def wire(tab: LibraryTab, novel_state: gr.State, on_novel_changed) -> None:
     on_novel_changed(tab.rename_btn.click(rename_novel, [novel_state, tab.rename_box], [tab.status_md]))
     on_novel_changed(tab.delete_btn.click(delete_novel, [novel_state, tab.delete_confirm],
                                           [novel_state, tab.delete_confirm, tab.status_md]))
+    on_novel_changed(tab.restore_trash_btn.click(restore_from_trash, [tab.trash_dropdown],
+                                                 [novel_state, tab.status_md]))
+    on_novel_changed(tab.empty_trash_btn.click(empty_trash, [tab.empty_trash_confirm],
+                                               [tab.empty_trash_confirm, tab.status_md]))
     tab.export_btn.click(export_novel, [novel_state, tab.export_format], [tab.export_file, tab.status_md])
     on_novel_changed(tab.import_btn.click(import_novel, [tab.import_file], [novel_state, tab.status_md]))

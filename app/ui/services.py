@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.config import Config
+from app.config import Config, check_model_allowed
 from app.offline import ModelSource, default_embedder_path, resolve_model
 
 
@@ -56,6 +56,8 @@ class Services:
         device = device or self.config.device
         dtype = dtype or self.config.dtype
         with self._lock:
+            # A novel's settings may come from an older database or an import: refuse a server not allowed now.
+            check_model_allowed(model or self.config.model, self.config)
             source = self.source if model in (None, "", self.config.model) else resolve_model(
                 model, self.config.models_dir, self.config.allow_download)
             key = (source.kind, source.location, device, dtype)

@@ -1,193 +1,127 @@
 """The Settings tab: model, device and dtype, sampling, penalties, retrieval and memory length, saved per novel.
 
-Every field has a one-line explanation. The per-novel settings dict the store keeps is
-`{"model", "device", "dtype", "sampling": SamplingParams dict, "penalties": PenaltyParams dict,
-"retrieval_top_k", "memory_words", "max_new_tokens", "context_tokens", "snapshot_budget_mb", "snapshot_dtype"}`;
-`to_fields`/`from_fields` convert between it and the form.
+Every field has a one-line explanation. The fields, their defaults and their checks are
+`app.engine.settings.NovelSettings` (the form shows its `FORM_FIELDS`); this module only lays them out. With no
+novel open, Save stores the form as the settings new novels start with.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 import gradio as gr
 
-from app.config import DEVICES, DTYPES
+from app.config import DEVICES, DTYPES, check_model_allowed
+from app.engine.settings import FORM_FIELDS, NovelSettings, SettingsError, settings_notice
+from app.offline import resolve_model
 from app.ui import services
 from app.ui.common import InputError, handler
+from memory import store
 from models.backend import STATE_DTYPES
 
-# The form's fields, in the order `wire()` passes them to the handlers.
-FIELD_NAMES = (
-    "model", "device", "dtype", "temperature", "top_p", "min_p", "repetition", "presence", "frequency",
-    "penalty_range", "dry_multiplier", "dry_base", "dry_allowed_length", "dry_sequence_breakers",
-    "retrieval_top_k", "memory_words", "max_new_tokens", "context_tokens", "snapshot_budget_mb", "snapshot_dtype",
-)
-EXTRAS = ("retrieval_top_k", "memory_words", "max_new_tokens", "context_tokens", "snapshot_budget_mb")
 # With no novel open, Save stores the form here (in the data dir) as the settings every new novel starts with.
 NEW_NOVEL_DEFAULTS = "new-novel-settings.json"
-
-
-def defaults() -> dict:
-    from app.engine import DEFAULT_PENALTIES, DEFAULTS
-    from models.sampling import PenaltyParams, SamplingParams
-
-    return {"model": "default", "device": "auto", "dtype": "auto", "sampling": SamplingParams().to_dict(),
-            "penalties": PenaltyParams.from_dict(DEFAULT_PENALTIES).to_dict(), **{name: DEFAULTS[name] for name in EXTRAS},
-            "snapshot_dtype": DEFAULTS["snapshot_dtype"]}
-
-
-def merged(settings: dict | None) -> dict:
-    """A novel's saved settings over the defaults (keys saved by older versions keep their default)."""
-    result = defaults()
-    for key, value in (settings or {}).items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = {**result[key], **value}
-        else:
-            result[key] = value
-    return result
-
-
-def to_fields(settings: dict | None) -> dict:
-    s = merged(settings)
-    sampling, penalties = s["sampling"], s["penalties"]
-    return {
-        "model": s["model"], "device": s["device"], "dtype": s["dtype"],
-        "temperature": sampling["temperature"], "top_p": sampling["top_p"], "min_p": sampling["min_p"],
-        "repetition": penalties["repetition"], "presence": penalties["presence"],
-        "frequency": penalties["frequency"], "penalty_range": penalties["range"],
-        "dry_multiplier": penalties["dry_multiplier"], "dry_base": penalties["dry_base"],
-        "dry_allowed_length": penalties["dry_allowed_length"],
-        "dry_sequence_breakers": json.dumps(penalties["dry_sequence_breakers"], ensure_ascii=False),
-        "retrieval_top_k": s["retrieval_top_k"], "memory_words": s["memory_words"],
-        "max_new_tokens": s["max_new_tokens"], "context_tokens": s["context_tokens"],
-        "snapshot_budget_mb": s["snapshot_budget_mb"], "snapshot_dtype": s["snapshot_dtype"],
-    }
-
-
-def _breakers(text: str) -> list[str]:
-    try:
-        value = json.loads(text or "[]")
-    except json.JSONDecodeError:
-        raise InputError('DRY sequence breakers must be a JSON list of strings, like ["\\n", ":", "*"].') from None
-    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-        raise InputError('DRY sequence breakers must be a JSON list of non-empty strings, like ["\\n", ":"].')
-    return value
-
-
-def from_fields(fields: dict) -> dict:
-    """Validate the form and build the settings dict; raises `InputError` naming the bad field."""
-    from models.sampling import PenaltyParams, SamplingParams
-
-    def number(name: str, cast=float):
-        try:
-            return cast(fields[name])
-        except (TypeError, ValueError):
-            raise InputError(f"{name.replace('_', ' ')} must be a number, got {fields[name]!r}.") from None
-
-    model = str(fields.get("model") or "default").strip()
-    if fields.get("device") not in DEVICES:
-        raise InputError(f"device must be one of {', '.join(DEVICES)}.")
-    if fields.get("dtype") not in DTYPES:
-        raise InputError(f"dtype must be one of {', '.join(DTYPES)}.")
-    try:
-        sampling = SamplingParams(temperature=number("temperature"), top_p=number("top_p"), min_p=number("min_p"))
-        penalties = PenaltyParams(
-            repetition=number("repetition"), presence=number("presence"), frequency=number("frequency"),
-            range=number("penalty_range", int), dry_multiplier=number("dry_multiplier"),
-            dry_base=number("dry_base"), dry_allowed_length=number("dry_allowed_length", int),
-            dry_sequence_breakers=_breakers(fields.get("dry_sequence_breakers", "[]")),
-        )
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    extras = {name: number(name, int) for name in EXTRAS}
-    if not 0 <= extras["retrieval_top_k"] <= 20:
-        raise InputError("retrieval top-k must be between 0 and 20.")
-    if not 20 <= extras["memory_words"] <= 2000:
-        raise InputError("memory length must be between 20 and 2000 words.")
-    if not 1 <= extras["max_new_tokens"] <= 4096:
-        raise InputError("paragraph length must be between 1 and 4096 tokens.")
-    if not 256 <= extras["context_tokens"] <= 1_048_576:
-        raise InputError("context budget must be between 256 and 1048576 tokens.")
-    if extras["context_tokens"] <= extras["max_new_tokens"]:
-        raise InputError(f"context budget ({extras['context_tokens']} tokens) must be larger than the paragraph "
-                         f"length ({extras['max_new_tokens']} tokens): the paragraph is written inside it.")
-    if not 0 <= extras["snapshot_budget_mb"] <= 1_000_000:
-        raise InputError("snapshot disk budget must be between 0 and 1000000 MB.")
-    if fields.get("snapshot_dtype") not in STATE_DTYPES:
-        raise InputError(f"snapshot precision must be one of {', '.join(STATE_DTYPES)}.")
-    return {"model": model, "device": fields["device"], "dtype": fields["dtype"],
-            "sampling": sampling.to_dict(), "penalties": penalties.to_dict(), **extras,
-            "snapshot_dtype": fields["snapshot_dtype"]}
 
 
 def _defaults_path():
     return services.current().config.data_dir / NEW_NOVEL_DEFAULTS
 
 
-def new_novel_defaults() -> dict:
-    """The settings a new novel starts with: the built-in defaults, overridden by what the writer saved as such."""
+def new_novel_defaults() -> NovelSettings:
+    """The settings a new novel starts with: the built-in defaults, overridden by what the writer saved as such
+    (a bad value there falls back to its default)."""
     try:
         saved = json.loads(_defaults_path().read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         saved = {}
-    return merged(saved if isinstance(saved, dict) else {})
+    return NovelSettings.repaired(saved)[0]
 
 
-def load_settings(novel_id: int) -> dict:
-    from memory import store
-
+def load_settings(novel_id: int) -> tuple[NovelSettings, list[str]]:
+    """The open novel's settings, and one line per stored value that was bad (its default is used instead)."""
     with services.current().session() as session:
-        novel = store.get_novel(session, novel_id)
-        return merged(novel.settings)
+        return NovelSettings.repaired(store.get_novel(session, novel_id).settings)
+
+
+def engine_for(novel_id: int):
+    """The process-wide engine over the novel's own model (its settings' model, device and dtype)."""
+    settings, _ = load_settings(novel_id)
+    return services.current().engine(settings.model, settings.device, settings.dtype)
+
+
+def check_model(model: str) -> None:
+    """Refuse a model the app cannot use: a missing path, or a server this launch does not allow."""
+    if model == "default":
+        return
+    config = services.current().config
+    check_model_allowed(model, config)
+    resolve_model(model, config.models_dir, config.allow_download)
+
+
+def _form(form: dict, base: NovelSettings | None = None) -> NovelSettings:
+    try:
+        return NovelSettings.from_form(form, base)
+    except SettingsError as exc:
+        raise InputError(f"{exc}.") from None
 
 
 # ---------------------------------------------------------------- handlers
 
 
+def form_values(novel_id) -> tuple[dict, str]:
+    """The form's values by field name for the open novel (the defaults for new novels when none is open), and a
+    notice when its stored settings held bad values."""
+    if novel_id in (None, ""):
+        return new_novel_defaults().to_form(), ""
+    settings, problems = load_settings(int(novel_id))
+    return settings.to_form(), settings_notice(problems) if problems else ""
+
+
 @handler
 def refresh(novel_id):
-    """The form's values for the open novel (the defaults for new novels when none is open), then the same values
-    as one dict: what this page read, for save_settings' conflict check."""
-    settings = load_settings(int(novel_id)) if novel_id not in (None, "") else new_novel_defaults()
-    values = to_fields(settings)
-    return (*(values[name] for name in FIELD_NAMES), values)
+    """For `refresh_outputs`: the form's values, the same values as one dict (what this page read, for
+    save_settings' conflict check), and the status line (a notice when the stored settings were bad)."""
+    values, notice = form_values(novel_id)
+    return (*(values[name] for name in FORM_FIELDS), values, notice)
 
 
 @handler
-def save_settings(novel_id, read: dict | None, *values) -> tuple[dict, str]:
-    """Save the form as the open novel's settings (with none open: as the defaults for new novels), unless another
-    tab saved different settings since this page read `read` (None: no check). Returns the new `read`."""
-    from memory import store
-
-    settings = from_fields(dict(zip(FIELD_NAMES, values)))
-    if settings["model"] != "default":
-        from app.offline import resolve_model
-
-        config = services.current().config
-        resolve_model(settings["model"], config.models_dir, config.allow_download)
+def save_settings(novel_id, read: dict | None, form: dict) -> tuple[dict, str]:
+    """Save the form (values by field name) as the open novel's settings (with none open: as the defaults for new
+    novels), unless another tab saved different settings since this page read `read` (None: no check). Returns the
+    new `read` and a status line."""
     if novel_id in (None, ""):
+        settings = _form(form)
+        check_model(settings.model)
         path = _defaults_path()
         temporary = path.with_name(path.name + ".part")
-        temporary.write_text(json.dumps(settings, indent=1), encoding="utf-8")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(settings.to_dict(), indent=1))
         temporary.replace(path)
-        return to_fields(merged(settings)), "No novel is open: saved as the settings new novels start with."
+        return settings.to_form(), "No novel is open: saved as the settings new novels start with."
     novel_id = int(novel_id)
+    # Checked before the write transaction: resolving a hub model may download it.
+    check_model(_form(form).model)
     with services.current().session() as session, session.begin():
-        current = to_fields(merged(store.get_novel(session, novel_id).settings))
+        stored, _ = NovelSettings.repaired(store.get_novel(session, novel_id).settings)
+        current = stored.to_form()
         if read and current != read:
-            changed = ", ".join(name.replace("_", " ") for name in FIELD_NAMES if current[name] != read.get(name))
+            changed = ", ".join(name.replace("_", " ") for name in FORM_FIELDS if current[name] != read.get(name))
             raise store.ConflictError(f"The settings were changed elsewhere ({changed}) since this page read them; "
                                       "nothing was saved: reopen the novel to see them, then make your change again.")
-        store.update_novel_settings(session, novel_id, settings)
-    return to_fields(merged(settings)), "Settings saved for this novel. The next step uses them."
+        # The fields the form does not show (the outline, the mode, ...) keep the novel's own values.
+        settings = _form(form, stored)
+        store.update_novel_settings(session, novel_id, settings.to_dict())
+    return settings.to_form(), "Settings saved for this novel. The next step uses them."
 
 
 @handler
-def reset_settings() -> tuple:
-    values = to_fields(defaults())
-    return tuple(values[name] for name in FIELD_NAMES)
+def reset_settings() -> dict:
+    """The built-in defaults, by field name."""
+    return NovelSettings().to_form()
 
 
 # ---------------------------------------------------------------- layout
@@ -195,7 +129,7 @@ def reset_settings() -> tuple:
 
 @dataclass
 class SettingsTab:
-    fields: dict  # name -> component, in FIELD_NAMES order
+    fields: dict  # field name (app.engine.settings.FORM_FIELDS) -> component
     save_settings_btn: gr.Button
     reset_settings_btn: gr.Button
     status_md: gr.Markdown
@@ -203,7 +137,7 @@ class SettingsTab:
 
 
 def build() -> SettingsTab:
-    d = to_fields(defaults())
+    d = NovelSettings().to_form()
     f: dict = {}
     gr.Markdown("Saved per novel (with no novel open: the settings new novels start with). "
                 "The line under each field says what it does.")
@@ -269,16 +203,29 @@ def build() -> SettingsTab:
         save_settings_btn = gr.Button("Save settings", variant="primary", elem_id="save_settings_btn")
         reset_settings_btn = gr.Button("Back to defaults", elem_id="reset_settings_btn")
     status_md = gr.Markdown("", elem_id="settings_status")
+    if set(f) != set(FORM_FIELDS):
+        raise AssertionError(f"the Settings tab lays out {sorted(f)}, but NovelSettings' form fields are "
+                             f"{sorted(FORM_FIELDS)}")
     for name, component in f.items():
         component.elem_id = f"setting_{name}"
     return SettingsTab(f, save_settings_btn, reset_settings_btn, status_md, gr.State(None))
 
 
 def refresh_outputs(tab: SettingsTab) -> list:
-    return [tab.fields[name] for name in FIELD_NAMES] + [tab.read]
+    """What `refresh` fills, in its order (app.ui chains every tab's refresh after the open novel changes)."""
+    return [tab.fields[name] for name in FORM_FIELDS] + [tab.read, tab.status_md]
 
 
 def wire(tab: SettingsTab, novel_state: gr.State) -> None:
-    inputs = [novel_state, tab.read] + [tab.fields[name] for name in FIELD_NAMES]
-    tab.save_settings_btn.click(save_settings, inputs, [tab.read, tab.status_md])
-    tab.reset_settings_btn.click(reset_settings, None, [tab.fields[name] for name in FIELD_NAMES])
+    # A set of inputs reaches the function as one {component: value} dict, and a dict return fills components by
+    # name: no list here means anything by its position.
+    def save(values: dict) -> dict:
+        form = {name: values[component] for name, component in tab.fields.items()}
+        read, status = save_settings(values[novel_state], values[tab.read], form)
+        return {tab.read: read, tab.status_md: status}
+
+    def reset() -> dict:
+        return {tab.fields[name]: value for name, value in reset_settings().items()}
+
+    tab.save_settings_btn.click(save, {novel_state, tab.read, *tab.fields.values()}, [tab.read, tab.status_md])
+    tab.reset_settings_btn.click(reset, None, list(tab.fields.values()))

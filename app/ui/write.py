@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import gradio as gr
 
+from app.config import ConfigError, check_model_allowed, is_loopback, model_host
+from app.offline import DEFAULT_LM_NAME
 from app.ui import services
-from app.ui.common import GENERATION, InputError, clean_text, handler, require_novel, word_count
+from app.ui.common import GENERATION, InputError, clean_text, escape, handler, require_novel, word_count
+from app.ui.settings import engine_for, load_settings
 
 CUSTOM_PLAN = "(my own instruction)"
 
@@ -52,6 +57,21 @@ def manuscript_html(title: str, paragraphs: list[tuple[int, str]]) -> str:
     return f"<div class='lh-manuscript'><h2>{html.escape(title)}</h2>{body}</div>"
 
 
+def receiver_line(model: str) -> str:
+    """Which server receives the novel's text at each step: the local model's name, or the server's host."""
+    try:
+        host = model_host(model)
+        check_model_allowed(model, services.current().config)
+    except ConfigError as exc:
+        return f"Text is sent nowhere: **steps are refused**. {escape(str(exc))}"
+    if host is None:
+        name = DEFAULT_LM_NAME if model.strip() in ("", "default") else Path(model.strip()).name
+        return f"Text stays on this machine: model **{escape(name)}**."
+    port = urlsplit(model.strip()).port
+    where = "a server on this machine" if is_loopback(host) else "a server on another machine"
+    return f"Text is sent to **{escape(host)}{f':{port}' if port else ''}** ({where})."
+
+
 def counts_line(paragraphs: list[tuple[int, str]]) -> str:
     words = sum(word_count(text) for _, text in paragraphs)
     line = f"{len(paragraphs)} paragraph{'' if len(paragraphs) == 1 else 's'} · {words:,} words"
@@ -71,9 +91,10 @@ def refresh(novel_id):
     if novel_id in (None, ""):
         return (manuscript_html("No novel open", []), gr.update(choices=[], value=None), "",
                 "Create or open a novel in the Library tab.", "", gr.update(interactive=False),
-                gr.update(interactive=False))
+                gr.update(interactive=False), "")
     view = _novel_view(int(novel_id))
     plans = view["plans"]
+    settings, _ = load_settings(int(novel_id))
     return (
         manuscript_html(view["title"], view["paragraphs"]),
         gr.update(choices=[(plan, plan) for plan in plans], value=plans[0] if plans else None),
@@ -82,23 +103,13 @@ def refresh(novel_id):
         "",
         gr.update(interactive=view["can_undo"]),
         gr.update(interactive=view["can_redo"]),
+        receiver_line(settings.model),
     )
 
 
 def choose_plan(plan: str | None) -> str:
     """Picking a plan puts its text in the instruction box, where the writer may rewrite it."""
     return plan or ""
-
-
-def _settings(novel_id: int) -> dict:
-    from app.ui.settings import load_settings
-
-    return load_settings(novel_id)
-
-
-def _engine_for(novel_id: int):
-    settings = _settings(novel_id)
-    return services.current().engine(settings["model"], settings["device"], settings["dtype"])
 
 
 def _run(novel_id: int, make_events, what: str):
@@ -117,7 +128,7 @@ def _run(novel_id: int, make_events, what: str):
     try:
         loading = svc.loaded_generator() is None
         yield draft, ("Loading the model (the first time takes a while)…" if loading else f"{what.capitalize()}…")
-        engine = _engine_for(novel_id)
+        engine = engine_for(novel_id)
         for event in make_events(engine, cancel):
             kind = getattr(event, "kind", "")
             if kind == "token":
@@ -227,6 +238,7 @@ def redo(novel_id) -> str:
 class WriteTab:
     manuscript_html: gr.HTML
     counts_md: gr.Markdown
+    receiver_md: gr.Markdown  # which server receives the text
     draft_box: gr.Textbox
     status_md: gr.Markdown
     plan_radio: gr.Radio
@@ -244,6 +256,7 @@ def build() -> WriteTab:
     with gr.Row():
         with gr.Column(scale=3):
             counts_md = gr.Markdown("", elem_id="counts_md")
+            receiver_md = gr.Markdown("", elem_id="receiver_md")
             manuscript = gr.HTML(manuscript_html("No novel open", []), elem_id="manuscript")
             draft_box = gr.Textbox(label="Next paragraph (streaming)", lines=6, max_lines=20, interactive=False,
                                    elem_id="draft_box", autoscroll=True)
@@ -263,13 +276,13 @@ def build() -> WriteTab:
                 auto_steps = gr.Number(value=3, precision=0, minimum=1, maximum=100, label="Auto-write steps",
                                        elem_id="auto_steps")
                 auto_write_btn = gr.Button("Auto-write N", elem_id="auto_write_btn")
-    return WriteTab(manuscript, counts_md, draft_box, status_md, plan_radio, instruction_box, next_step_btn,
+    return WriteTab(manuscript, counts_md, receiver_md, draft_box, status_md, plan_radio, instruction_box, next_step_btn,
                     retry_btn, undo_btn, redo_btn, auto_steps, auto_write_btn, stop_btn)
 
 
 def refresh_outputs(tab: WriteTab) -> list:
     return [tab.manuscript_html, tab.plan_radio, tab.instruction_box, tab.counts_md, tab.draft_box,
-            tab.undo_btn, tab.redo_btn]
+            tab.undo_btn, tab.redo_btn, tab.receiver_md]
 
 
 def stream_outputs(tab: WriteTab) -> list:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from memory import backup, store
+from memory import backup, store, trash
 from memory.db import init_db, make_engine, make_sessionmaker, open_database
 from memory.migrations import current_revision, head_revision, upgrade
 
@@ -94,7 +94,9 @@ def test_deleting_a_novel_backs_up_first(database, tmp_path):
     with Session() as s, s.begin():
         novel_id = store.create_novel(s, "Doomed").id
         store.add_paragraph(s, novel_id, "last words")
-    made = backup.delete_novel_with_backup(engine, Session, tmp_path / "b", novel_id)
+    made, trashed = backup.delete_novel_with_backup(engine, Session, tmp_path / "b", novel_id,
+                                                    trash_dir=tmp_path / "trash")
+    assert trashed.path.is_file()
     with Session() as s:
         assert store.list_novels(s) == []
     backup.restore(engine, made, tmp_path / "b")
@@ -125,7 +127,9 @@ def test_cli_backup_restore_export_import(data_dir, capsys, tmp_path):
     code, out, _ = run_cli(capsys, "import", str(exported), "--title", "Copy", *flags)
     assert code == 0 and "imported 'Copy'" in out
     code, out, _ = run_cli(capsys, "import", str(exported), "--replace", str(novel_id), *flags)
-    assert code == 0 and "backed up" in out
+    assert code == 0 and "backed up" in out and f"moved novel {novel_id} to the trash" in out
+    [replaced] = trash.list_trash(data_dir / "trash")
+    assert replaced.novel_id == novel_id
     code, out, _ = run_cli(capsys, "export", "--list", *flags)
     assert out.count("CLI Novel") == 1 and "Copy" in out
 
@@ -142,3 +146,17 @@ def test_cli_backup_restore_export_import(data_dir, capsys, tmp_path):
     assert out.count("CLI Novel") == 1 and "Copy" in out
     code, _, err = run_cli(capsys, "restore", "no-such-backup.db", *flags)
     assert code == 2 and "No backup file" in err
+
+
+def test_a_failed_import_over_a_novel_replaces_nothing(data_dir, capsys, tmp_path):
+    flags = ["--data-dir", str(data_dir)]
+    _, Session = open_database(f"sqlite:///{data_dir / 'longhand.db'}")
+    with Session() as s, s.begin():
+        novel_id = store.create_novel(s, "Replaced?").id
+        store.add_paragraph(s, novel_id, "Still here.")
+    manuscript = tmp_path / "long-title.md"
+    manuscript.write_text("# " + "T" * 5000 + "\n\nA paragraph.\n", encoding="utf-8")  # a title over the limit
+    code, _, err = run_cli(capsys, "import", str(manuscript), "--replace", str(novel_id), *flags)
+    assert code == 2 and "title" in err and len(err.strip().splitlines()) == 1
+    assert paragraph_texts(Session, novel_id) == ["Still here."]
+    assert trash.list_trash(data_dir / "trash") == []

@@ -159,6 +159,7 @@ BAD_FILES = {
     "bad_vector": (lambda p: _mutated(p, lambda d: d["embeddings"][0].update(dim=5)), "float32"),
     "bad_change": (lambda p: _mutated(p, lambda d: d["revisions"][-1]["changes"].append({"entity": "users"})),
                    "unknown table"),
+    "empty_title": (lambda p: _mutated(p, lambda d: d["novel"].update(title=" \t")), "novel.title is empty"),
 }
 
 
@@ -253,3 +254,27 @@ def test_hostile_text_survives_json_export_and_import(Session, tmp_path):
         assert [p.text for p in store.paragraphs(s, copy_id)] == list(HOSTILE.values())
         assert store.current_memory(s, copy_id).text == HOSTILE["nul"] + HOSTILE["rtl"]
         assert store.get_novel(s, copy_id).premise == HOSTILE["crlf"]
+
+
+def test_the_settings_check_is_the_callers(Session, good_export, tmp_path):
+    """memory/ does not know what settings mean: it runs the check it is given and names the file."""
+    bad = tmp_path / "hot.json"
+    bad.write_bytes(_mutated(good_export, lambda d: d["novel"]["settings"].update(sampling={"temperature": "hot"})))
+
+    def check(settings):
+        if not isinstance(settings.get("sampling", {}).get("temperature", 0.5), float):
+            raise ValueError("temperature must be a number")
+
+    exchange.read_import_file(bad)  # no check given: the shape is all that is judged
+    with pytest.raises(exchange.ExchangeError, match=r"^hot.json holds settings Longhand cannot use: temperature"):
+        exchange.read_import_file(bad, check_settings=check)
+    exchange.read_import_file(good_export, check_settings=check)
+
+
+def test_an_empty_title_given_for_the_import_is_refused(Session, good_export):
+    document = exchange.read_import_file(good_export)
+    before = count_novels(Session)
+    with pytest.raises(exchange.ExchangeError, match="title for the imported novel is empty"):
+        with Session() as s, s.begin():
+            exchange.import_json(s, document, title="  ")
+    assert count_novels(Session) == before

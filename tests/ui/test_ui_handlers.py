@@ -97,7 +97,7 @@ def test_delete_needs_confirmation_and_backs_up_first(ui_services):
         library.delete_novel(novel_id, False)
     assert len(library.novel_rows()) == 1
     closed, confirmed, message = library.delete_novel(novel_id, True)
-    assert closed is None and confirmed is False and "Deleted" in message
+    assert closed is None and confirmed is False and "trash" in message
     assert library.novel_rows() == []
     backups = list(ui_services.config.backups_dir.iterdir())
     assert backups, "a backup must exist before the delete"
@@ -150,13 +150,14 @@ def test_markdown_manuscript_imports_as_paragraphs(ui_services, tmp_path):
 
 
 def _form(novel_id) -> tuple[dict, dict]:
-    """The settings form as the page reads it: the field values, and what the page keeps for the conflict check."""
-    refreshed = settings.refresh(novel_id)
-    return dict(zip(settings.FIELD_NAMES, refreshed)), refreshed[-1]
+    """The settings form as the page reads it: the field values by name, and what the page keeps for the conflict
+    check."""
+    values, _ = settings.form_values(novel_id)
+    return values, dict(values)
 
 
 def _save(novel_id, values: dict, read: dict | None):
-    return settings.save_settings(novel_id, read, *[values[name] for name in settings.FIELD_NAMES])
+    return settings.save_settings(novel_id, read, dict(values))
 
 
 def test_settings_round_trip_per_novel(ui_services):
