@@ -17,7 +17,6 @@ import base64
 import binascii
 import html
 import json
-import os
 import re
 import tempfile
 import unicodedata
@@ -30,7 +29,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import JSON
 
 from memory import store
-from memory.private import open_private, private_dir
+from memory.private import private_dir, write_private_atomic
 from memory.schema import (
     ORIGINS,
     Embedding,
@@ -259,13 +258,7 @@ def export_to_file(session: Session, novel_id: int, export_dir: Path | str, fmt:
     else:
         data = dumps(export_json(session, novel_id)).encode("utf-8")
     target = export_path(export_dir, novel.title, fmt)
-    temporary = target.with_name(target.name + ".part")
-    with open_private(temporary) as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, target)
-    return target
+    return write_private_atomic(target, data)
 
 
 # ---------------------------------------------------------------------------------------------------------------

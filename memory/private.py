@@ -42,3 +42,27 @@ def private_file(path: Path | str) -> Path:
 def open_private(path: Path | str, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC):
     """`open(path, "wb")` for a file that is 0600 from the moment it exists."""
     return os.fdopen(os.open(path, flags, PRIVATE_FILE_MODE), "wb")
+
+
+def write_private_atomic(path: Path | str, data: bytes) -> Path:
+    """Write `data` to `path` all at once or not at all, durably, 0600 from the start.
+
+    The bytes go to a `.part` file beside it, fsynced, then renamed over `path`, and the folder is fsynced so the
+    rename survives a power cut: a reader sees the old file or the whole new one, never half of it.
+    """
+    path = Path(path)
+    partial = path.with_name(path.name + ".part")
+    try:
+        with open_private(partial) as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path

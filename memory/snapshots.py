@@ -12,7 +12,6 @@ row pointing at a half-written file. A row whose file is missing or of the wrong
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from memory.db import run_in_transaction
+from memory.private import write_private_atomic
 from memory.schema import Novel, StateSnapshot
 
 SUFFIX = ".state"
@@ -150,12 +150,7 @@ class FileSnapshotStore:
         relative = (folder / f"{position}-{uuid.uuid4().hex[:12]}{SUFFIX}").as_posix()
         target = self.root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_suffix(".tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
+        write_private_atomic(target, bytes(data))
         return relative
 
     def _read_file(self, relative: str) -> bytes | None:

@@ -10,7 +10,6 @@ removes it; `python -m app import FILE` reads it too.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from memory import exchange, store
+from memory.private import private_dir, write_private_atomic
 from memory.schema import Novel
 
 _NAME = re.compile(r"^(\d{8}T\d{12})-novel-(\d+)-([\w\-. ]+)\.json$")
@@ -44,33 +44,6 @@ class TrashItem:
         return self.path.name
 
 
-def private_dir(path: Path | str) -> Path:
-    """Create `path` (and parents) if needed and make it readable by this user only (0700)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically and durably, readable by this user only (0600)."""
-    partial = path.with_name(path.name + ".part")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def move_to_trash(session_factory: sessionmaker[Session], trash_dir: Path | str, novel_id: int, *,
                   then: Callable[[Session], None] | None = None) -> TrashItem:
     """Write the novel into the trash, then delete it, in one transaction; returns the trash file.
@@ -91,7 +64,7 @@ def move_to_trash(session_factory: sessionmaker[Session], trash_dir: Path | str,
             path = trash_dir / f"{stamp}-novel-{novel_id}-{exchange.safe_file_stem(novel.title, 60)}.json"
             data = exchange.dumps(exchange.export_json(session, novel_id)).encode("utf-8")
             try:
-                write_private(private_dir(trash_dir) / path.name, data)
+                write_private_atomic(private_dir(trash_dir) / path.name, data)
             except OSError as exc:
                 path = None
                 raise TrashError(f"Could not write the novel into the trash at {trash_dir} ({exc.strerror or exc}); "

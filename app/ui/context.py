@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from app.ui import services
 from app.ui.common import clean_text, handler
 
 SECTION_HEADERS = ["section", "tokens", "in the prompt"]
