@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         for section in selected:
             left = budget - (time.monotonic() - started)
             limit = min(limits[section.name], left)
-            if limit < MIN_SECTION_S:
+            if left < MIN_SECTION_S:
                 result = {"status": "skipped", "seconds": 0.0, "limit_s": 0,
                           "reason": f"the total budget of {budget} s was spent before this section"}
             else:
@@ -463,7 +463,7 @@ class _PytestOutcomes:
     def pytest_collectreport(self, report) -> None:
         if report.failed:
             self.figures["collection_errors"].append(
-                {"node": report.nodeid, "message": _last_text_line(report.longreprtext)})
+                {"node": report.nodeid, "message": _failure_message(report)})
             self.update(self.figures)
 
     def pytest_runtest_logstart(self, nodeid, location) -> None:
@@ -482,8 +482,15 @@ class _PytestOutcomes:
         self._count(outcome)
         if outcome in ("failed", "error"):
             self.figures["failures"].append({"test": report.nodeid, "when": report.when,
-                                             "message": _last_text_line(report.longreprtext)})
+                                             "message": _failure_message(report)})
         self.update(self.figures)
+
+
+def _failure_message(report) -> str:
+    # The crash line ("TypeError: ... got an unexpected keyword argument"), not just the file:line pytest ends on.
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = getattr(crash, "message", None)
+    return message.splitlines()[0][:300] if message else _last_text_line(report.longreprtext)
 
 
 def _last_text_line(text: str) -> str:
@@ -496,7 +503,7 @@ def _pytest(targets: list[str], extra: list[str], update) -> dict:
 
     plugin = _PytestOutcomes(update)
     arguments = [*targets, "-q", "-p", "no:cacheprovider", "-o", "timeout=90", *extra]
-    exit_code = pytest.main(arguments, plugins=[plugin])
+    exit_code = pytest.main(list(arguments), plugins=[plugin])
     plugin.figures.update(running=None, pytest_args=arguments, exit_code=int(exit_code))
     return plugin.figures
 
