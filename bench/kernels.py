@@ -3,7 +3,9 @@ ours (kernels.penalties / kernels.dry, incremental state) against a per-token pu
 rules (what front ends do today: recount the history, then text-generation-webui's DRY loop), as a ratio measured in
 the same run, with every baseline output checked equal to ours. GPU (skipped without CUDA, and said so in the JSON):
 SSD scan tokens/s at L = 2k, 8k, 32k, 128k and step latency, against the torch reference, transformers' torch path
-and mamba_ssm when importable; achieved memory bandwidth of the step and of penalties + DRY as a fraction of peak.
+and mamba_ssm when importable, with ours' relative error against the fp32 reference; achieved memory bandwidth of
+the scan, the step and penalties + DRY as a fraction of peak (spec sheet) and of a measured device-to-device copy.
+`bench_gpu` is what bench.gpu_check runs (at TINY_GPU_SIZES on a CPU for its rehearsal).
 
     python -m bench.kernels --out bench/results/kernels_cpu.json
 """
