@@ -5,6 +5,8 @@ Tolerances per dtype (atol = rtol): both sides compute in fp32 and round once to
 reduction order can move the result across one rounding boundary: fp32 1e-5, fp16 2e-3, bf16 1.6e-2.
 """
 
+import inspect
+
 import pytest
 import torch
 
@@ -59,7 +61,13 @@ def test_reference_matches_transformers_mamba_rms_norm_gated(group_size):
     from transformers.models.mamba2.modeling_mamba2 import MambaRMSNormGated
 
     x, z, weight = make_inputs((2, 9, 48), torch.float32, seed=1)
-    module = MambaRMSNormGated(48, group_size=group_size or 48, eps=1e-6)
+    # Older transformers (5.17, on the lent GPU machine) normalizes over the whole width, with no groups.
+    if "group_size" in inspect.signature(MambaRMSNormGated.__init__).parameters:
+        module = MambaRMSNormGated(48, group_size=group_size or 48, eps=1e-6)
+    elif group_size is None:
+        module = MambaRMSNormGated(48, eps=1e-6)
+    else:
+        pytest.skip("this transformers' MambaRMSNormGated has no group_size: only the whole-width norm compares")
     with torch.no_grad():
         module.weight.copy_(weight)
     expected = module(x.cpu(), z.cpu())
