@@ -181,3 +181,29 @@ def test_migration_from_0002_keeps_data_indexes_it_and_backfills(old_database, t
     with Session() as s:
         hit = retrieval.search(s, 1, embedder.vector("Where was the key put away?"), 1, text="key")[0]
         assert hit.paragraph.id == 1 and "teapot" in hit.sentence
+
+
+def test_export_keeps_sentence_vectors_and_an_older_file_without_them_imports(Session, embedder):
+    from memory import exchange
+
+    with Session() as s, s.begin():
+        novel_id = store.create_novel(s, "Exported").id
+        store.add_paragraph(s, novel_id, HARBOUR, embedding=embedder.passage(HARBOUR))
+    with Session() as s:
+        document = exchange.export_json(s, novel_id)
+    assert document["embeddings"][0]["sentence_vectors"]
+    for row in document["embeddings"]:
+        del row["sentence_vectors"]  # as written before the field existed
+    for revision in document["revisions"]:
+        for change in revision["changes"]:
+            for side in ("before", "after"):
+                if change.get("entity") == "embeddings" and change.get(side):
+                    del change[side]["sentence_vectors"]
+    with Session() as s, s.begin():
+        imported = exchange.import_json(s, document).id
+    with Session() as s, s.begin():
+        assert retrieval.backfill_sentences(s, imported, embedder) == 1
+        hit = retrieval.search(s, imported, embedder.vector("Where was the key put away?"), 1)[0]
+        assert "teapot" in hit.sentence
+        # The history still undoes after the import and the backfill.
+        assert store.undo(s, imported) is not None and store.paragraphs(s, imported) == []
