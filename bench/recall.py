@@ -11,7 +11,8 @@ one warm top-5 query (the novel's matrices cached) per question, the query vecto
 Methods: paragraph vectors with the question alone; the engine's old score cos(plan) + 0.5 cos(last paragraph)
 (the question as the plan, the manuscript's last paragraph as the last); best sentence; best sentence plus w x
 the paragraph; lexical (FTS5 bm25 over the question's words); fused (RRF of best sentence + w x paragraph with
-lexical over the question's rare words). Step-query variants weigh in the last paragraph and the short-term memory the way the engine would.
+lexical over the question's rare words). Step-query variants weigh in the last paragraph and the short-term
+memory the way the engine would.
 The easy needle (the fact as a paragraph of its own, as bench/quality.py plants it) is measured beside them.
 At 100,000 paragraphs (random unit vectors, 5 sentences each; filler text for FTS) the warm query latency of each
 method is measured too. Embeddings are cached per text within the run.

@@ -1,5 +1,6 @@
 """The Context tab: the engine's inspector, showing the exact text the next step will send to the model,
-the token count of each section, the budget, and why each retrieved passage was chosen. Refreshed when the tab is opened and on demand.
+the token count of each section, the budget, and why each retrieved passage was chosen. Refreshed when the tab
+is opened and on demand.
 """
 
 from __future__ import annotations

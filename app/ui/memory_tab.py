@@ -1,6 +1,7 @@
 """The Memory tab: the premise, style notes and outline every step reads; the short-term memory (edit, save,
 history, restore); the long-term memory (every paragraph, editable in place, with a retrieval search on the path a
-step uses, showing why each paragraph was found and its matching sentence in bold); and the story bible (add, edit, remove entries).
+step uses, showing why each paragraph was found and its matching sentence in bold); and the story bible (add,
+edit, remove entries).
 
 Every save passes the version the page last read; when another tab saved first, the store's conflict message is
 shown and nothing is overwritten.
