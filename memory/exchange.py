@@ -60,6 +60,9 @@ TABLES: dict[str, type] = {
 }
 # Foreign-key fields and the table they point into ("novels" always maps to the one novel, local id 1).
 REFERENCES = {"novel_id": "novels", "paragraph_id": "paragraphs", "lore_entry_id": "lore_entries"}
+# Nullable fields added after FORMAT_VERSION 1 was first written: a file without them is still valid (they
+# are derived, and memory.retrieval fills them in on first use).
+ADDED_LATER = {("embeddings", "sentence_vectors")}
 NOVEL_FIELDS = ("title", "premise", "style_notes", "settings", "created_at", "updated_at")
 # Novel fields that only make sense inside one database (a unique id for caches, a cache counter); never exported.
 NOVEL_PRIVATE = ("uid", "embedding_epoch")
@@ -371,7 +374,7 @@ def _check_row(name: str, entity: str, where: str, row: Any, *, partial: bool = 
     if not isinstance(row, dict):
         _fail(name, where, f"must be an object, not {_type_name(row)}")
     kinds = _KINDS[entity]
-    missing = [k for k in kinds if k not in row]
+    missing = [k for k in kinds if k not in row and (entity, k) not in ADDED_LATER]
     if missing and not partial:
         _fail(name, where, f"lacks {', '.join(repr(m) for m in missing)}")
     unknown = [k for k in row if k not in kinds]

@@ -10,18 +10,43 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import func, select
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session
 
-from memory.schema import Embedding, LoreEntry, Novel, Paragraph
-from memory.store import NotFoundError, Vector
+from memory.schema import PARAGRAPH_FTS_TABLE, TSVECTOR_CONFIG, Embedding, LoreEntry, Novel, Paragraph
+from memory.store import (
+    NotFoundError,
+    StoreError,
+    Vector,
+    embeddings_missing_sentences,
+    paragraphs_missing_embedding,
+    set_lore_embedding,
+    set_paragraph_embedding,
+    set_sentence_vectors,
+)
 
 DEFAULT_LORE_SIMILARITY = 0.45
+
+# A sentence: from a non-space character to the first run of . ! ? or … (with closing quotes or brackets) that is
+# followed by whitespace and a capital or digit (an opening quote allowed), or by the end; text without such an
+# ending is one sentence. '"Fine!" she said.' stays whole; an initial ("A. Smith") splits, which costs nothing.
+_SENTENCE = re.compile(r"\S.*?(?:[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s+[\"'\u201c\u2018(\[]?[A-Z0-9\u00c0-\u00de])"
+                       r"|$)", re.DOTALL)
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """Character spans [start, end) of the sentences of `text`, in order (the rows of a sentence matrix)."""
+    return [(m.start(), m.start() + len(m.group().rstrip())) for m in _SENTENCE.finditer(text) if m.group().strip()]
+
+
+def sentence_texts(text: str) -> list[str]:
+    return [text[start:end] for start, end in split_sentences(text)]
 
 
 class EmbedderError(RuntimeError):
@@ -66,8 +91,18 @@ class Embedder:
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def vector(self, text: str) -> Vector:
-        """One text as a `memory.store.Vector`, ready for add_paragraph / commit_step."""
+        """One text as a `memory.store.Vector` (a query, a lore entry); for a paragraph use passage()."""
         return Vector(self.name, self.embed([text])[0])
+
+    def passage(self, text: str) -> Vector:
+        """A paragraph's vector and one per sentence, embedded in one batch, ready for add_paragraph /
+        edit_paragraph / commit_step."""
+        sentences = sentence_texts(text)
+        if len(sentences) <= 1:
+            values = self.embed([text])
+            return Vector(self.name, values[0], sentences=values if sentences else None)
+        values = self.embed([text, *sentences])
+        return Vector(self.name, values[0], sentences=values[1:])
 
 
 @dataclass
@@ -79,6 +114,22 @@ class _Matrix:
     paragraph_ids: np.ndarray  # [N] int64
     positions: np.ndarray  # [N] int64
     vectors: np.ndarray  # [N, dim] float32
+    # Per row, its sentence vectors [S, dim] float32, or None (not made yet). The one exception to "never
+    # updated": backfill_sentences fills a None in place, so a cached None is re-read when the row has some now.
+    sentence_rows: list
+    sentences: np.ndarray = field(init=False)  # [M, dim] float32: every row's sentences, concatenated in row order
+    sentence_starts: np.ndarray = field(init=False)  # [N] int64: where row i's sentences start in `sentences`
+    sentence_counts: np.ndarray = field(init=False)  # [N] int64; 0 for a row without sentence vectors
+
+    def __post_init__(self) -> None:
+        dim = self.vectors.shape[1]
+        counts = np.fromiter((0 if r is None else r.shape[0] for r in self.sentence_rows), dtype=np.int64,
+                             count=len(self.sentence_rows))
+        self.sentence_counts = counts
+        self.sentence_starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if counts.size \
+            else np.zeros(0, dtype=np.int64)
+        present = [r for r in self.sentence_rows if r is not None]
+        self.sentences = np.concatenate(present) if present else np.zeros((0, dim), dtype=np.float32)
 
 
 _CACHE: OrderedDict[tuple[str, str, int], _Matrix] = OrderedDict()
@@ -92,10 +143,16 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
+def _sentence_matrix(blob: bytes | None, dim: int) -> np.ndarray | None:
+    if blob is None or len(blob) == 0 or len(blob) % (2 * dim):
+        return None
+    return np.frombuffer(blob, dtype="<f2").reshape(-1, dim).astype(np.float32)
+
+
 def _load_matrix(session: Session, novel: Novel, embedder: str, dim: int) -> _Matrix:
-    """The novel's paragraph vectors for one embedder. Unchanged since last time: the cached matrix. Only rows
-    added (a step): just those are read. Anything else: the (id, position) list is re-read and only vectors not
-    cached yet are fetched."""
+    """The novel's paragraph (and sentence) vectors for one embedder. Unchanged since last time: the cached matrix.
+    Only rows added (a step): just those are read. Anything else: the (id, position) list is re-read and only
+    vectors not cached yet are fetched."""
     key = (novel.uid, embedder, dim)
     epoch = (novel.embedding_epoch, novel.updated_at)
     with _CACHE_LOCK:
@@ -107,57 +164,72 @@ def _load_matrix(session: Session, novel: Novel, embedder: str, dim: int) -> _Ma
     if cached is not None:
         appended = _appended(session, cached, where, epoch)
         if appended is not None:
-            with _CACHE_LOCK:
-                _CACHE[key] = appended
+            _remember(key, appended)
             return appended
     rows = session.execute(
-        select(Embedding.id, Embedding.paragraph_id, Paragraph.position)
+        select(Embedding.id, Embedding.paragraph_id, Paragraph.position, Embedding.sentence_vectors.is_not(None))
         .join(Paragraph, Paragraph.id == Embedding.paragraph_id)
         .where(*where).order_by(Embedding.id)
     ).all()
     count = len(rows)
     embedding_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=count)
     vectors = np.empty((count, dim), dtype=np.float32)
+    sentence_rows: list = [None] * count
     have = np.zeros(count, dtype=bool)
     if cached is not None and cached.embedding_ids.size:
         # Both id lists are sorted: match them with searchsorted.
         where = np.searchsorted(cached.embedding_ids, embedding_ids)
         where = np.minimum(where, cached.embedding_ids.size - 1)
         have = cached.embedding_ids[where] == embedding_ids
+        for i in np.flatnonzero(have):
+            old = cached.sentence_rows[where[i]]
+            if old is None and rows[i][3]:
+                have[i] = False
+            else:
+                sentence_rows[i] = old
         vectors[have] = cached.vectors[where[have]]
     missing = embedding_ids[~have]
     row_of = {int(e): i for i, e in enumerate(embedding_ids)} if missing.size else {}
     for start in range(0, missing.size, _FETCH_CHUNK):
         chunk = [int(e) for e in missing[start:start + _FETCH_CHUNK]]
-        for embedding_id, blob in session.execute(select(Embedding.id, Embedding.vector)
-                                                  .where(Embedding.id.in_(chunk))):
+        for embedding_id, blob, sentences in session.execute(
+                select(Embedding.id, Embedding.vector, Embedding.sentence_vectors).where(Embedding.id.in_(chunk))):
             vectors[row_of[embedding_id]] = np.frombuffer(blob, dtype="<f4")
+            sentence_rows[row_of[embedding_id]] = _sentence_matrix(sentences, dim)
     matrix = _Matrix(epoch=epoch, embedding_ids=embedding_ids,
                      paragraph_ids=np.fromiter((r[1] for r in rows), dtype=np.int64, count=count),
-                     positions=np.fromiter((r[2] for r in rows), dtype=np.int64, count=count), vectors=vectors)
+                     positions=np.fromiter((r[2] for r in rows), dtype=np.int64, count=count), vectors=vectors,
+                     sentence_rows=sentence_rows)
+    _remember(key, matrix)
+    return matrix
+
+
+def _remember(key: tuple, matrix: _Matrix) -> None:
     with _CACHE_LOCK:
         _CACHE[key] = matrix
         _CACHE.move_to_end(key)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
-    return matrix
 
 
 def _appended(session: Session, cached: _Matrix, where: tuple, epoch: tuple) -> _Matrix | None:
     """The common case after a step: rows were only added at the end. Checked with aggregates computed inside the
-    database (count, id sum, position sum), so no per-row work for the rows already cached; None when anything
-    else changed (an edit, a deletion, an undo, paragraphs moved), and the caller re-reads the id list."""
+    database (count, id sum, position sum, rows with sentences), so no per-row work for the rows already cached;
+    None when anything else changed (an edit, a deletion, an undo, paragraphs moved, sentences backfilled), and
+    the caller re-reads the id list."""
     joined = lambda query: query.join(Paragraph, Paragraph.id == Embedding.paragraph_id).where(*where)  # noqa: E731
-    count, id_sum, position_sum = session.execute(joined(select(
+    count, id_sum, position_sum, with_sentences = session.execute(joined(select(
         func.count(Embedding.id), func.coalesce(func.sum(Embedding.id), 0),
-        func.coalesce(func.sum(Paragraph.position), 0)))).one()
+        func.coalesce(func.sum(Paragraph.position), 0), func.count(Embedding.sentence_vectors)))).one()
     last_id = int(cached.embedding_ids[-1]) if cached.embedding_ids.size else 0
     new_rows = session.execute(joined(select(Embedding.id, Embedding.paragraph_id, Paragraph.position,
-                                             Embedding.vector)).where(Embedding.id > last_id)
-                               .order_by(Embedding.id)).all()
+                                             Embedding.vector, Embedding.sentence_vectors))
+                               .where(Embedding.id > last_id).order_by(Embedding.id)).all()
     if (int(count) != cached.embedding_ids.size + len(new_rows)
             or int(id_sum) != int(cached.embedding_ids.sum()) + sum(r[0] for r in new_rows)
-            or int(position_sum) != int(cached.positions.sum()) + sum(r[2] for r in new_rows)):
+            or int(position_sum) != int(cached.positions.sum()) + sum(r[2] for r in new_rows)
+            or int(with_sentences) != int((cached.sentence_counts > 0).sum())
+            + sum(r[4] is not None for r in new_rows)):
         return None
     dim = cached.vectors.shape[1]
     added = np.frombuffer(b"".join(r[3] for r in new_rows), dtype="<f4").reshape(len(new_rows), dim)
@@ -165,7 +237,8 @@ def _appended(session: Session, cached: _Matrix, where: tuple, epoch: tuple) -> 
                    embedding_ids=np.concatenate([cached.embedding_ids, [r[0] for r in new_rows]]).astype(np.int64),
                    paragraph_ids=np.concatenate([cached.paragraph_ids, [r[1] for r in new_rows]]).astype(np.int64),
                    positions=np.concatenate([cached.positions, [r[2] for r in new_rows]]).astype(np.int64),
-                   vectors=np.concatenate([cached.vectors, added]))
+                   vectors=np.concatenate([cached.vectors, added]),
+                   sentence_rows=cached.sentence_rows + [_sentence_matrix(r[4], dim) for r in new_rows])
 
 
 def _query(query_vector: Vector | np.ndarray, embedder: str | None) -> tuple[np.ndarray, str]:
@@ -208,6 +281,227 @@ def top_k(session: Session, novel_id: int, query_vector: Vector | np.ndarray, k:
     return [(found[pid], float(scores[i])) for pid, i in zip(ids, best) if pid in found]
 
 
+# How a paragraph scores for a query vector q: its best sentence, plus half the whole paragraph,
+#     max_s cos(q, s) + SENTENCE_PARAGRAPH_WEIGHT * cos(q, paragraph).
+# bench/recall.py (15 facts, each the 3rd of 5 sentences of an on-topic paragraph, paraphrased questions, real
+# MiniLM; bench/results/recall.json), recall@3 at 300 / 1,000 / 3,000 paragraphs:
+#   paragraph vector alone 0.53 / 0.53 / 0.47; best sentence alone 0.67 / 0.60 / 0.60;
+#   best sentence + 0.25 paragraph 0.73 / 0.67 / 0.67; + 0.5 paragraph 0.80 / 0.73 / 0.73; + 1.0 0.73 / 0.67 / 0.67.
+# The sentence vectors are stored as float16: every question's top 5 was identical to float32's at every size.
+SENTENCE_PARAGRAPH_WEIGHT = 0.5
+# Reciprocal rank fusion: a paragraph's fused score is sum over rankings of weight / (RRF_K + rank). 60 is the
+# constant of Cormack et al. (2009). The lexical ranking fused in looks only for the query's rare words (in at most
+# RARE_TERM_MAX_PARAGRAPHS paragraphs of the novel: names, objects mentioned once), so a paraphrase that shares
+# only everyday words with half the novel is ranked by the vectors alone. On bench/recall.py, fusing that with
+# best sentence + 0.5 paragraph lifts recall@3 from 0.80 / 0.73 / 0.73 to 0.80 / 0.80 / 0.80 (lexical alone, every
+# word: 0.33 at each size); lexical weight 0.5 and 1.0 tie on recall@3, 0.5 is better at recall@1 (0.53 / 0.53 /
+# 0.60 against 0.47 / 0.53 / 0.53).
+RRF_K = 60
+FUSION_LEXICAL_WEIGHT = 0.5
+RARE_TERM_MAX_PARAGRAPHS = 5
+# How deep each ranking is read before fusing.
+FUSION_DEPTH = 100
+
+METHODS = ("paragraph", "sentence", "lexical", "fused")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A paragraph retrieval found, and why: its vector score and rank, its lexical rank, its best sentence."""
+
+    paragraph: Paragraph
+    score: float  # what the ranking sorted by: the vector score, bm25/ts_rank for lexical, the RRF score fused
+    vector_score: float | None = None
+    vector_rank: int | None = None  # 1-based, among the novel's paragraphs
+    lexical_rank: int | None = None  # 1-based, among paragraphs sharing a word with the query
+    sentence: str | None = None  # the paragraph's sentence closest to the query vector
+    sentence_span: tuple[int, int] | None = None  # its [start, end) in paragraph.text
+
+    def why(self) -> str:
+        """One line for the Context and Memory tabs."""
+        parts = []
+        if self.vector_rank is not None:
+            what = "sentence" if self.sentence is not None else "paragraph"
+            parts.append(f"vector rank {self.vector_rank} ({what} match {self.vector_score:.2f})")
+        if self.lexical_rank is not None:
+            parts.append(f"lexical rank {self.lexical_rank} (shares rare words)")
+        return " + ".join(parts) or "no match"
+
+
+def _vector_scores(matrix: _Matrix, query: np.ndarray, method: str, paragraph_weight: float) -> np.ndarray:
+    """[N] scores: cos(q, paragraph) for "paragraph"; else the best sentence + paragraph_weight * cos(q, paragraph)
+    (a row without sentence vectors yet counts its paragraph vector as its one sentence)."""
+    paragraph = matrix.vectors @ query  # [N]
+    if method == "paragraph":
+        return paragraph
+    best = paragraph.copy()
+    has = matrix.sentence_counts > 0
+    if matrix.sentences.shape[0]:
+        per_sentence = matrix.sentences @ query  # [M]
+        best[has] = np.maximum.reduceat(per_sentence, matrix.sentence_starts[has])
+    return best + paragraph_weight * paragraph
+
+
+def _best_rows(scores: np.ndarray, positions: np.ndarray, k: int, exclude_positions: Iterable[int]) -> np.ndarray:
+    excluded = np.fromiter(exclude_positions, dtype=np.int64)
+    if excluded.size:
+        scores = np.where(np.isin(positions, excluded), -np.inf, scores)
+    k = min(k, int(np.isfinite(scores).sum()))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    best = np.argpartition(-scores, k - 1)[:k] if k < scores.shape[0] else np.arange(scores.shape[0])
+    return best[np.argsort(-scores[best], kind="stable")]
+
+
+def _best_sentence(matrix: _Matrix, row: int, query: np.ndarray, text: str) -> tuple[str, tuple[int, int]] | None:
+    count = int(matrix.sentence_counts[row])
+    spans = split_sentences(text)
+    if count == 0 or count != len(spans):
+        return None
+    start = int(matrix.sentence_starts[row])
+    best = int(np.argmax(matrix.sentences[start:start + count] @ query))
+    return text[spans[best][0]:spans[best][1]], spans[best]
+
+
+def search(session: Session, novel_id: int, query_vector: Vector | None, k: int, *, text: str = "",
+           method: str = "fused", exclude_positions: Iterable[int] = (),
+           paragraph_weight: float = SENTENCE_PARAGRAPH_WEIGHT,
+           lexical_weight: float = FUSION_LEXICAL_WEIGHT, rrf_k: int = RRF_K) -> list[Hit]:
+    """The k paragraphs that best answer a query, best first, each with why it was chosen.
+
+    `query_vector` ranks by vectors ("paragraph": whole-paragraph cosine; "sentence": the best sentence plus
+    `paragraph_weight` of the paragraph); `text` ranks lexically (SQLite FTS5 bm25, PostgreSQL ts_rank);
+    "fused" merges the two rankings by reciprocal rank fusion, and falls back to whichever one it has.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown retrieval method {method!r}: use one of {', '.join(METHODS)}.")
+    novel = session.get(Novel, novel_id)
+    if novel is None:
+        raise NotFoundError(f"No novel with id {novel_id}.")
+    exclude = list(exclude_positions)
+    if k <= 0:
+        return []
+    vector_hits: dict[int, tuple[int, float, int]] = {}  # paragraph id -> (rank, score, matrix row)
+    matrix = query = None
+    if query_vector is not None and method != "lexical":
+        query, name = _query(query_vector, None)
+        matrix = _load_matrix(session, novel, name, int(query.shape[0]))
+        if matrix.vectors.shape[0]:
+            mode = "paragraph" if method == "paragraph" else "sentence"
+            scores = _vector_scores(matrix, query, mode, paragraph_weight)
+            depth = k if method in ("paragraph", "sentence") else max(k, FUSION_DEPTH)
+            for rank, row in enumerate(_best_rows(scores, matrix.positions, depth, exclude), 1):
+                vector_hits[int(matrix.paragraph_ids[row])] = (rank, float(scores[row]), int(row))
+    lexical_hits: dict[int, tuple[int, float]] = {}
+    if text.strip() and method in ("lexical", "fused"):
+        depth = k if method == "lexical" else max(k, FUSION_DEPTH)
+        found = lexical_top_k(session, novel_id, text, depth, exclude, rare_only=method == "fused")
+        for rank, (paragraph_id, score) in enumerate(found, 1):
+            lexical_hits[paragraph_id] = (rank, score)
+    if method == "fused":
+        fused = {pid: 1.0 / (rrf_k + rank) for pid, (rank, _, _) in vector_hits.items()}
+        for pid, (rank, _) in lexical_hits.items():
+            fused[pid] = fused.get(pid, 0.0) + lexical_weight / (rrf_k + rank)
+        order = sorted(fused, key=lambda pid: (-fused[pid], pid))[:k]
+        ranking = {pid: fused[pid] for pid in order}
+    elif method == "lexical":
+        ranking = {pid: score for pid, (_, score) in lexical_hits.items()}
+    else:
+        ranking = {pid: score for pid, (_, score, _) in vector_hits.items()}
+    found = {p.id: p for p in session.scalars(select(Paragraph).where(Paragraph.id.in_(list(ranking))))}
+    hits = []
+    for pid, score in ranking.items():
+        paragraph = found.get(pid)
+        if paragraph is None:
+            continue
+        vector = vector_hits.get(pid)
+        best = None
+        if vector is not None and method != "paragraph":
+            best = _best_sentence(matrix, vector[2], query, paragraph.text)
+        hits.append(Hit(paragraph=paragraph, score=score, vector_score=vector[1] if vector else None,
+                        vector_rank=vector[0] if vector else None,
+                        lexical_rank=lexical_hits[pid][0] if pid in lexical_hits else None,
+                        sentence=best[0] if best else None, sentence_span=best[1] if best else None))
+    return hits
+
+
+# Words too common to say anything about which paragraph is meant; dropped from lexical queries.
+_STOPWORDS = frozenset("""a an and are as at be been but by did do does for from had has have he her hers him his how
+i if in into is it its me my no not of on or our she so than that the their them then there these they this those to
+was we were what when where which while who whom why will with would you your""".split())
+_MAX_QUERY_TERMS = 48
+
+
+def query_terms(text: str) -> list[str]:
+    """The words of `text` a lexical search looks for: lower-case, no stopwords, each once, in order."""
+    seen: dict[str, None] = {}
+    for word in re.findall(r"[^\W_]+", text.lower()):
+        if len(word) > 1 and word not in _STOPWORDS:
+            seen.setdefault(word, None)
+    return list(seen)[:_MAX_QUERY_TERMS]
+
+
+def _fts_match(terms: list[str]) -> str:
+    return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+
+
+def rare_terms(session: Session, novel_id: int, terms: list[str],
+               max_paragraphs: int = RARE_TERM_MAX_PARAGRAPHS) -> list[str]:
+    """The terms found in 1 to `max_paragraphs` paragraphs of the novel (each counted through the full-text
+    index, stopping at max_paragraphs + 1)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        # CROSS JOIN keeps the full-text index the outer loop (SQLite never reorders one), instead of every paragraph
+        # of the novel probing it.
+        count = sql_text(f"SELECT count(*) FROM (SELECT 1 FROM {PARAGRAPH_FTS_TABLE} CROSS JOIN paragraphs p "
+                         f"ON p.id = {PARAGRAPH_FTS_TABLE}.rowid WHERE {PARAGRAPH_FTS_TABLE} MATCH :term "
+                         "AND p.novel_id = :novel LIMIT :limit)")
+        term_of = _fts_match
+    elif dialect == "postgresql":
+        count = sql_text(f"SELECT count(*) FROM (SELECT 1 FROM paragraphs p WHERE p.novel_id = :novel AND "
+                         f"to_tsvector('{TSVECTOR_CONFIG}', p.text) @@ to_tsquery('{TSVECTOR_CONFIG}', :term) "
+                         "LIMIT :limit) AS found")
+        term_of = lambda terms: terms[0]  # noqa: E731
+    else:
+        raise StoreError(f"Lexical retrieval needs SQLite or PostgreSQL, not {dialect}.")
+    return [term for term in terms if 1 <= int(session.scalar(count, {"term": term_of([term]), "novel": novel_id,
+                                                                       "limit": max_paragraphs + 1}))
+            <= max_paragraphs]
+
+
+def lexical_top_k(session: Session, novel_id: int, text: str, k: int, exclude_positions: Iterable[int] = (),
+                  *, rare_only: bool = False) -> list[tuple[int, float]]:
+    """(paragraph id, score) of the k paragraphs sharing the most telling words with `text`, best first: any of
+    the query's words may match (OR), ranked by bm25 in SQLite's FTS5 index or ts_rank on PostgreSQL. With
+    `rare_only`, only the words that appear in few paragraphs of the novel (rare_terms) are looked for."""
+    terms = query_terms(text)
+    if terms and rare_only:
+        terms = rare_terms(session, novel_id, terms)
+    if not terms or k <= 0:
+        return []
+    excluded = sorted(set(int(p) for p in exclude_positions))
+    limit = k + len(excluded)
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        match = _fts_match(terms)
+        rows = session.execute(sql_text(
+            f"SELECT p.id, p.position, -bm25({PARAGRAPH_FTS_TABLE}) AS score FROM {PARAGRAPH_FTS_TABLE} "
+            f"CROSS JOIN paragraphs p ON p.id = {PARAGRAPH_FTS_TABLE}.rowid "
+            f"WHERE {PARAGRAPH_FTS_TABLE} MATCH :match AND p.novel_id = :novel "
+            "ORDER BY score DESC, p.id LIMIT :limit"), {"match": match, "novel": novel_id, "limit": limit}).all()
+    elif dialect == "postgresql":
+        # to_tsquery syntax from plain words: each word alone (already stripped to letters and digits), OR-ed.
+        rows = session.execute(sql_text(
+            f"SELECT p.id, p.position, ts_rank(to_tsvector('{TSVECTOR_CONFIG}', p.text), q) AS score "
+            f"FROM paragraphs p, to_tsquery('{TSVECTOR_CONFIG}', :query) q "
+            f"WHERE p.novel_id = :novel AND to_tsvector('{TSVECTOR_CONFIG}', p.text) @@ q "
+            "ORDER BY score DESC, p.id LIMIT :limit"),
+            {"query": " | ".join(terms), "novel": novel_id, "limit": limit}).all()
+    else:
+        raise StoreError(f"Lexical retrieval needs SQLite or PostgreSQL, not {dialect}.")
+    return [(int(r[0]), float(r[2])) for r in rows if int(r[1]) not in excluded][:k]
+
+
 def _key_pattern(key: str) -> re.Pattern[str]:
     # Whole word, case-insensitive, on Unicode word characters; a multi-word key matches across any whitespace.
     body = r"\s+".join(re.escape(part) for part in key.split())
@@ -242,19 +536,47 @@ def triggered_lore(session: Session, novel_id: int, text: str, query_vector: Vec
     return chosen
 
 
-def embed_missing(session: Session, novel_id: int, embedder: Embedder, batch: int = 64) -> int:
-    """Embed every paragraph and lore entry of a novel that has no vector from this embedder yet (after an import,
-    an edit saved without a vector, or switching embedders). Returns how many were embedded."""
-    from memory.store import paragraphs_missing_embedding, set_lore_embedding, set_paragraph_embedding
-
+def embed_missing(session: Session, novel_id: int, embedder: Embedder, batch: int = 64,
+                  progress: Callable[[int, int], None] | None = None) -> int:
+    """Embed every paragraph (with its sentences) and lore entry of a novel that has no vector from this embedder
+    yet (after an import, an edit saved without a vector, or switching embedders), then backfill the sentence
+    vectors of paragraphs saved before they existed. Returns how many paragraphs and entries were embedded."""
     missing = paragraphs_missing_embedding(session, novel_id, embedder.name)
     for start in range(0, len(missing), batch):
-        chunk = missing[start:start + batch]
-        for paragraph, values in zip(chunk, embedder.embed([p.text for p in chunk])):
-            set_paragraph_embedding(session, paragraph.id, Vector(embedder.name, values))
+        for paragraph in missing[start:start + batch]:
+            set_paragraph_embedding(session, paragraph.id, embedder.passage(paragraph.text))
+        if progress is not None:
+            progress(min(start + batch, len(missing)), len(missing))
     have = select(Embedding.lore_entry_id).where(Embedding.novel_id == novel_id, Embedding.embedder == embedder.name,
                                                  Embedding.lore_entry_id.is_not(None))
     lore = list(session.scalars(select(LoreEntry).where(LoreEntry.novel_id == novel_id, LoreEntry.id.not_in(have))))
     for entry, values in zip(lore, embedder.embed([f"{e.name}: {e.body}" for e in lore])):
         set_lore_embedding(session, entry.id, Vector(embedder.name, values))
+    backfill_sentences(session, novel_id, embedder, batch=batch, progress=progress)
     return len(missing) + len(lore)
+
+
+def sentence_vectors(embedder: Embedder, texts: Sequence[str]) -> list[np.ndarray]:
+    """Each text's sentence vectors [S, dim] (a text without sentence ending is one sentence), all embedded in
+    one batch."""
+    sentences = [sentence_texts(text) or [text] for text in texts]
+    values = embedder.embed([sentence for group in sentences for sentence in group])
+    ends = np.cumsum([len(group) for group in sentences])
+    return [values[end - len(group):end] for group, end in zip(sentences, ends)]
+
+
+def backfill_sentences(session: Session, novel_id: int, embedder: Embedder, batch: int = 64,
+                       progress: Callable[[int, int], None] | None = None) -> int:
+    """Give every paragraph vector of this embedder saved without sentence vectors its sentence vectors (`batch`
+    paragraphs embedded together); `progress(done, total)` after each batch. Returns how many were filled in.
+    Embeds inside the caller's transaction: the engine does the same in short transactions instead
+    (app.engine.Engine.backfill_sentences), since nothing may hold one open while a model runs."""
+    rows = embeddings_missing_sentences(session, novel_id, embedder.name)
+    filled = 0
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        for (embedding, _), values in zip(chunk, sentence_vectors(embedder, [p.text for _, p in chunk])):
+            filled += set_sentence_vectors(session, embedding.id, values)
+        if progress is not None:
+            progress(min(start + batch, len(rows)), len(rows))
+    return filled

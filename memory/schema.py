@@ -288,7 +288,12 @@ class StateSnapshot(Base):
 
 
 class Embedding(Base):
-    """A unit vector (float32 bytes) for a paragraph or a lore entry, tagged with the embedder that made it."""
+    """A unit vector (float32 bytes) for a paragraph or a lore entry, tagged with the embedder that made it.
+
+    A paragraph's row also holds one unit vector per sentence (`memory.retrieval.split_sentences` of the text, in
+    order) as float16 `[S, dim]`: they live and die with the paragraph vector, so every revision that drops or
+    restores one drops or restores the other, and no sentence vector can outlive the text it was made from.
+    """
 
     __tablename__ = "embeddings"
     __table_args__ = (
@@ -308,6 +313,9 @@ class Embedding(Base):
     embedder: Mapped[str] = mapped_column(String(200))
     dim: Mapped[int]
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # little-endian float32, L2-normalized
+    # [S, dim] little-endian float16, each row L2-normalized; None until made (a lore entry, or an older row that
+    # memory.retrieval.backfill_sentences has not reached yet).
+    sentence_vectors: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[created]
 
     paragraph: Mapped[Paragraph | None] = relationship(back_populates="embeddings")
@@ -315,3 +323,18 @@ class Embedding(Base):
 
 
 TABLES_IN_ORDER = (Novel, Paragraph, ShortTermMemory, PlanSet, LoreEntry, Revision, StateSnapshot, Embedding)
+
+
+# Full-text indexes over paragraph text, made by migration 0003 (they are not ORM tables). SQLite: an FTS5 table
+# with external content (`paragraphs`), kept in step by triggers on every insert, text update and delete, so
+# undo, redo, imports and cascaded deletes move it too. PostgreSQL: a GIN index on to_tsvector(TSVECTOR_CONFIG,
+# text), which the database keeps exact by itself.
+PARAGRAPH_FTS_TABLE = "paragraphs_fts"
+TSVECTOR_CONFIG = "english"
+TSVECTOR_INDEX = "ix_paragraphs_text_tsvector"
+
+
+def is_schema_object(name: str | None, type_: str, parent_names: dict) -> bool:
+    """Alembic's `include_name` hook: False for the full-text objects above (FTS5's shadow tables, the GIN
+    index), which autogenerate cannot describe and must neither drop nor compare."""
+    return not (name or "").startswith((PARAGRAPH_FTS_TABLE, TSVECTOR_INDEX))

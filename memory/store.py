@@ -26,9 +26,10 @@ Public functions
 - lore: lore_entries(s, novel_id, enabled_only=False); get_lore(s, lore_id); add_lore(s, novel_id, name, keys,
   body, always_on=False, enabled=True, embedding=None); edit_lore(s, lore_id, expected_version, *, name=None,
   keys=None, body=None, always_on=None, enabled=None, embedding=None); delete_lore(s, lore_id)
-- embeddings: Vector(embedder, values); set_paragraph_embedding(s, paragraph_id, vector);
-  set_lore_embedding(s, lore_id, vector); paragraphs_missing_embedding(s, novel_id, embedder) -> list[Paragraph]
-  (memory.retrieval.embed_missing(s, novel_id, embedder) fills every gap with a real Embedder)
+- embeddings: Vector(embedder, values, sentences=None); set_paragraph_embedding(s, paragraph_id, vector);
+  set_lore_embedding(s, lore_id, vector); paragraphs_missing_embedding(s, novel_id, embedder) -> list[Paragraph];
+  set_sentence_vectors(s, embedding_id, sentences); embeddings_missing_sentences(s, novel_id, embedder)
+  (memory.retrieval.embed_missing and backfill_sentences fill every gap with a real Embedder)
 - a generation step: commit_step(s, novel_id, paragraph_text, memory_text, plans, chosen_plan, used_plan_text,
   embedding, origin="generated", expected_memory_version=None, expected_paragraph_count=None) -> StepResult
 - history: revisions(s, novel_id, include_dropped=False) -> list[Revision]; undo(s, novel_id) -> Revision | None;
@@ -86,10 +87,14 @@ class ConflictError(StoreError):
 
 @dataclass(frozen=True)
 class Vector:
-    """An embedding ready to store: the embedder's name and a 1-D float vector (normalized by the store)."""
+    """An embedding ready to store: the embedder's name and a 1-D float vector (normalized by the store).
+
+    For a paragraph, `sentences` may hold one vector per sentence of its text ([S, dim], in the order
+    memory.retrieval.split_sentences gives), stored beside the paragraph vector as float16."""
 
     embedder: str
     values: np.ndarray
+    sentences: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -120,7 +125,9 @@ MODELS: dict[str, type[Base]] = {
     m.__tablename__: m for m in (Novel, Paragraph, ShortTermMemory, PlanSet, LoreEntry, Revision, Embedding)
 }
 # Fields that change as side effects and are not part of a row's user-visible state.
-_VOLATILE = {"novels": {"uid", "embedding_epoch", "updated_at"}}
+# Sentence vectors too: they are derived from the paragraph's text, and memory.retrieval.backfill_sentences fills
+# them in place on rows that older versions saved without them, which must not make those rows' history conflict.
+_VOLATILE = {"novels": {"uid", "embedding_epoch", "updated_at"}, "embeddings": {"sentence_vectors"}}
 # Of those, never written back by undo/redo (they identify the row or track caches, not the story).
 _KEEP_ON_RESTORE = {"uid", "embedding_epoch"}
 
@@ -298,6 +305,21 @@ def _vector_bytes(vector: Vector) -> tuple[bytes, int]:
     return values.tobytes(), int(values.size)
 
 
+def sentence_bytes(sentences: np.ndarray | None, dim: int) -> bytes | None:
+    """[S, dim] vectors as float16 bytes, each row unit-length; None stays None. float16 halves the storage and
+    loses nothing retrieval can see (bench/results/recall.json compares the rankings with float32)."""
+    if sentences is None:
+        return None
+    values = np.asarray(sentences, dtype=np.float32)
+    if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] != dim:
+        raise ValidationError(f"Sentence vectors must be a [sentences, {dim}] matrix, got shape "
+                              f"{list(values.shape)}.")
+    norms = np.linalg.norm(values, axis=1, keepdims=True)
+    if not np.all(np.isfinite(values)) or not np.all(norms > 0):
+        raise ValidationError("Sentence vectors must be finite and non-zero.")
+    return (values / norms).astype("<f2").tobytes()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Novels.
 
@@ -453,7 +475,8 @@ def _put_embedding(changes: _Changes, novel_id: int, *, vector: Vector, paragrap
     if existing is not None:
         changes.delete(existing)
     changes.insert(Embedding(novel_id=novel_id, paragraph_id=paragraph_id, lore_entry_id=lore_entry_id,
-                             embedder=vector.embedder, dim=dim, vector=data))
+                             embedder=vector.embedder, dim=dim, vector=data,
+                             sentence_vectors=sentence_bytes(vector.sentences, dim) if paragraph_id else None))
 
 
 def _drop_embeddings(changes: _Changes, *, paragraph_id: int | None = None, lore_entry_id: int | None = None,
@@ -550,9 +573,30 @@ def set_paragraph_embedding(session: Session, paragraph_id: int, vector: Vector)
         session.delete(existing)
         session.flush()
     session.add(Embedding(novel_id=paragraph.novel_id, paragraph_id=paragraph_id, embedder=vector.embedder,
-                          dim=dim, vector=data))
+                          dim=dim, vector=data, sentence_vectors=sentence_bytes(vector.sentences, dim)))
     session.flush()
     _touch_novel(session, paragraph.novel_id, embeddings=True)
+
+
+def set_sentence_vectors(session: Session, embedding_id: int, sentences: np.ndarray) -> bool:
+    """Fill in the sentence vectors of a paragraph vector saved without them (in place, not an undoable action:
+    they are derived from the text the row already belongs to). False when the row is gone or already has them
+    (an edit or another backfill got there first: the vectors made for it are not needed)."""
+    embedding = session.get(Embedding, embedding_id)
+    if embedding is None or embedding.paragraph_id is None or embedding.sentence_vectors is not None:
+        return False
+    embedding.sentence_vectors = sentence_bytes(sentences, embedding.dim)
+    session.flush()
+    _touch_novel(session, embedding.novel_id, embeddings=True)
+    return True
+
+
+def embeddings_missing_sentences(session: Session, novel_id: int, embedder: str) -> list[tuple[Embedding, Paragraph]]:
+    """Paragraph vectors of this embedder that have no sentence vectors yet, with their paragraphs, in order."""
+    return [(e, p) for e, p in session.execute(
+        select(Embedding, Paragraph).join(Paragraph, Paragraph.id == Embedding.paragraph_id)
+        .where(Embedding.novel_id == novel_id, Embedding.embedder == embedder,
+               Embedding.sentence_vectors.is_(None)).order_by(Paragraph.position)).tuples()]
 
 
 def paragraphs_missing_embedding(session: Session, novel_id: int, embedder: str) -> list[Paragraph]:

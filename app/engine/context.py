@@ -38,6 +38,8 @@ class RetrievedItem:
     position: int
     text: str
     score: float
+    why: str = ""  # memory.retrieval.Hit.why(): vector or lexical rank, and the sentence that matched
+    sentence: str = ""
 
 
 @dataclass
@@ -79,6 +81,7 @@ class ContextPreview:
     dropped: list[str] = field(default_factory=list)
     plan: str = ""
     manuscript_tokens: int = 0  # manuscript-state only: tokens the model reads (or restores) before the prompt
+    retrieved: list[RetrievedItem] = field(default_factory=list)  # the passages kept in the prompt, best first
 
     @property
     def messages(self) -> list[dict]:
@@ -194,4 +197,5 @@ def build_context(library: PromptLibrary, generator, inputs: ContextInputs, budg
     instruction_text = "".join(p.text for p in rendered.pieces if p.section not in SECTION_ORDER[1:])
     sections.insert(0, Section(INSTRUCTION, instruction_text, max(0, total - counted)))
     return ContextPreview(stage=stage, strategy=strategy, sections=sections, budget=budget, total_tokens=total,
-                          prompt_text=prompt_text, rendered=rendered, dropped=fitter.dropped, plan=inputs.plan)
+                          prompt_text=prompt_text, rendered=rendered, dropped=fitter.dropped, plan=inputs.plan,
+                          retrieved=list(fitter.retrieved))

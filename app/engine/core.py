@@ -47,11 +47,14 @@ FALLBACK_PLANS = [
     "Reveal something unexpected about a character or the place.",
 ]
 CHOICE_TOKENS = 6
-# Retrieval scores an earlier paragraph by cos(plan) + LAST_PARAGRAPH_WEIGHT * cos(last paragraph). Embedding the
-# two as one text lets the paragraph-long one drown the one-line plan, and retrieval then returns whatever resembles
-# the recent text (which is in the context already). On the quality benchmark's novels, a needle asked for by the
-# plan ranked in the top 3 for 4 of 10 with one joined text, and 10 of 10 with this score.
-LAST_PARAGRAPH_WEIGHT = 0.5
+# Retrieval's query vector is plan + LAST_PARAGRAPH_WEIGHT * last paragraph (each unit length), ranked by
+# memory.retrieval.search: best sentence plus half the paragraph, fused with a lexical search for the plan's rare
+# words. On bench/recall.py (facts inside paragraphs, paraphrased questions as the plan; bench/results/recall.json)
+# every share of the last paragraph or the memory lowers recall@3 at 1,000 paragraphs: plan alone 0.80 (fused),
+# plus 0.25 last 0.73 (fused) / 0.60 (vectors), plus 0.5 last 0.27, plus 0.25 last and 0.25 memory 0.47; the old
+# score (paragraph vectors, plan + 0.5 last) 0.07. So the last paragraph, which is in the context already, no
+# longer steers what is found.
+LAST_PARAGRAPH_WEIGHT = 0.0
 
 
 class EngineError(RuntimeError):
@@ -212,13 +215,38 @@ class Engine:
             return vector(text)
         return Vector(self.embedder.name, self.embedder.embed([text])[0])
 
+    def _passage_vector(self, text: str):
+        """A paragraph's vector with its sentence vectors (one batch), when the embedder makes them."""
+        passage = getattr(self.embedder, "passage", None)
+        return passage(text) if passage is not None else self._query_vector(text)
+
+    def backfill_sentences(self, novel_id: int, batch: int = 64) -> Iterator[Event]:
+        """Sentence vectors for paragraphs saved before they existed (the first step after the upgrade): each batch
+        embedded outside any transaction, then saved in a short one, with a progress event per batch."""
+        from memory import retrieval, store
+
+        if getattr(self.embedder, "passage", None) is None:
+            return
+        with self.session_factory() as session:
+            missing = [(embedding.id, paragraph.text) for embedding, paragraph
+                       in store.embeddings_missing_sentences(session, novel_id, self.embedder.name)]
+        for start in range(0, len(missing), batch):
+            chunk = missing[start:start + batch]
+            yield Event("progress", f"Preparing retrieval: sentence vectors for {start + len(chunk)} of "
+                                    f"{len(missing)} earlier paragraphs…", stage="context")
+            values = retrieval.sentence_vectors(self.embedder, [text for _, text in chunk])
+            with self.session_factory() as session, session.begin():
+                for (embedding_id, _), vectors in zip(chunk, values):
+                    store.set_sentence_vectors(session, embedding_id, vectors)
+
     def _retrieval_query(self, plan: str, last: str):
         """One vector whose cosine with a paragraph ranks it by cos(plan) + LAST_PARAGRAPH_WEIGHT * cos(last)."""
         import numpy as np
 
         from memory.store import Vector
 
-        parts = [(text, weight) for text, weight in ((plan, 1.0), (last, LAST_PARAGRAPH_WEIGHT)) if text.strip()]
+        parts = [(text, weight) for text, weight in ((plan, 1.0), (last, LAST_PARAGRAPH_WEIGHT))
+                 if text.strip() and weight > 0]
         if not parts:
             return None
         vectors = [(self._query_vector(text.strip()), weight) for text, weight in parts]
@@ -241,8 +269,9 @@ class Engine:
                 # The last paragraph is in the context already; during a retry the store still holds the
                 # paragraph being rewritten (last_position + 1), which this view does not contain.
                 exclude = [last_position, last_position + 1]
-                for paragraph, score in retrieval.top_k(session, view.novel_id, query, k, exclude_positions=exclude):
-                    retrieved.append(RetrievedItem(paragraph.position, paragraph.text, score))
+                for hit in retrieval.search(session, view.novel_id, query, k, text=plan, exclude_positions=exclude):
+                    retrieved.append(RetrievedItem(hit.paragraph.position, hit.paragraph.text, hit.score,
+                                                   why=hit.why(), sentence=hit.sentence or ""))
         retrieved.sort(key=lambda item: -item.score)
         return ContextInputs(
             premise=view.premise, outline=str(view.settings.get("outline") or ""), style=view.style, lore=lore,
@@ -495,6 +524,7 @@ class Engine:
               retry: bool = False) -> Iterator[Event]:
         strategy = self.strategy
         notices: list[str] = list(view.notices)
+        yield from self.backfill_sentences(view.novel_id)
         yield Event("progress", f"Building the context ({strategy})…", stage="context")
         preview = build_context(self.prompts, self.generator, self._inputs(view, plan_text, mode, strategy),
                                 self._budget(view), strategy=strategy)
@@ -527,7 +557,7 @@ class Engine:
         for notice in notices:
             yield Event("notice", notice)
         _check_cancel(cancel)
-        embedding = self._query_vector(paragraph)
+        embedding = self._passage_vector(paragraph)
         outcome = self._commit(view, paragraph, memory, plans, plan_text, plan_index, embedding, strategy, notices,
                                retry=retry, title=title, outline=outline, propose_title=propose_title)
         if manuscript is not None:
@@ -630,7 +660,7 @@ class Engine:
         embedding is refreshed in the same transaction and the model-state snapshots from it on are dropped."""
         from memory import store
 
-        embedding = self._query_vector(text)
+        embedding = self._passage_vector(text)
         with self.session_factory() as session, session.begin():
             paragraph = store.edit_paragraph(session, paragraph_id, text, expected_version, embedding=embedding)
             novel_id, position = paragraph.novel_id, paragraph.position

@@ -1,5 +1,6 @@
 """The Context tab: the engine's inspector, showing the exact text the next step will send to the model,
-the token count of each section and the budget. Refreshed when the tab is opened and on demand.
+the token count of each section, the budget, and why each retrieved passage was chosen. Refreshed when the tab
+is opened and on demand.
 """
 
 from __future__ import annotations
@@ -19,11 +20,23 @@ def _engine_for(novel_id: int):
     return engine_for(novel_id)
 
 
+def _why_retrieved(preview) -> str:
+    """One Markdown line per retrieved passage in the prompt: which paragraph, why, and the sentence that matched."""
+    lines = []
+    for item in preview.retrieved:
+        line = f"- paragraph {item.position}: {item.why or 'retrieved'}"
+        if item.sentence:
+            line += f" — matched: “{item.sentence}”"
+        lines.append(line)
+    return ("**Why these passages**\n" + "\n".join(lines)) if lines else "No earlier passages retrieved."
+
+
 @handler
 def inspect(novel_id, instruction: str):
-    """(prompt text, section rows, budget line) for the next step with `instruction` as its plan."""
+    """(prompt text, section rows, budget line, why each retrieved passage was chosen) for the next step with
+    `instruction` as its plan."""
     if novel_id in (None, ""):
-        return "", [], "Open a novel to see what the next step will read."
+        return "", [], "Open a novel to see what the next step will read.", ""
     novel_id = int(novel_id)
     plan = clean_text(instruction, "The instruction")
     preview = _engine_for(novel_id).inspect_context(novel_id, plan)
@@ -37,13 +50,14 @@ def inspect(novel_id, instruction: str):
         budget += f" · plus {preview.manuscript_tokens:,} manuscript tokens read into the model's state"
     if preview.dropped:
         budget += f" · dropped to fit: {', '.join(preview.dropped)}"
-    return preview.prompt_text, rows, budget
+    return preview.prompt_text, rows, budget, _why_retrieved(preview)
 
 
 @dataclass
 class ContextTab:
     budget_md: gr.Markdown
     sections_table: gr.Dataframe
+    retrieved_md: gr.Markdown
     context_box: gr.Textbox
     refresh_context_btn: gr.Button
 
@@ -53,14 +67,15 @@ def build() -> ContextTab:
     budget_md = gr.Markdown("", elem_id="context_budget")
     sections_table = gr.Dataframe(headers=SECTION_HEADERS, interactive=False, label="Tokens per section",
                                   elem_id="context_sections")
+    retrieved_md = gr.Markdown("", elem_id="context_retrieved")
     context_box = gr.Textbox(label="Prompt of the next step", lines=20, max_lines=60, interactive=False,
                              elem_id="context_box")
     refresh_context_btn = gr.Button("Refresh", elem_id="refresh_context_btn")
-    return ContextTab(budget_md, sections_table, context_box, refresh_context_btn)
+    return ContextTab(budget_md, sections_table, retrieved_md, context_box, refresh_context_btn)
 
 
 def outputs(tab: ContextTab) -> list:
-    return [tab.context_box, tab.sections_table, tab.budget_md]
+    return [tab.context_box, tab.sections_table, tab.budget_md, tab.retrieved_md]
 
 
 def wire(tab: ContextTab, context_tab: gr.Tab, novel_state: gr.State, instruction_box: gr.Textbox) -> None:

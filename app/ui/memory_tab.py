@@ -1,6 +1,7 @@
 """The Memory tab: the premise, style notes and outline every step reads; the short-term memory (edit, save,
-history, restore); the long-term memory (every paragraph, editable in place, with a retrieval search showing
-scores); and the story bible (add, edit, remove entries).
+history, restore); the long-term memory (every paragraph, editable in place, with a retrieval search on the path a
+step uses, showing why each paragraph was found and its matching sentence in bold); and the story bible (add,
+edit, remove entries).
 
 Every save passes the version the page last read; when another tab saved first, the store's conflict message is
 shown and nothing is overwritten.
@@ -16,7 +17,7 @@ from app.ui import services
 from app.ui.common import MAX_PREMISE_CHARS, MAX_SHORT_CHARS, InputError, clean_text, handler, require_novel
 
 PARAGRAPH_HEADERS = ["#", "text", "words"]
-SEARCH_HEADERS = ["#", "score", "text"]
+SEARCH_HEADERS = ["#", "score", "why", "text"]
 LORE_HEADERS = ["id", "name", "keys", "always on", "body"]
 NEW_ENTRY = "(new entry)"
 
@@ -155,18 +156,33 @@ def save_paragraph_edits(novel_id, table, read_versions: list[dict]) -> tuple[li
     return new_rows, versions, f"Saved paragraph {numbers}; its retrieval entry is refreshed."
 
 
+def _escape_markdown(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("*", "\\*").replace("_", "\\_")
+
+
+def _highlighted(text: str, span: tuple[int, int] | None) -> str:
+    """The paragraph as Markdown with the matching sentence in bold (the text's own markup escaped)."""
+    if span is None:
+        return _escape_markdown(text)
+    start, end = span
+    return f"{_escape_markdown(text[:start])}**{_escape_markdown(text[start:end])}**{_escape_markdown(text[end:])}"
+
+
 @handler
 def search_memory(novel_id, query: str, k) -> list[list]:
-    """What retrieval returns for `query`: the top-k earlier paragraphs with their similarity scores."""
-    from memory.retrieval import top_k
+    """What retrieval returns for `query` by the path a step uses (memory.retrieval.search: best sentence plus
+    paragraph, fused with the query's rare words): the top-k paragraphs with their score, why each was found, and
+    the matching sentence in bold."""
+    from memory.retrieval import search
 
     novel_id = require_novel(novel_id)
     query = clean_text(query, "The search query", required=True, max_chars=5000)
     vector = services.current().embedder().vector(query)
     with services.current().session() as session:
-        found = top_k(session, novel_id, vector, int(k or 5))
-        rows = [[paragraph.position, round(float(score), 3), paragraph.text] for paragraph, score in found]
-    return rows or [["", "", "(no paragraphs yet)"]]
+        hits = search(session, novel_id, vector, int(k or 5), text=query)
+        rows = [[hit.paragraph.position, round(float(hit.score), 4), hit.why(),
+                 _highlighted(hit.paragraph.text, hit.sentence_span)] for hit in hits]
+    return rows or [["", "", "", "(no paragraphs yet)"]]
 
 
 # ---------------------------------------------------------------- story bible
@@ -321,8 +337,10 @@ def build() -> MemoryTab:
             search_k = gr.Slider(1, 20, value=5, step=1, label="top-k", scale=1)
             search_btn = gr.Button("Search", scale=1, elem_id="search_btn")
         search_results = gr.Dataframe(headers=SEARCH_HEADERS, interactive=False, wrap=True,
-                                      column_widths=["4em", "6em", "85%"],
-                                      label="Retrieved paragraphs and scores (cosine similarity)",
+                                      datatype=["number", "number", "str", "markdown"],
+                                      column_widths=["4em", "6em", "14em", "70%"],
+                                      label="Retrieved paragraphs (fused rank score; the matching sentence in "
+                                            "bold)",
                                       elem_id="search_results")
     with gr.Accordion("Story bible", open=False):
         lore_table = gr.Dataframe(headers=LORE_HEADERS, interactive=False, wrap=True, elem_id="lore_table")

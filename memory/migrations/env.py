@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from memory.schema import Base
+from memory.schema import Base, is_schema_object
 
 config = context.config
 engine = config.attributes["engine"]
@@ -12,6 +12,7 @@ with engine.connect() as connection:
         connection=connection,
         target_metadata=Base.metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        include_name=is_schema_object,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -356,15 +356,38 @@ def test_retrieval_follows_the_plan_not_only_the_long_last_paragraph(session_fac
     Retrieval must still bring the early fact into the context."""
     with session_factory() as session, session.begin():
         for text in [STORM[0], KEY, *STORM[1:]]:
-            store.add_paragraph(session, novel_id, text, embedding=embedder.vector(text))
+            store.add_paragraph(session, novel_id, text, embedding=embedder.passage(text))
     engine = make_engine(session_factory, embedder, ScriptedGenerator())
     preview = engine.inspect_context(novel_id, "Mara goes looking for the spare key her brother hid.")
     retrieved = next(s for s in preview.sections if s.name == "retrieved")
     assert KEY in retrieved.text
-    # The last paragraph still counts: with a plan that asks for nothing in particular, what resembles it wins.
-    preview = engine.inspect_context(novel_id, "Mara thinks about what to do next.")
-    retrieved = next(s for s in preview.sections if s.name == "retrieved")
-    assert KEY not in retrieved.text and retrieved.text.count("(paragraph") == 3
+    # The preview says why each passage is there; the key's paragraph was found by its vector.
+    assert len(preview.retrieved) == 3 and all(item.why for item in preview.retrieved)
+    key_item = next(item for item in preview.retrieved if item.text == KEY)
+    assert key_item.why.startswith("vector rank 1") and key_item.sentence == KEY
+
+
+def test_a_step_backfills_sentence_vectors_with_progress(session_factory, embedder, novel_id):
+    """Paragraphs saved before sentence vectors existed get them on the next step, with a progress event."""
+    from sqlalchemy import func, select
+
+    from memory.schema import Embedding
+
+    with session_factory() as session, session.begin():
+        for text in [STORM[0], KEY, *STORM[1:]]:
+            store.add_paragraph(session, novel_id, text, embedding=embedder.vector(text))
+    engine = make_engine(session_factory, embedder, ScriptedGenerator())
+    events, _ = run(engine.step(novel_id, "Mara goes looking for the spare key her brother hid."))
+    progress = [e.text for e in events if e.kind == "progress" and "sentence vectors" in e.text]
+    assert progress == [f"Preparing retrieval: sentence vectors for {len(STORM) + 1} of {len(STORM) + 1} earlier "
+                        "paragraphs…"]
+    with session_factory() as session:
+        missing = session.scalar(select(func.count()).select_from(Embedding).where(
+            Embedding.novel_id == novel_id, Embedding.paragraph_id.is_not(None),
+            Embedding.sentence_vectors.is_(None)))
+        assert missing == 0
+    events, _ = run(engine.step(novel_id, "Mara waits."))
+    assert not [e for e in events if e.kind == "progress" and "sentence vectors" in e.text]
 
 
 def test_penalties_are_on_by_default_and_a_novels_own_win(session_factory, embedder, novel_id):

@@ -308,12 +308,13 @@ def test_migration_matches_the_schema(database):
     from alembic.runtime.migration import MigrationContext
 
     from memory.migrations import current_revision, head_revision
-    from memory.schema import Base
+    from memory.schema import Base, is_schema_object
 
     engine, _ = database
     assert current_revision(engine) == head_revision()
     with engine.connect() as connection:
-        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        context = MigrationContext.configure(connection, opts={"include_name": is_schema_object})
+        diff = compare_metadata(context, Base.metadata)
     assert diff == []
 
 

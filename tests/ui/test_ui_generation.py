@@ -124,7 +124,7 @@ def test_context_shows_the_edited_memory_and_the_instruction_verbatim(scripted, 
     version = memory_tab.refresh(novel_id)[1]
     edited = "Mara now knows the note was written by her future self. The boatman lies."
     memory_tab.save_memory(novel_id, edited, version)
-    prompt, rows, budget = context.inspect(novel_id, "Mara confronts the boatman on the jetty.")
+    prompt, rows, budget, _ = context.inspect(novel_id, "Mara confronts the boatman on the jetty.")
     assert edited in prompt and "Mara confronts the boatman on the jetty." in prompt
     sections = {row[0]: row[1] for row in rows}
     assert sections["memory"] > 0 and "tokens of a" in budget
@@ -139,7 +139,7 @@ def test_edited_outline_and_style_reach_the_next_step(scripted, with_embedder):
     new_outline = "1. Mara refuses the boatman.\n2. The lamp fails on the longest night."
     _, status = memory_tab.save_story(novel_id, premise, "Write it like a ship's log.", new_outline, read)
     assert "Saved" in status
-    prompt, _, _ = context.inspect(novel_id, "Mara waits for the boat.")
+    prompt, _, _, _ = context.inspect(novel_id, "Mara waits for the boat.")
     assert new_outline in prompt and "Write it like a ship's log." in prompt and outline not in prompt
     run_step = list(write.next_step(novel_id, "Mara waits for the boat."))
     assert run_step and new_outline in scripted.calls_for("paragraph")[-1].prompt

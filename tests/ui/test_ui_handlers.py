@@ -19,7 +19,7 @@ def _novel(ui_services, premise="A lighthouse keeper finds a message in a bottle
 def _add_paragraphs(ui_services, novel_id, texts, embedder=None):
     with ui_services.session() as s, s.begin():
         for text in texts:
-            store.add_paragraph(s, novel_id, text, embedding=embedder.vector(text) if embedder else None)
+            store.add_paragraph(s, novel_id, text, embedding=embedder.passage(text) if embedder else None)
 
 
 # ---------------------------------------------------------------- input checks
@@ -293,6 +293,20 @@ def test_search_ranks_the_relevant_paragraph_first(with_embedder):
     rows = memory_tab.search_memory(novel_id, "baking bread in the kitchen", 3)
     assert rows[0][0] == 3
     assert rows[0][1] > rows[1][1] >= rows[2][1]
+    assert rows[0][2].startswith("vector rank 1 (sentence match")
+    # The matching sentence is shown in bold inside the paragraph.
+    assert rows[0][3] == "Mara's grandmother baked bread every morning.".join(["**", "**"])
+
+
+def test_search_highlights_the_matching_sentence_and_finds_rare_names(with_embedder):
+    novel_id = _novel(with_embedder)
+    texts = ["The lamp needed oil. Mara climbed the stairs. Gulls called outside.",
+             "Rain on the roof. A letter from *Brick* lay on the table, unopened. The kettle sang."]
+    _add_paragraphs(with_embedder, novel_id, texts, with_embedder.embedder())
+    rows = memory_tab.search_memory(novel_id, "a message that nobody had read", 1)
+    assert rows[0][0] == 2
+    assert rows[0][3] == "Rain on the roof. **A letter from \\*Brick\\* lay on the table, unopened.** The kettle sang."
+    assert "lexical rank 1" in memory_tab.search_memory(novel_id, "What did Brick send?", 1)[0][2]
 
 
 def test_story_bible_add_edit_remove(ui_services):

@@ -1,0 +1,501 @@
+"""Hard retrieval recall: a fact is one sentence inside an on-topic paragraph, and the question paraphrases it.
+
+Each of the FACTS below is the 3rd sentence of a 5-sentence paragraph about the same scene, planted early (positions
+3, 5, 7, ...) in a manuscript of 300, 1,000 and 3,000 paragraphs whose other paragraphs are 5 story sentences
+recombined (seeded) from the demo worlds' sentence pool below: the same characters, places and topics as the facts.
+Each question avoids the fact's rare words. Every method ranks the novel's paragraphs through
+`memory.retrieval.search` on a real SQLite file built by the migrations (FTS5 index and all), with the app's real
+all-MiniLM-L6-v2; recall@1/3/5 counts questions whose fact paragraph ranks that high; latency is the median of
+one warm top-5 query (the novel's matrices cached) per question, the query vector already made.
+
+Methods: paragraph vectors with the question alone; the engine's old score cos(plan) + 0.5 cos(last paragraph)
+(the question as the plan, the manuscript's last paragraph as the last); best sentence; best sentence plus w x
+the paragraph; lexical (FTS5 bm25 over the question's words); fused (RRF of best sentence + w x paragraph with
+lexical over the question's rare words). Step-query variants weigh in the last paragraph and the short-term
+memory the way the engine would.
+The easy needle (the fact as a paragraph of its own, as bench/quality.py plants it) is measured beside them.
+At 100,000 paragraphs (random unit vectors, 5 sentences each; filler text for FTS) the warm query latency of each
+method is measured too. Embeddings are cached per text within the run.
+
+    python -m bench.recall --out bench/results/recall.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from memory import retrieval, store  # noqa: E402
+from memory.db import open_database  # noqa: E402
+from memory.schema import Embedding, Novel, Paragraph, utcnow  # noqa: E402
+from sqlalchemy import func, select, update  # noqa: E402
+
+SIZES = (300, 1_000, 3_000)
+LARGE_DEFAULT = 100_000
+KS = (1, 3, 5)
+DEPTH = 50  # ranks beyond this are reported as null
+SEED = 19
+
+# context: the four other sentences of the fact's paragraph (the fact goes 3rd); question: a paraphrase.
+FACTS = [
+    {"context": ["Mara climbed down from the gallery as the fog thickened over Skerry.",
+                 "She wiped the salt from her hands and set water to boil.",
+                 "The wind worried at the shutters all night.",
+                 "In the morning the boat from the mainland did not come."],
+     "fact": "Before bed she slipped the brass key to the lamp room inside the blue teapot on the cottage shelf.",
+     "question": "Where did the keeper tuck away the thing that unlocks the top of the tower?"},
+    {"context": ["Ottilie had run the bakery on Mill Lane since her mother died.",
+                 "Every morning she lit the ovens before the church bell rang four.",
+                 "She never showed it to her apprentice.",
+                 "Customers said the loaves tasted of honey and smoke."],
+     "fact": "The recipe for the festival bread was written on the back of a torn playing card, the queen of spades.",
+     "question": "On what odd scrap did the baker keep the method for the celebration loaf?"},
+    {"context": ["Inspector Vane reread the statements by the light of a single lamp.",
+                 "The widow had been calm, too calm, when she spoke of that night.",
+                 "Vane underlined the line twice.",
+                 "Outside, the rain turned to sleet."],
+     "fact": "The gardener admitted he had seen a woman in a green coat leave the house an hour before the fire.",
+     "question": "Who did the man tending the grounds notice departing before the blaze?"},
+    {"context": ["The hydroponics deck hummed with pumps and the smell of wet soil.",
+                 "Captain Ilse walked the rows of beans every evening.",
+                 "He had told no one, not even his daughter.",
+                 "The children sang in the commons below."],
+     "fact": "Only the chief engineer knew that the reactor coolant would run out in forty-one years.",
+     "question": "Which crew member alone was aware how long the cooling supply for the power core would last?"},
+    {"context": ["The caravan made camp in the lee of a red dune.",
+                 "Camels groaned as the drivers unloaded the water skins.",
+                 "He told the others only that the stars would guide them.",
+                 "By dawn the wind had wiped away every footprint."],
+     "fact": "Old Yusuf buried the map to the hidden well beneath the third palm at the oasis.",
+     "question": "Where did the elderly guide conceal the directions to the secret spring?"},
+    {"context": ["Mara kept one photograph on the mantel, turned to face the wall.",
+                 "She did not speak of the winters before she came to the island.",
+                 "Since then she had checked the signal twice every night.",
+                 "The village never asked her about it."],
+     "fact": "Her brother Tomas drowned off the point the winter the foghorn failed.",
+     "question": "How did the keeper's sibling lose his life?"},
+    {"context": ["The miller's son came to the bakery every Sunday with flowers.",
+                 "Ottilie teased him that he only came for the warmth of the ovens.",
+                 "He bought a loaf each week all the same and gave it to the ducks.",
+                 "She found out only after the wedding was announced."],
+     "fact": "He was allergic to wheat and had never once tasted her bread.",
+     "question": "Which young man fell ill from eating grain?"},
+    {"context": ["The constables searched the churchyard until well past midnight.",
+                 "Inspector Vane stood under the yew with his collar turned up.",
+                 "Nobody could say who had put it there.",
+                 "Vane sent the constables home to dry off."],
+     "fact": "The revolver was found wrapped in oilcloth at the bottom of the rain barrel behind the chapel.",
+     "question": "Where had the pistol been concealed?"},
+    {"context": ["The navigation room smelled of ozone and old coffee.",
+                 "Wen grew up among the star charts, asleep under the console.",
+                 "Her father called her his little eclipse.",
+                 "The crew still told the story at every birthday feast."],
+     "fact": "She was born during the solar storm that blinded the forward cameras for nine days.",
+     "question": "What happened to the ship's front-facing eyes when the girl came into the world?"},
+    {"context": ["The riders appeared on the ridge at noon, twenty of them, veiled in black.",
+                 "The drivers drew their knives but Yusuf told them to wait.",
+                 "The bandits counted it twice and rode away without a word.",
+                 "No one in the caravan mentioned it again."],
+     "fact": "The merchant paid the bandits forty bolts of indigo silk to let the caravan pass.",
+     "question": "What did the trader hand over to the raiders for safe passage?"},
+    {"context": ["Mara found the bottle wedged between two rocks below the boathouse.",
+                 "The cork came out with a sigh, as if it had been waiting.",
+                 "The handwriting was her own, slanted and careful.",
+                 "She read it three times and then sat down on the wet stones."],
+     "fact": "The message inside was dated twelve years in the future.",
+     "question": "What year did the letter from the sea claim to come from?"},
+    {"context": ["The widow received Inspector Vane in the cold front parlour.",
+                 "She poured tea with a steady hand and offered him the good chair.",
+                 "Vane turned it over in his fingers and said nothing.",
+                 "The clock on the mantel had stopped at ten past nine."],
+     "fact": "Her alibi rested on a train ticket to Harrowgate that nobody had punched.",
+     "question": "What proof of being elsewhere did the dead man's wife show, and why was it doubtful?"},
+    # Names: a writer asks about someone by name, which no paraphrase can avoid (and MiniLM is weakest on).
+    {"context": ["The harbourmaster came out on the supply boat once a month.",
+                 "He brought newspapers, tobacco and the gossip of the mainland.",
+                 "Mara always gave him tea and never let him stay for supper.",
+                 "He left each time before the tide turned."],
+     "fact": "Aldous Fenwick had once been engaged to her, before the island.",
+     "question": "What was Aldous Fenwick to the keeper, long ago?"},
+    {"context": ["The quartermaster kept the ship's oldest records on paper.",
+                 "Wen liked to read them when her shift was over.",
+                 "The entry was short and signed in a shaking hand.",
+                 "No one had spoken the name aloud in a generation."],
+     "fact": "The first captain, Orsolya Krell, had turned the ship away from the colony world in the second year.",
+     "question": "What did Orsolya Krell decide?"},
+    {"context": ["The market at Zerqa was loud with sellers and goats.",
+                 "Leila bargained for saffron while Yusuf watched the crowd.",
+                 "She paid in old coins that nobody in the market had seen before.",
+                 "Yusuf said nothing, but he moved his hand to his knife."],
+     "fact": "A woman called Nessarine Tal asked after the caravan's strongbox.",
+     "question": "Who was Nessarine Tal looking for?"},
+]
+
+# The demo worlds (data/premises): people, places and sentence templates that filler paragraphs are built from.
+WORLDS = {
+    "lighthouse": {
+        "names": ["Mara", "Tomas", "the ferryman", "old Brannock"],
+        "places": ["the gallery", "the boathouse", "the cottage", "the lamp stairs", "the landing stage"],
+        "sentences": [
+            "{a} scraped salt from the windows of {p} while the gulls wheeled overhead.",
+            "At {t}, {a} logged the weather in the ledger kept at {p}.",
+            "{a} and {b} hauled the supply crates up from {p}, resting at every turn.",
+            "The lens turned above {p} and threw its slow white arm across the water.",
+            "{a} mended a net at {p}, humming a tune {b} used to whistle.",
+            "Rain drummed on the roof of {p} and {a} counted the seconds between the flashes.",
+            "{a} oiled the clockwork in {p} and wound it until the weights hung high.",
+            "The tide came in fast that {t}, and {a} watched it cover the path below {p}.",
+        ]},
+    "baker": {
+        "names": ["Ottilie", "the apprentice", "the miller's son", "Widow Haske"],
+        "places": ["the bakery", "Mill Lane", "the market square", "the flour loft", "the church steps"],
+        "sentences": [
+            "{a} kneaded dough at {p} until the sun came up over the roofs.",
+            "At {t}, {a} carried trays of rolls across {p} to the waiting carts.",
+            "{a} argued with {b} at {p} about the price of rye that season.",
+            "The smell of cinnamon drifted over {p} and drew the children in.",
+            "{a} swept the flour from the floor of {p} and sang to the cat.",
+            "{b} brought news to {p} that the river had frozen upstream.",
+            "{a} counted the coins at {p} twice and frowned at the total.",
+            "Smoke from the ovens hung over {p} all through the {t}.",
+        ]},
+    "detective": {
+        "names": ["Inspector Vane", "the widow", "the gardener", "Constable Pike"],
+        "places": ["the station house", "the manor library", "the churchyard", "the coroner's office",
+                   "the railway inn"],
+        "sentences": [
+            "{a} questioned {b} at {p} for an hour and learned nothing new.",
+            "At {t}, {a} walked from {p} to the river, thinking it through.",
+            "{a} found a muddy bootprint near {p} and sketched it in a notebook.",
+            "The fog pressed against the windows of {p} as {a} read the file again.",
+            "{b} swore at {p} that the doors had been locked all evening.",
+            "{a} laid the photographs out on the table at {p} in a careful row.",
+            "A telegram from the city reached {a} at {p} in the {t}.",
+            "{a} lit a pipe at {p} and let {b} talk until the story changed.",
+        ]},
+    "ship": {
+        "names": ["Captain Ilse", "Wen", "the chief engineer", "the quartermaster"],
+        "places": ["the commons", "the hydroponics deck", "the bridge", "the cargo spine", "the school ring"],
+        "sentences": [
+            "{a} checked the air gauges on {p} and initialled the log.",
+            "At {t}, {a} and {b} ran the drill on {p} until the children were bored.",
+            "The lights on {p} dimmed to amber for the ship's night.",
+            "{a} repaired a leaking valve behind {p} with borrowed tools.",
+            "{b} told {a} on {p} that the seed stocks were holding steady.",
+            "Music drifted along {p} from someone's old recordings.",
+            "{a} stared at the dark beyond the window of {p} for a long time.",
+            "A vote was held on {p} about the rations, and {a} lost it.",
+        ]},
+    "caravan": {
+        "names": ["Old Yusuf", "the merchant", "the drivers", "Leila"],
+        "places": ["the oasis", "the salt road", "the red dunes", "the well of stones", "the market at Zerqa"],
+        "sentences": [
+            "{a} led the camels past {p} as the heat rose off the sand.",
+            "At {t}, {a} and {b} shared dates and bitter coffee near {p}.",
+            "{a} traded salt for copper pots at {p} and grumbled about the rate.",
+            "The wind lifted the sand over {p} in long pale ribbons.",
+            "{b} sang an old song at {p} while {a} mended a saddle.",
+            "{a} counted the water skins at {p} and ordered them rationed.",
+            "A hawk circled above {p} for an hour and then was gone.",
+            "{a} slept badly near {p}, dreaming of green rivers.",
+        ]},
+}
+TIMES = ["dawn", "noon", "dusk", "midnight", "morning", "evening"]
+
+
+def filler(count: int, seed: int = SEED) -> list[str]:
+    """`count` paragraphs of 5 story sentences from one world each, recombined with a seeded generator."""
+    rng = random.Random(seed)
+    worlds = list(WORLDS.values())
+    out = []
+    for _ in range(count):
+        world = rng.choice(worlds)
+        sentences = []
+        for template in rng.sample(world["sentences"], 5):
+            a, b = rng.sample(world["names"], 2)
+            sentence = template.format(a=a, b=b, p=rng.choice(world["places"]), t=rng.choice(TIMES))
+            sentences.append(sentence[0].upper() + sentence[1:])
+        out.append(" ".join(sentences))
+    return out
+
+
+def fact_paragraph(fact: dict) -> str:
+    context = fact["context"]
+    return " ".join([context[0], context[1], fact["fact"], context[2], context[3]])
+
+
+def manuscript(size: int, fillers: list[str], easy: bool) -> tuple[list[str], list[int]]:
+    """The paragraphs of one novel and the positions (1-based) of the fact paragraphs in it."""
+    texts = list(fillers[:size - len(FACTS)])
+    positions = []
+    for i, fact in enumerate(FACTS):
+        position = 3 + 2 * i
+        texts.insert(position - 1, fact["fact"] if easy else fact_paragraph(fact))
+        positions.append(position)
+    return texts, positions
+
+
+class EmbeddingCache:
+    """The real embedder with a per-text cache, embedding only texts not seen yet, in batches."""
+
+    def __init__(self, embedder: retrieval.Embedder):
+        self.embedder = embedder
+        self.vectors: dict[str, np.ndarray] = {}
+        self.seconds = 0.0
+
+    def get(self, texts: list[str]) -> np.ndarray:
+        new = list(dict.fromkeys(t for t in texts if t not in self.vectors))
+        if new:
+            start = time.perf_counter()
+            for offset in range(0, len(new), 256):
+                chunk = new[offset:offset + 256]
+                for text, vector in zip(chunk, self.embedder.embed(chunk)):
+                    self.vectors[text] = vector
+            self.seconds += time.perf_counter() - start
+        return np.stack([self.vectors[t] for t in texts]) if texts else np.zeros((0, self.embedder.dim))
+
+
+def build_novel(Session, cache: EmbeddingCache, title: str, texts: list[str]) -> int:
+    """A novel with these paragraphs, each with its paragraph and sentence vectors (bulk inserts, no history)."""
+    name = cache.embedder.name
+    paragraph_vectors = cache.get(texts)
+    sentence_lists = [retrieval.sentence_texts(t) or [t] for t in texts]
+    sentence_vectors = cache.get([s for sentences in sentence_lists for s in sentences])
+    now = utcnow()
+    with Session() as s, s.begin():
+        novel_id = store.create_novel(s, title).id
+        s.execute(Paragraph.__table__.insert(), [
+            {"novel_id": novel_id, "position": i + 1, "text": text, "words": len(text.split()),
+             "origin": "written", "version": 1, "created_at": now, "updated_at": now} for i, text in enumerate(texts)])
+        ids = [p.id for p in store.paragraphs(s, novel_id)]
+        rows, offset = [], 0
+        for i, (pid, sentences) in enumerate(zip(ids, sentence_lists)):
+            block = sentence_vectors[offset:offset + len(sentences)]
+            offset += len(sentences)
+            data, dim = store._vector_bytes(store.Vector(name, paragraph_vectors[i]))
+            rows.append({"novel_id": novel_id, "paragraph_id": pid, "embedder": name, "dim": dim, "vector": data,
+                         "sentence_vectors": store.sentence_bytes(block, dim), "created_at": now})
+        s.execute(Embedding.__table__.insert(), rows)
+        s.execute(update(Novel).where(Novel.id == novel_id).values(embedding_epoch=Novel.embedding_epoch + 1))
+    return novel_id
+
+
+def _unit(values: np.ndarray) -> np.ndarray:
+    return values / np.linalg.norm(values)
+
+
+def methods(cache: EmbeddingCache, question: str, last: str, memory: str) -> dict[str, dict]:
+    """Each method's arguments to memory.retrieval.search for one question."""
+    name = cache.embedder.name
+    q, l, m = (cache.get([t])[0] for t in (question, last, memory))
+
+    def vec(values):
+        return store.Vector(name, _unit(values).astype(np.float32))
+
+    return {
+        "paragraph": {"query_vector": vec(q), "method": "paragraph"},
+        "engine_old: paragraph, plan + 0.5 last": {"query_vector": vec(q + 0.5 * l), "method": "paragraph"},
+        "best sentence": {"query_vector": vec(q), "method": "sentence", "paragraph_weight": 0.0},
+        "best sentence + 0.25 paragraph": {"query_vector": vec(q), "method": "sentence", "paragraph_weight": 0.25},
+        "best sentence + 0.5 paragraph": {"query_vector": vec(q), "method": "sentence", "paragraph_weight": 0.5},
+        "best sentence + 1.0 paragraph": {"query_vector": vec(q), "method": "sentence", "paragraph_weight": 1.0},
+        "lexical (FTS5 bm25)": {"query_vector": None, "text": question, "method": "lexical"},
+        **{f"fused RRF (rare words), lexical weight {weight}": {
+            "query_vector": vec(q), "text": question, "method": "fused", "lexical_weight": weight}
+           for weight in (0.5, 1.0)},
+        # The step's query: the plan (here the question), the last paragraph, the short-term memory.
+        "step: sentence, plan + 0.5 last": {"query_vector": vec(q + 0.5 * l), "method": "sentence"},
+        "step: sentence, plan + 0.25 last": {"query_vector": vec(q + 0.25 * l), "method": "sentence"},
+        "step: sentence, plan + 0.25 last + 0.25 memory": {"query_vector": vec(q + 0.25 * l + 0.25 * m),
+                                                           "method": "sentence"},
+        "step: fused, plan + 0.25 last, lexical plan": {"query_vector": vec(q + 0.25 * l), "text": question,
+                                                        "method": "fused"},
+        "step: fused, plan only, lexical plan": {"query_vector": vec(q), "text": question, "method": "fused"},
+    }
+
+
+def measure(Session, cache: EmbeddingCache, novel_id: int, texts: list[str], positions: list[int]) -> dict:
+    last = texts[-1]
+    memory = " ".join(retrieval.sentence_texts(texts[-2])[:2] + retrieval.sentence_texts(texts[-3])[:2])
+    per_method: dict[str, dict] = {}
+    with Session() as s:
+        retrieval.search(s, novel_id, methods(cache, FACTS[0]["question"], last, memory)["paragraph"]["query_vector"],
+                         1)  # load the matrices into the cache
+        for fact, position in zip(FACTS, positions):
+            for label, kwargs in methods(cache, fact["question"], last, memory).items():
+                start = time.perf_counter()
+                retrieval.search(s, novel_id, k=5, **kwargs)
+                elapsed = time.perf_counter() - start
+                hits = retrieval.search(s, novel_id, k=DEPTH, **kwargs)
+                ranks = [i for i, hit in enumerate(hits, 1) if hit.paragraph.position == position]
+                row = per_method.setdefault(label, {"ranks": [], "ms": []})
+                row["ranks"].append(ranks[0] if ranks else None)
+                row["ms"].append(1000 * elapsed)
+    out = {}
+    for label, row in per_method.items():
+        ranks = row["ranks"]
+        out[label] = {**{f"recall@{k}": round(sum(r is not None and r <= k for r in ranks) / len(ranks), 3)
+                         for k in KS},
+                      "ranks": ranks, "query_ms_median": round(statistics.median(row["ms"]), 2)}
+    return out
+
+
+def float16_check(cache: EmbeddingCache, texts: list[str], positions: list[int]) -> dict:
+    """Best-sentence ranking of every question with float32 vs float16 sentence vectors (numpy, same texts)."""
+    sentence_lists = [retrieval.sentence_texts(t) or [t] for t in texts]
+    flat = cache.get([s for sentences in sentence_lists for s in sentences])
+    starts = np.cumsum([0] + [len(x) for x in sentence_lists[:-1]])
+    half = flat.astype(np.float16).astype(np.float32)
+    half /= np.linalg.norm(half, axis=1, keepdims=True)
+    same_top5, ranks32, ranks16 = 0, [], []
+    for fact, position in zip(FACTS, positions):
+        q = cache.get([fact["question"]])[0]
+        orders = []
+        for matrix in (flat, half):
+            best = np.maximum.reduceat(matrix @ q, starts)
+            orders.append(list(np.argsort(-best, kind="stable")[:DEPTH] + 1))
+        same_top5 += orders[0][:5] == orders[1][:5]
+        ranks32.append(orders[0].index(position) + 1 if position in orders[0] else None)
+        ranks16.append(orders[1].index(position) + 1 if position in orders[1] else None)
+    return {"questions_with_identical_top5": same_top5, "questions": len(FACTS), "ranks_float32": ranks32,
+            "ranks_float16": ranks16}
+
+
+def storage(Session, novel_id: int) -> dict:
+    with Session() as s:
+        count, vector, sentences = s.execute(select(
+            func.count(Embedding.id), func.sum(func.length(Embedding.vector)),
+            func.sum(func.length(Embedding.sentence_vectors))).where(Embedding.novel_id == novel_id)).one()
+    return {"paragraph_vector_bytes": round(vector / count, 1), "sentence_vector_bytes": round(sentences / count, 1),
+            "sentence_vectors_float32_would_be": round(2 * sentences / count, 1)}
+
+
+def large_latency(workdir: Path, dim: int, fillers: list[str], size: int) -> dict:
+    """Warm query latency at `size` paragraphs: random unit vectors (5 sentences each), filler text for FTS5."""
+    rng = np.random.default_rng(SEED)
+    _, Session = open_database(f"sqlite:///{workdir / 'large.db'}")
+    now = utcnow()
+    with Session() as s, s.begin():
+        novel_id = store.create_novel(s, f"{size} paragraphs").id
+    for offset in range(0, size, 10_000):
+        count = min(10_000, size - offset)
+        vectors = rng.normal(size=(count, dim)).astype(np.float32)
+        sentences = rng.normal(size=(count, 5, dim)).astype(np.float32)
+        with Session() as s, s.begin():
+            s.execute(Paragraph.__table__.insert(), [
+                {"novel_id": novel_id, "position": offset + i + 1, "text": fillers[(offset + i) % len(fillers)],
+                 "words": 0, "origin": "written", "version": 1, "created_at": now, "updated_at": now}
+                for i in range(count)])
+            ids = s.scalars(select(Paragraph.id).where(Paragraph.novel_id == novel_id,
+                                                       Paragraph.position > offset).order_by(Paragraph.position)).all()
+            s.execute(Embedding.__table__.insert(), [
+                {"novel_id": novel_id, "paragraph_id": pid, "embedder": "bench", "dim": dim,
+                 "vector": store._vector_bytes(store.Vector("bench", vectors[i]))[0],
+                 "sentence_vectors": store.sentence_bytes(sentences[i], dim), "created_at": now}
+                for i, pid in enumerate(ids)])
+    with Session() as s, s.begin():
+        s.execute(update(Novel).where(Novel.id == novel_id).values(embedding_epoch=Novel.embedding_epoch + 1))
+    out = {"paragraphs": size, "sentences_per_paragraph": 5, "dim": dim}
+    questions = [f["question"] for f in FACTS]
+    with Session() as s:
+        start = time.perf_counter()
+        retrieval.search(s, novel_id, store.Vector("bench", rng.normal(size=dim)), 5, method="sentence")
+        out["cold_load_s"] = round(time.perf_counter() - start, 2)
+        for method in retrieval.METHODS:
+            times = []
+            for question in questions:
+                query = store.Vector("bench", rng.normal(size=dim).astype(np.float32))
+                start = time.perf_counter()
+                retrieval.search(s, novel_id, query, 5, text=question, method=method)
+                times.append(1000 * (time.perf_counter() - start))
+            out[f"{method}_ms_median"] = round(statistics.median(times), 2)
+    return out
+
+
+def _commit() -> str | None:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "memory", "bench"], cwd=REPO).returncode
+        return head + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "recall.json"))
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for the embedder")
+    parser.add_argument("--sizes", default=",".join(str(s) for s in SIZES))
+    parser.add_argument("--large", type=int, default=LARGE_DEFAULT,
+                        help="paragraphs for the latency-only run (0: skip)")
+    args = parser.parse_args(argv)
+    import torch
+
+    from app.offline import default_embedder_path
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    load_at_start = list(os.getloadavg())
+    wall = time.perf_counter()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    cache = EmbeddingCache(retrieval.Embedder(default_embedder_path()))
+    fillers = filler(max(sizes))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        _, Session = open_database(f"sqlite:///{Path(tmp) / 'recall.db'}")
+        for size in sizes:
+            row = {"paragraphs": size}
+            for variant, easy in (("hard", False), ("easy_needle", True)):
+                texts, positions = manuscript(size, fillers, easy)
+                novel_id = build_novel(Session, cache, f"{variant} {size}", texts)
+                row[variant] = measure(Session, cache, novel_id, texts, positions)
+                if not easy:
+                    row["float16_vs_float32"] = float16_check(cache, texts, positions)
+                    row["storage_per_paragraph"] = storage(Session, novel_id)
+                print(f"{size:>5} {variant}: " + "; ".join(
+                    f"{label} r@3 {m['recall@3']}" for label, m in row[variant].items()), flush=True)
+            rows.append(row)
+        large = large_latency(Path(tmp), cache.embedder.dim, fillers, args.large) if args.large else None
+    if large:
+        print(f"{args.large} paragraphs: {large}", flush=True)
+    result = {
+        "benchmark": "recall",
+        "command": "python -m bench.recall " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": _commit(),
+        "started_utc": started,
+        "wall_seconds": round(time.perf_counter() - wall, 1),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "logical_cpus": os.cpu_count(), "torch_threads": args.threads,
+                    "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg())},
+        "embedder": cache.embedder.name,
+        "embedding_seconds": round(cache.seconds, 1),
+        "facts": len(FACTS),
+        "what": __doc__.split("\n\n")[1].replace("\n", " "),
+        "sizes": rows,
+        "large": large,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
