@@ -124,5 +124,6 @@ def word_count(text: str) -> int:
 
 def escape(text: str) -> str:
     """Text for a Markdown/HTML component, shown literally (a paragraph may contain `<`, `*` or `#`)."""
-    escaped = html.escape(text)
+    # quote=False: quotes are safe in text, and Gradio would show an escaped apostrophe as "&#x27;".
+    escaped = html.escape(text, quote=False)
     return re.sub(r"([\\`*_{}\[\]#+\-!|~>])", r"\\\1", escaped)
