@@ -30,6 +30,9 @@ def test_settings_server_line_delete_and_restore_in_the_browser(chromium, served
         store.add_paragraph(session, novel_id, "The ferry left at midnight.")
     page = chromium.new_page()
     page.goto(url)
+    # The page load's redraw of every tab (it lists the novel) must land before a field is typed into, or it
+    # resets the field to the saved value (seen under load: the save then wrote the default 250).
+    page.locator("#novels_table").get_by_text("Ferry at night").first.wait_for(state="attached", timeout=60_000)
 
     # Settings with no novel open: a changed field is saved by name as what new novels start with.
     _open_tab(page, "Settings")
