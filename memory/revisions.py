@@ -207,27 +207,23 @@ def can_redo(session: Session, novel_id: int) -> bool:
 
 def undo(session: Session, novel_id: int) -> HistoryStep | None:
     """Undo the newest action still in effect, restoring every row it touched exactly; None if nothing to undo."""
-    lock_novel(session, novel_id)
-    revision = _last_done(session, novel_id)
-    if revision is None:
-        return None
-    return _move(session, revision, forward=False)
+    return _move(session, novel_id, forward=False)
 
 
 def redo(session: Session, novel_id: int) -> HistoryStep | None:
     """Redo the oldest undone action; None if there is nothing to redo."""
+    return _move(session, novel_id, forward=True)
+
+
+def _move(session: Session, novel_id: int, *, forward: bool) -> HistoryStep | None:
     lock_novel(session, novel_id)
-    revision = _first_undone(session, novel_id)
+    revision = (_first_undone if forward else _last_done)(session, novel_id)
     if revision is None:
         return None
-    return _move(session, revision, forward=True)
-
-
-def _move(session: Session, revision: Revision, *, forward: bool) -> HistoryStep:
     changes = list(revision.changes) if forward else list(reversed(revision.changes))
-    embeddings = _apply(session, revision.novel_id, changes, forward=forward, cause=revision.cause)
+    embeddings = _apply(session, novel_id, changes, forward=forward, cause=revision.cause)
     revision.state = "done" if forward else "undone"
-    touch_novel(session, revision.novel_id, embeddings=embeddings)
+    touch_novel(session, novel_id, embeddings=embeddings)
     session.flush()
     return HistoryStep(revision=revision, positions=_positions(revision.changes))
 
