@@ -40,7 +40,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from memory import retrieval, store  # noqa: E402
+from memory import embeddings, retrieval, store  # noqa: E402
+from memory.embeddings import Vector  # noqa: E402
 from memory.db import open_database  # noqa: E402
 from memory.schema import Embedding, Novel, Paragraph, utcnow  # noqa: E402
 from sqlalchemy import func, select, update  # noqa: E402
@@ -287,9 +288,9 @@ def build_novel(Session, cache: EmbeddingCache, title: str, texts: list[str]) ->
         for i, (pid, sentences) in enumerate(zip(ids, sentence_lists)):
             block = sentence_vectors[offset:offset + len(sentences)]
             offset += len(sentences)
-            data, dim = store._vector_bytes(store.Vector(name, paragraph_vectors[i]))
+            data, dim = embeddings.vector_bytes(Vector(name, paragraph_vectors[i]))
             rows.append({"novel_id": novel_id, "paragraph_id": pid, "embedder": name, "dim": dim, "vector": data,
-                         "sentence_vectors": store.sentence_bytes(block, dim), "created_at": now})
+                         "sentence_vectors": embeddings.sentence_bytes(block, dim), "created_at": now})
         s.execute(Embedding.__table__.insert(), rows)
         s.execute(update(Novel).where(Novel.id == novel_id).values(embedding_epoch=Novel.embedding_epoch + 1))
     return novel_id
@@ -305,7 +306,7 @@ def methods(cache: EmbeddingCache, question: str, last: str, memory: str) -> dic
     q, l, m = (cache.get([t])[0] for t in (question, last, memory))
 
     def vec(values):
-        return store.Vector(name, _unit(values).astype(np.float32))
+        return Vector(name, _unit(values).astype(np.float32))
 
     return {
         "paragraph": {"query_vector": vec(q), "method": "paragraph"},
@@ -405,8 +406,8 @@ def large_latency(workdir: Path, dim: int, fillers: list[str], size: int) -> dic
                                                        Paragraph.position > offset).order_by(Paragraph.position)).all()
             s.execute(Embedding.__table__.insert(), [
                 {"novel_id": novel_id, "paragraph_id": pid, "embedder": "bench", "dim": dim,
-                 "vector": store._vector_bytes(store.Vector("bench", vectors[i]))[0],
-                 "sentence_vectors": store.sentence_bytes(sentences[i], dim), "created_at": now}
+                 "vector": embeddings.vector_bytes(Vector("bench", vectors[i]))[0],
+                 "sentence_vectors": embeddings.sentence_bytes(sentences[i], dim), "created_at": now}
                 for i, pid in enumerate(ids)])
     with Session() as s, s.begin():
         s.execute(update(Novel).where(Novel.id == novel_id).values(embedding_epoch=Novel.embedding_epoch + 1))
@@ -414,12 +415,12 @@ def large_latency(workdir: Path, dim: int, fillers: list[str], size: int) -> dic
     questions = [f["question"] for f in FACTS]
     with Session() as s:
         start = time.perf_counter()
-        retrieval.search(s, novel_id, store.Vector("bench", rng.normal(size=dim)), 5, method="sentence")
+        retrieval.search(s, novel_id, Vector("bench", rng.normal(size=dim)), 5, method="sentence")
         out["cold_load_s"] = round(time.perf_counter() - start, 2)
         for method in retrieval.METHODS:
             times = []
             for question in questions:
-                query = store.Vector("bench", rng.normal(size=dim).astype(np.float32))
+                query = Vector("bench", rng.normal(size=dim).astype(np.float32))
                 start = time.perf_counter()
                 retrieval.search(s, novel_id, query, 5, text=question, method=method)
                 times.append(1000 * (time.perf_counter() - start))

@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from memory import retrieval, store  # noqa: E402
+from memory.embeddings import Vector  # noqa: E402
 from memory.db import open_database  # noqa: E402
 from memory.schema import Embedding, Novel, Paragraph, utcnow  # noqa: E402
 from sqlalchemy import update  # noqa: E402
@@ -102,7 +103,7 @@ def bench_top_k(workdir: Path) -> list[dict]:
         with Session() as s, s.begin():
             novel_id = store.create_novel(s, f"{size} paragraphs").id
         fill(Session, novel_id, size, rng)
-        query = store.Vector("bench", rng.normal(size=DIM))
+        query = Vector("bench", rng.normal(size=DIM))
         cold, warm = [], []
         for _ in range(REPEATS):
             retrieval.clear_cache()
@@ -119,7 +120,7 @@ def bench_top_k(workdir: Path) -> list[dict]:
         after_step = []
         for _ in range(REPEATS):
             with Session() as s, s.begin():
-                store.add_paragraph(s, novel_id, "one more", embedding=store.Vector("bench", rng.normal(size=DIM)))
+                store.add_paragraph(s, novel_id, "one more", embedding=Vector("bench", rng.normal(size=DIM)))
             with Session() as s:
                 start = time.perf_counter()
                 retrieval.top_k(s, novel_id, query, K)

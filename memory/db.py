@@ -3,8 +3,7 @@
 Every SQLite connection runs with WAL, `synchronous=FULL`, `foreign_keys=ON` and a busy timeout, and every
 transaction starts with `BEGIN IMMEDIATE` (SQLAlchemy's documented pysqlite recipe: the driver's own BEGIN is turned
 off in the `connect` event and ours is emitted in the `begin` event), so two writers queue on the lock instead of
-failing half-way with "database is locked". Read-only sessions (`make_sessionmaker(engine, read_only=True)`) start a
-plain deferred transaction, which WAL lets run beside a writer. Other URLs (PostgreSQL) are used as given.
+failing half-way with "database is locked". Other URLs (PostgreSQL) are used as given.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from memory.private import private_dir, private_file
 
 BUSY_TIMEOUT_MS = 60_000
-_BEGIN_OPTION = "longhand_begin"
 
 T = TypeVar("T")
 
@@ -70,16 +68,14 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:
-        mode = connection.get_execution_options().get(_BEGIN_OPTION, "IMMEDIATE")
-        connection.exec_driver_sql("BEGIN" if mode == "DEFERRED" else "BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
 
-def make_sessionmaker(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
-    """Sessions for `with Session() as s, s.begin():`. Read-only ones skip the write lock on SQLite."""
-    bind = engine.execution_options(**{_BEGIN_OPTION: "DEFERRED"}) if read_only else engine
-    return sessionmaker(bind=bind, expire_on_commit=False)
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for `with Session() as s, s.begin():`."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
 
 
 def is_lock_error(exc: BaseException) -> bool:

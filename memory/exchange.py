@@ -28,7 +28,7 @@ from sqlalchemy import Boolean, DateTime, Integer, LargeBinary, String, Text, fu
 from sqlalchemy.orm import Session
 from sqlalchemy.types import JSON
 
-from memory import store
+from memory import revisions, store
 from memory.private import private_dir, write_private_atomic
 from memory.schema import (
     ORIGINS,
@@ -141,15 +141,15 @@ def export_json(session: Session, novel_id: int) -> dict[str, Any]:
         if name == "revisions":
             continue
         query = select(model).where(model.novel_id == novel_id).order_by(model.id)
-        rows[name] = [store.row_to_dict(obj) for obj in session.scalars(query)]
-    revision_rows = [store.row_to_dict(r) for r in session.scalars(
+        rows[name] = [revisions.row_to_dict(obj) for obj in session.scalars(query)]
+    revision_rows = [revisions.row_to_dict(r) for r in session.scalars(
         select(Revision).where(Revision.novel_id == novel_id).order_by(Revision.id))]
     ids = _collect_ids(rows, revision_rows)
     maps = {name: {old: new for new, old in enumerate(values, start=1)} for name, values in ids.items()}
     maps["novels"] = {novel.id: 1}
 
     document: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION}
-    novel_row = store.row_to_dict(novel)
+    novel_row = revisions.row_to_dict(novel)
     document["novel"] = {field: novel_row[field] for field in NOVEL_FIELDS}
     for name in TABLES:
         if name == "revisions":
@@ -574,7 +574,7 @@ def import_json(session: Session, document: dict[str, Any], *, title: str | None
             raise ExchangeError("The title for the imported novel is empty: give a title, or leave it out to keep "
                                 "the file's.")
         novel_row["title"] = title
-    novel = Novel(**store.row_values(Novel, novel_row), embedding_epoch=1)
+    novel = Novel(**revisions.row_values(Novel, novel_row), embedding_epoch=1)
     session.add(novel)
     session.flush()
     maps: dict[str, dict[int, int]] = {"novels": {1: novel.id}}
@@ -586,7 +586,7 @@ def import_json(session: Session, document: dict[str, Any], *, title: str | None
             mapped = _remap_row(name, row, maps)
             if name == "revisions":
                 mapped["changes"] = _remap_changes(row["changes"], maps)
-            session.add(model(**store.row_values(model, mapped)))
+            session.add(model(**revisions.row_values(model, mapped)))
         session.flush()
     return novel
 

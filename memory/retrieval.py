@@ -19,10 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session
 
-from memory.schema import PARAGRAPH_FTS_TABLE, TSVECTOR_CONFIG, Embedding, LoreEntry, Novel, Paragraph
-from memory.store import (
-    NotFoundError,
-    StoreError,
+from memory.embeddings import (
     Vector,
     embeddings_missing_sentences,
     paragraphs_missing_embedding,
@@ -30,6 +27,8 @@ from memory.store import (
     set_paragraph_embedding,
     set_sentence_vectors,
 )
+from memory.errors import NotFoundError, StoreError
+from memory.schema import PARAGRAPH_FTS_TABLE, TSVECTOR_CONFIG, Embedding, LoreEntry, Novel, Paragraph
 
 DEFAULT_LORE_SIMILARITY = 0.45
 

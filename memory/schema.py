@@ -1,8 +1,9 @@
 """The ORM schema of a novel: every table Longhand persists, as SQLAlchemy 2 `DeclarativeBase` + `Mapped[]` classes.
 
-Owns table and column definitions only; reading and writing goes through `memory.store`. Timestamps are naive UTC
-(`utcnow()`), so values round-trip identically on SQLite and PostgreSQL. Text columns use `SafeText`, which keeps
-NUL characters on PostgreSQL (whose `text` type refuses them) by a reversible escape.
+Owns table and column definitions only; reading and writing goes through `memory.store` (the history in
+`memory.revisions`, vectors in `memory.embeddings`). Timestamps are naive UTC (`utcnow()`), so values round-trip
+identically on SQLite and PostgreSQL. Text columns use `SafeText`, which keeps NUL characters on PostgreSQL (whose
+`text` type refuses them) by a reversible escape.
 """
 
 from __future__ import annotations

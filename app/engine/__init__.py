@@ -25,7 +25,7 @@ kept, truncated)], budget, total_tokens, prompt_text (the exact text sent), drop
 
 Per-novel settings: `app.engine.settings.NovelSettings` (its fields, defaults and ranges are the one list; stored
 settings with bad values are read with the defaults for those and a `notice` event on every step). Prompts are
-the files in prompts/, one per stage. The UI's Undo/Redo should call engine.undo/redo (not memory.store directly) so that recurrent-state
+the files in prompts/, one per stage. The UI's Undo/Redo should call engine.undo/redo (not memory.revisions directly) so that recurrent-state
 snapshots of changed paragraphs are dropped.
 """
 

@@ -184,10 +184,10 @@ class Engine:
 
     def _read_retry(self, session, view: _View) -> None:
         """Turn `view` into the inputs of the last step: the manuscript and memory before it, the plan it used."""
-        from memory import store
+        from memory import revisions, store
         from memory.schema import PlanSet
 
-        done = [r for r in store.revisions(session, view.novel_id) if r.state == "done"]
+        done = [r for r in revisions.revisions(session, view.novel_id) if r.state == "done"]
         if not done or done[-1].kind != "step" or not view.paragraphs:
             raise EngineError("Retry rewrites the last written step, but the last change was not a step "
                               "(undo the later edits first, or write a new step).")
@@ -208,7 +208,7 @@ class Engine:
         view.memory_version = previous[-1].version if previous else 0
 
     def _query_vector(self, text: str):
-        from memory.store import Vector
+        from memory.embeddings import Vector
 
         vector = getattr(self.embedder, "vector", None)
         if vector is not None:
@@ -223,13 +223,13 @@ class Engine:
     def backfill_sentences(self, novel_id: int, batch: int = 64) -> Iterator[Event]:
         """Sentence vectors for paragraphs saved before they existed (the first step after the upgrade): each batch
         embedded outside any transaction, then saved in a short one, with a progress event per batch."""
-        from memory import retrieval, store
+        from memory import embeddings, retrieval
 
         if getattr(self.embedder, "passage", None) is None:
             return
         with self.session_factory() as session:
             missing = [(embedding.id, paragraph.text) for embedding, paragraph
-                       in store.embeddings_missing_sentences(session, novel_id, self.embedder.name)]
+                       in embeddings.embeddings_missing_sentences(session, novel_id, self.embedder.name)]
         for start in range(0, len(missing), batch):
             chunk = missing[start:start + batch]
             yield Event("progress", f"Preparing retrieval: sentence vectors for {start + len(chunk)} of "
@@ -237,13 +237,13 @@ class Engine:
             values = retrieval.sentence_vectors(self.embedder, [text for _, text in chunk])
             with self.session_factory() as session, session.begin():
                 for (embedding_id, _), vectors in zip(chunk, values):
-                    store.set_sentence_vectors(session, embedding_id, vectors)
+                    embeddings.set_sentence_vectors(session, embedding_id, vectors)
 
     def _retrieval_query(self, plan: str, last: str):
         """One vector whose cosine with a paragraph ranks it by cos(plan) + LAST_PARAGRAPH_WEIGHT * cos(last)."""
         import numpy as np
 
-        from memory.store import Vector
+        from memory.embeddings import Vector
 
         parts = [(text, weight) for text, weight in ((plan, 1.0), (last, LAST_PARAGRAPH_WEIGHT))
                  if text.strip() and weight > 0]
@@ -568,14 +568,14 @@ class Engine:
     def _commit(self, view: _View, paragraph: str, memory: str, plans: list[str], plan_text: str,
                 plan_index: int | None, embedding, strategy: str, notices: list[str], *, retry: bool,
                 title: str | None, outline: str | None, propose_title: bool | None) -> StepOutcome:
-        from memory import store
+        from memory import revisions, store
 
         with self.session_factory() as session, session.begin():
             if retry:
-                done = [r for r in store.revisions(session, view.novel_id) if r.state == "done"]
+                done = [r for r in revisions.revisions(session, view.novel_id) if r.state == "done"]
                 if not done or done[-1].id != view.retry_revision_id:
                     raise store.ConflictError("The novel changed while the step was rewritten; nothing was saved.")
-                store.undo(session, view.novel_id)
+                revisions.undo(session, view.novel_id)
             novel = store.get_novel(session, view.novel_id)
             if outline is not None and outline != (novel.settings or {}).get("outline"):
                 store.update_novel_settings(session, view.novel_id, {"outline": outline})
@@ -675,17 +675,14 @@ class Engine:
         return self._history(novel_id, redo=True)
 
     def _history(self, novel_id: int, *, redo: bool) -> bool:
-        from memory import store
+        from memory import revisions
 
         with self.session_factory() as session, session.begin():
-            revision = (store.redo if redo else store.undo)(session, novel_id)
-            if revision is None:
-                return False
-            positions = [row.get("position") for change in revision.changes if change.get("entity") == "paragraphs"
-                         for row in (change.get("before"), change.get("after")) if row]
-            positions += [change["from"] for change in revision.changes if change.get("entity") == "shift"]
-        if positions:
-            self._invalidate_snapshots(novel_id, min(int(p) for p in positions))
+            moved = (revisions.redo if redo else revisions.undo)(session, novel_id)
+        if moved is None:
+            return False
+        if moved.first_position is not None:
+            self._invalidate_snapshots(novel_id, moved.first_position)
         return True
 
     # ----------------------------------------------------------------------------------------------- snapshots

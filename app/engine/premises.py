@@ -63,6 +63,7 @@ def create_novel(session_factory, embedder, premise: Premise, *, title: str | No
     """A new novel from `premise` with its lore entries (embedded), in one transaction; returns its id. The title
     is derived from the premise (the start stage may then replace it with the model's proposal)."""
     from memory import store
+    from memory.embeddings import Vector
 
     vectors = embedder.embed([f"{e['name']}: {e['body']}" for e in premise.lore]) if premise.lore else []
     with session_factory() as session, session.begin():
@@ -70,5 +71,5 @@ def create_novel(session_factory, embedder, premise: Premise, *, title: str | No
                                    premise=premise.premise, style_notes=premise.style, settings=settings or {})
         for entry, vector in zip(premise.lore, vectors):
             store.add_lore(session, novel.id, entry["name"], list(entry.get("keys") or []), entry["body"],
-                           always_on=bool(entry.get("always_on")), embedding=store.Vector(embedder.name, vector))
+                           always_on=bool(entry.get("always_on")), embedding=Vector(embedder.name, vector))
         return novel.id

@@ -27,14 +27,15 @@ CUSTOM_PLAN = "(my own instruction)"
 
 def _novel_view(novel_id: int) -> dict:
     """What the tab shows, read in one short transaction."""
-    from memory import store
+    from memory import revisions, store
 
     with services.current().session() as session:
         novel = store.get_novel(session, novel_id)
         paragraphs = [(p.position, p.text) for p in store.paragraphs(session, novel_id)]
         plans = pending_plans(session, novel_id)
         return {"title": novel.title, "paragraphs": paragraphs, "plans": plans,
-                "can_undo": store.can_undo(session, novel_id), "can_redo": store.can_redo(session, novel_id)}
+                "can_undo": revisions.can_undo(session, novel_id),
+                "can_redo": revisions.can_redo(session, novel_id)}
 
 
 def pending_plans(session, novel_id: int) -> list[str]:

@@ -155,15 +155,16 @@ def run(events) -> tuple[list, object]:
 
 def db_state(session_factory, novel_id: int) -> dict:
     """Everything a step can touch, as plain values, to compare before and after."""
-    from memory import store
+    from memory import revisions, store
 
     with session_factory() as session, session.begin():
+        history = revisions.revisions(session, novel_id, include_dropped=True)
         return {
             "paragraphs": [(p.position, p.text, p.version) for p in store.paragraphs(session, novel_id)],
             "memory": [(m.version, m.text) for m in store.memory_history(session, novel_id)],
             "plans": [(p.position, list(p.plans), p.chosen_index, p.used_text, p.paragraph_id)
                       for p in store.plan_sets(session, novel_id)],
-            "revisions": [(r.seq, r.kind, r.state) for r in store.revisions(session, novel_id, include_dropped=True)],
+            "revisions": [(r.seq, r.kind, r.state) for r in history],
             "settings": dict(store.get_novel(session, novel_id).settings or {}),
             "title": store.get_novel(session, novel_id).title,
         }

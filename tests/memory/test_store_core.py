@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from memory import store
+from memory import revisions, store
+from memory.embeddings import Vector
 from memory.schema import Embedding, PlanSet, Revision
 
 
-def vec(seed: int, dim: int = 8) -> store.Vector:
-    return store.Vector("test-embedder", np.random.default_rng(seed).normal(size=dim))
+def vec(seed: int, dim: int = 8) -> Vector:
+    return Vector("test-embedder", np.random.default_rng(seed).normal(size=dim))
 
 
 def new_novel(Session, title="A Novel", memory="") -> int:
@@ -97,10 +98,10 @@ def test_story_edit_is_compare_and_set_and_undoable(Session):
         with pytest.raises(store.ValidationError, match="premise cannot be empty"):
             store.edit_story(s, novel_id, "  ", "", "", store.story(store.get_novel(s, novel_id)))
     with Session() as s, s.begin():
-        assert store.undo(s, novel_id) is not None
+        assert revisions.undo(s, novel_id) is not None
     assert snapshot(Session, novel_id) == before
     with Session() as s, s.begin():
-        assert store.redo(s, novel_id) is not None
+        assert revisions.redo(s, novel_id) is not None
     assert snapshot(Session, novel_id) == after
 
 
@@ -180,7 +181,7 @@ def _edit_kinds():
 
     def plans(S, n, ids):
         with S() as s, s.begin():
-            store.edit_plans(s, store.current_plans(s, n).id, ["edited plan"])
+            store.set_plans(s, n, ["a proposed plan"])
 
     def step(S, n, ids):
         with S() as s, s.begin():
@@ -209,7 +210,8 @@ def _edit_kinds():
 
     def premise(S, n, ids):
         with S() as s, s.begin():
-            store.update_novel(s, n, premise="A different premise", style_notes="terse")
+            novel = store.get_novel(s, n)
+            store.edit_story(s, n, "A different premise", "terse", store.story(novel)["outline"], store.story(novel))
 
     return [add, insert, edit, edit_without_vector, delete, memory, plans, step, lore_add, lore_edit, lore_delete,
             rename, settings, premise]
@@ -230,18 +232,18 @@ def test_undo_redo_restores_exact_state(Session, action):
     after = snapshot(Session, novel_id)
     assert after != before
     with Session() as s, s.begin():
-        assert store.undo(s, novel_id) is not None
+        assert revisions.undo(s, novel_id) is not None
     assert snapshot(Session, novel_id) == before
     with Session() as s, s.begin():
-        assert store.redo(s, novel_id) is not None
-        assert store.redo(s, novel_id) is None
+        assert revisions.redo(s, novel_id) is not None
+        assert revisions.redo(s, novel_id) is None
     assert snapshot(Session, novel_id) == after
     # Undo again, then a new action: the undone one can no longer be redone.
     with Session() as s, s.begin():
-        store.undo(s, novel_id)
+        revisions.undo(s, novel_id)
         store.add_paragraph(s, novel_id, "a new branch")
-        assert not store.can_redo(s, novel_id)
-        assert any(r.state == "dropped" for r in store.revisions(s, novel_id, include_dropped=True))
+        assert not revisions.can_redo(s, novel_id)
+        assert any(r.state == "dropped" for r in revisions.revisions(s, novel_id, include_dropped=True))
 
 
 def test_undo_everything_then_redo_everything(Session):
@@ -254,13 +256,13 @@ def test_undo_everything_then_redo_everything(Session):
         states.append(snapshot(Session, novel_id))
     for expected in reversed(states[:-1]):
         with Session() as s, s.begin():
-            store.undo(s, novel_id)
+            revisions.undo(s, novel_id)
         assert snapshot(Session, novel_id) == expected
     with Session() as s, s.begin():
-        assert store.undo(s, novel_id) is None  # creating the novel is not undoable
+        assert revisions.undo(s, novel_id) is None  # creating the novel is not undoable
     for expected in states[1:]:
         with Session() as s, s.begin():
-            store.redo(s, novel_id)
+            revisions.redo(s, novel_id)
         assert snapshot(Session, novel_id) == expected
 
 
@@ -291,7 +293,7 @@ def test_hostile_text_round_trips_unchanged(Session, name):
         assert store.current_plans(s, novel_id).plans == [text, text[:10]]
     with Session() as s, s.begin():
         store.edit_paragraph(s, paragraph.id, "plain", expected_version=1)
-        store.undo(s, novel_id)
+        revisions.undo(s, novel_id)
     with Session() as s:
         assert store.get_paragraph(s, paragraph.id).text == text
 
@@ -346,3 +348,34 @@ def test_plan_set_survives_its_paragraph_being_deleted(Session):
         store.delete_paragraph(s, step.paragraph.id, expected_version=1)
     with Session() as s:
         assert s.get(PlanSet, store.plan_sets(s, novel_id)[0].id).paragraph_id is None
+
+
+def test_undo_and_redo_name_the_positions_they_touched(Session):
+    novel_id = new_novel(Session)
+    with Session() as s, s.begin():
+        for text in ("one", "two", "three"):
+            store.add_paragraph(s, novel_id, text)
+    with Session() as s, s.begin():
+        store.edit_paragraph(s, store.paragraph_at(s, novel_id, 3).id, "three, rewritten", expected_version=1)
+    with Session() as s, s.begin():
+        store.add_paragraph(s, novel_id, "inserted", position=2)
+    with Session() as s, s.begin():
+        store.set_memory(s, novel_id, "a summary", expected_version=store.current_memory(s, novel_id).version)
+    with Session() as s, s.begin():
+        memory_only = revisions.undo(s, novel_id)
+        assert memory_only.revision.kind == "memory.set"
+        assert memory_only.positions == () and memory_only.first_position is None
+        inserted = revisions.undo(s, novel_id)
+        # The new paragraph at 2, and the shift that moved 2 and 3 down.
+        assert inserted.revision.kind == "paragraph.add" and inserted.positions == (2,)
+        edited = revisions.undo(s, novel_id)
+        assert edited.revision.kind == "paragraph.edit" and edited.first_position == 3
+    with Session() as s, s.begin():
+        redone = revisions.redo(s, novel_id)
+        assert redone.revision.kind == "paragraph.edit" and redone.positions == (3,)
+        assert revisions.redo(s, novel_id).positions == (2,)
+    with Session() as s, s.begin():
+        store.delete_paragraph(s, store.paragraph_at(s, novel_id, 1).id, expected_version=1)
+    with Session() as s, s.begin():
+        # The deleted paragraph at 1 and the shift of everything from 2 on.
+        assert revisions.undo(s, novel_id).positions == (1, 2)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from memory import store
+from memory import revisions, store
 from memory.backup import integrity_check
 from memory.db import open_database
 from memory.schema import Embedding, PlanSet, Revision, ShortTermMemory
@@ -104,6 +104,6 @@ def test_two_processes_writing_at_once_never_see_database_is_locked(db_url):
         assert a_texts[1:] == [f"A step {i}" for i in range(count)]
         contested = store.get_paragraph(s, shared)
         assert contested.version == 1 + 2 * count  # every edit landed once, none silently overwritten
-        edits = [r for r in store.revisions(s, novels[0]) if r.kind == "paragraph.edit"]
+        edits = [r for r in revisions.revisions(s, novels[0]) if r.kind == "paragraph.edit"]
         assert len(edits) == 2 * count
         assert [r.changes[0]["before"]["version"] for r in edits] == list(range(1, 2 * count + 1))

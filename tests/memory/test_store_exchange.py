@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from memory import exchange, store
+from memory import exchange, revisions, store
+from memory.embeddings import Vector
 from memory.db import open_database
 
 
@@ -29,7 +30,7 @@ operations = st.lists(st.tuples(st.sampled_from(
 
 
 def apply(Session, novel_id: int, op: str, text: str, n: int) -> None:
-    vector = store.Vector("e", np.arange(1, 5, dtype=np.float32) + n)
+    vector = Vector("e", np.arange(1, 5, dtype=np.float32) + n)
     with Session() as s, s.begin():
         paragraphs = store.paragraphs(s, novel_id)
         target = paragraphs[n % len(paragraphs)] if paragraphs else None
@@ -62,9 +63,9 @@ def apply(Session, novel_id: int, op: str, text: str, n: int) -> None:
         elif op == "settings":
             store.update_novel_settings(s, novel_id, {"sampling": {"temperature": n / 10, "note": text}})
         elif op == "undo":
-            store.undo(s, novel_id)
+            revisions.undo(s, novel_id)
         elif op == "redo":
-            store.redo(s, novel_id)
+            revisions.redo(s, novel_id)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_json_export_round_trips_exactly(two_databases, ops, title):
         assert exchange.dumps(exchange.export_json(s, imported_id)) == exported
     # The history came along and still works: undo, redo, undo on both sides give the same documents (but for
     # the novel's "last edited" time, which is when each undo ran).
-    for action in (store.undo, store.redo, store.undo):
+    for action in (revisions.undo, revisions.redo, revisions.undo):
         with source() as s, s.begin():
             action(s, novel_id)
         with target() as s, s.begin():
@@ -118,14 +119,14 @@ def test_round_trip_on_every_backend(Session):
     with Session() as s:
         assert exchange.dumps(exchange.export_json(s, copy_id)) == exported
     with Session() as s, s.begin():
-        assert store.undo(s, copy_id) is not None
+        assert revisions.undo(s, copy_id) is not None
 
 
 @pytest.fixture
 def good_export(Session, tmp_path) -> Path:
     with Session() as s, s.begin():
         novel_id = store.create_novel(s, "Good", memory_text="m").id
-        store.add_paragraph(s, novel_id, "First paragraph.", embedding=store.Vector("e", np.ones(4)))
+        store.add_paragraph(s, novel_id, "First paragraph.", embedding=Vector("e", np.ones(4)))
         store.add_paragraph(s, novel_id, "Second paragraph.")
         store.add_lore(s, novel_id, "Ann", ["Ann"], "The ferrywoman.")
     with Session() as s:

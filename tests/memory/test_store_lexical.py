@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from memory import retrieval, store
+from memory import retrieval, revisions, store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -36,11 +36,11 @@ def test_full_text_index_follows_edits_deletes_undo_and_redo(Session):
     assert lexical_positions(Session, novel_id, "zorvath") == []
     assert lexical_positions(Session, novel_id, "candle") == [2]
     with Session() as s, s.begin():
-        store.undo(s, novel_id)
+        revisions.undo(s, novel_id)
     assert lexical_positions(Session, novel_id, "zorvath") == [2]
     assert lexical_positions(Session, novel_id, "candle") == []
     with Session() as s, s.begin():
-        store.redo(s, novel_id)
+        revisions.redo(s, novel_id)
     assert lexical_positions(Session, novel_id, "candle") == [2]
     # Deleting moves the later paragraph up; undo brings the deleted one back where it was.
     with Session() as s, s.begin():
@@ -48,7 +48,7 @@ def test_full_text_index_follows_edits_deletes_undo_and_redo(Session):
     assert lexical_positions(Session, novel_id, "lamp cove") == []
     assert lexical_positions(Session, novel_id, "bread") == [2]
     with Session() as s, s.begin():
-        store.undo(s, novel_id)
+        revisions.undo(s, novel_id)
     assert lexical_positions(Session, novel_id, "lamp cove") == [1]
     assert lexical_positions(Session, novel_id, "bread") == [3]
     # Stemming: "climbing" finds "climbed".

@@ -8,7 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from memory import retrieval, store
+from memory import embeddings, retrieval, revisions, store
+from memory.embeddings import Vector
 
 
 def unit(values) -> np.ndarray:
@@ -22,20 +23,20 @@ def test_top_k_orders_by_cosine_and_respects_exclusions(Session):
     with Session() as s, s.begin():
         novel_id = store.create_novel(s, "Vectors").id
         for i in range(30):
-            store.add_paragraph(s, novel_id, f"paragraph {i + 1}", embedding=store.Vector("e", basis[i]))
+            store.add_paragraph(s, novel_id, f"paragraph {i + 1}", embedding=Vector("e", basis[i]))
         # Another embedder's vectors never mix in, even with the same dimension.
-        store.set_paragraph_embedding(s, store.paragraph_at(s, novel_id, 1).id, store.Vector("other", basis[7]))
+        embeddings.set_paragraph_embedding(s, store.paragraph_at(s, novel_id, 1).id, Vector("other", basis[7]))
     query = basis[7] + 0.05 * rng.normal(size=16)
     expected = np.argsort(-(np.stack([unit(b) for b in basis]) @ unit(query)))
     with Session() as s:
-        found = retrieval.top_k(s, novel_id, store.Vector("e", query), 5)
+        found = retrieval.top_k(s, novel_id, Vector("e", query), 5)
         assert [p.position for p, _ in found] == [int(i) + 1 for i in expected[:5]]
         scores = [score for _, score in found]
         assert scores == sorted(scores, reverse=True) and scores[0] > 0.95
-        skipped = retrieval.top_k(s, novel_id, store.Vector("e", query), 3, exclude_positions=[8])
+        skipped = retrieval.top_k(s, novel_id, Vector("e", query), 3, exclude_positions=[8])
         assert 8 not in [p.position for p, _ in skipped]
-        assert retrieval.top_k(s, novel_id, store.Vector("missing", query), 3) == []
-        assert len(retrieval.top_k(s, novel_id, store.Vector("e", query), 100)) == 30
+        assert retrieval.top_k(s, novel_id, Vector("missing", query), 3) == []
+        assert len(retrieval.top_k(s, novel_id, Vector("e", query), 100)) == 30
         with pytest.raises(ValueError, match="embedder"):
             retrieval.top_k(s, novel_id, query, 3)
 
@@ -44,14 +45,14 @@ def test_cached_vectors_follow_edits_and_undo(Session):
     a, b = np.eye(4)[0], np.eye(4)[1]
     with Session() as s, s.begin():
         novel_id = store.create_novel(s, "Cache").id
-        first = store.add_paragraph(s, novel_id, "about a", embedding=store.Vector("e", a))
-        store.add_paragraph(s, novel_id, "about b", embedding=store.Vector("e", b))
-    query = store.Vector("e", a)
+        first = store.add_paragraph(s, novel_id, "about a", embedding=Vector("e", a))
+        store.add_paragraph(s, novel_id, "about b", embedding=Vector("e", b))
+    query = Vector("e", a)
     with Session() as s:
         assert retrieval.top_k(s, novel_id, query, 1)[0][0].id == first.id
     # Appending (what a step does) updates the cached matrix with just the new row.
     with Session() as s, s.begin():
-        appended = store.add_paragraph(s, novel_id, "closest to a", embedding=store.Vector("e", a + 0.01 * b))
+        appended = store.add_paragraph(s, novel_id, "closest to a", embedding=Vector("e", a + 0.01 * b))
     with Session() as s:
         found = [(p.id, round(score, 5)) for p, score in retrieval.top_k(s, novel_id, query, 3, exclude_positions=[1])]
         retrieval.clear_cache()
@@ -59,28 +60,28 @@ def test_cached_vectors_follow_edits_and_undo(Session):
                          for p, score in retrieval.top_k(s, novel_id, query, 3, exclude_positions=[1])]
         assert found[0][0] == appended.id and len(found) == 2
     with Session() as s, s.begin():
-        store.undo(s, novel_id)
+        revisions.undo(s, novel_id)
     with Session() as s:
         assert [p.id for p, _ in retrieval.top_k(s, novel_id, query, 3)] == [first.id, first.id + 1]
     with Session() as s, s.begin():
-        store.edit_paragraph(s, first.id, "now about b", 1, embedding=store.Vector("e", b))
+        store.edit_paragraph(s, first.id, "now about b", 1, embedding=Vector("e", b))
     with Session() as s:
         top = retrieval.top_k(s, novel_id, query, 2)
         assert all(score < 0.5 for _, score in top)
     with Session() as s, s.begin():
-        store.undo(s, novel_id)
+        revisions.undo(s, novel_id)
     with Session() as s:
         paragraph, score = retrieval.top_k(s, novel_id, query, 1)[0]
         assert paragraph.id == first.id and score == pytest.approx(1.0)
     with Session() as s, s.begin():
-        store.add_paragraph(s, novel_id, "inserted first, about a too", position=1, embedding=store.Vector("e", a))
+        store.add_paragraph(s, novel_id, "inserted first, about a too", position=1, embedding=Vector("e", a))
         store.edit_paragraph(s, first.id, "no vector now", 1)
     with Session() as s:
         updated = [(p.id, p.position, round(score, 5)) for p, score in retrieval.top_k(s, novel_id, query, 5)]
         retrieval.clear_cache()
         assert updated == [(p.id, p.position, round(score, 5)) for p, score in retrieval.top_k(s, novel_id, query, 5)]
         assert first.id not in [row[0] for row in updated] and updated[0][1] == 1
-        assert [p.id for p in store.paragraphs_missing_embedding(s, novel_id, "e")] == [first.id]
+        assert [p.id for p in embeddings.paragraphs_missing_embedding(s, novel_id, "e")] == [first.id]
 
 
 def test_lore_keys_trigger_as_whole_words_case_insensitively(Session):
@@ -161,7 +162,7 @@ def test_needle_in_a_300_paragraph_novel(sqlite_url, embedder):
     with Session() as s, s.begin():
         novel_id = store.create_novel(s, "Needle").id
         for text, vector in zip(texts, vectors):
-            store.add_paragraph(s, novel_id, text, embedding=store.Vector(embedder.name, vector))
+            store.add_paragraph(s, novel_id, text, embedding=Vector(embedder.name, vector))
     with Session() as s:
         found = retrieval.top_k(s, novel_id, embedder.vector(QUESTION), 3)
         assert 3 in [p.position for p, _ in found]

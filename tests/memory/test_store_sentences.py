@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select, text
 
-from memory import retrieval, store
+from memory import retrieval, revisions, store
+from memory.embeddings import Vector
 from memory.schema import Embedding
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -71,12 +72,12 @@ def test_sentence_vectors_follow_edit_undo_and_redo_exactly(Session, embedder):
         assert all("teapot" not in (h.sentence or "") for h in hit)
 
     with Session() as s, s.begin():
-        store.undo(s, novel_id)
+        revisions.undo(s, novel_id)
     assert stored(Session, paragraph.id) == original
     with Session() as s:
         assert "teapot" in retrieval.search(s, novel_id, question, 1, method="sentence")[0].sentence
     with Session() as s, s.begin():
-        store.redo(s, novel_id)
+        revisions.redo(s, novel_id)
     assert stored(Session, paragraph.id) == after_edit
 
     # An edit saved without a vector leaves neither vector nor sentences behind.
@@ -108,11 +109,11 @@ def test_backfill_fills_old_rows_in_place_and_history_still_undoes(Session, embe
         assert hit.paragraph.id == paragraph.id and "teapot" in hit.sentence
     # Undoing the add that made the row still works after the backfill changed it.
     with Session() as s, s.begin():
-        assert store.undo(s, novel_id) is not None
-        assert store.undo(s, novel_id) is not None
+        assert revisions.undo(s, novel_id) is not None
+        assert revisions.undo(s, novel_id) is not None
         assert store.paragraphs(s, novel_id) == []
     with Session() as s, s.begin():
-        store.redo(s, novel_id)
+        revisions.redo(s, novel_id)
     assert stored(Session, paragraph.id)[0][1] is None  # redo restores the row as recorded; backfill again
 
 
@@ -120,9 +121,9 @@ def test_bad_sentence_vectors_are_refused(Session):
     with Session() as s, s.begin():
         novel_id = store.create_novel(s, "Bad").id
         with pytest.raises(store.ValidationError, match=r"\[sentences, 4\]"):
-            store.add_paragraph(s, novel_id, "x", embedding=store.Vector("e", np.ones(4), sentences=np.ones((2, 3))))
+            store.add_paragraph(s, novel_id, "x", embedding=Vector("e", np.ones(4), sentences=np.ones((2, 3))))
         with pytest.raises(store.ValidationError, match="finite"):
-            store.add_paragraph(s, novel_id, "x", embedding=store.Vector("e", np.ones(4),
+            store.add_paragraph(s, novel_id, "x", embedding=Vector("e", np.ones(4),
                                                                          sentences=np.zeros((1, 4))))
 
 
@@ -206,4 +207,4 @@ def test_export_keeps_sentence_vectors_and_an_older_file_without_them_imports(Se
         hit = retrieval.search(s, imported, embedder.vector("Where was the key put away?"), 1)[0]
         assert "teapot" in hit.sentence
         # The history still undoes after the import and the backfill.
-        assert store.undo(s, imported) is not None and store.paragraphs(s, imported) == []
+        assert revisions.undo(s, imported) is not None and store.paragraphs(s, imported) == []

@@ -8,13 +8,14 @@ import stat
 import numpy as np
 import pytest
 
-from memory import backup, exchange, store, trash
+from memory import backup, exchange, revisions, store, trash
+from memory.embeddings import Vector
 
 
 def _novel(Session, title="Kept in the trash") -> int:
     with Session() as s, s.begin():
         novel_id = store.create_novel(s, title, premise="A ferry crosses at night.", memory_text="m1").id
-        store.add_paragraph(s, novel_id, "The ferry left at midnight.", embedding=store.Vector("e", np.ones(4)))
+        store.add_paragraph(s, novel_id, "The ferry left at midnight.", embedding=Vector("e", np.ones(4)))
         store.add_paragraph(s, novel_id, "Ann counted the passengers twice.")
         store.add_lore(s, novel_id, "Ann", ["Ann"], "The ferrywoman.")
     with Session() as s, s.begin():
@@ -44,7 +45,7 @@ def test_delete_goes_to_the_trash_and_restores_with_text_and_history(database, t
     assert _state(Session, restored_id) == before
     assert trash.list_trash(tmp_path / "trash") == []
     with Session() as s, s.begin():
-        assert store.undo(s, restored_id) is not None  # the edit, undone from the restored history
+        assert revisions.undo(s, restored_id) is not None  # the edit, undone from the restored history
     with Session() as s:
         assert store.paragraphs(s, restored_id)[1].text == "Ann counted the passengers twice."
 

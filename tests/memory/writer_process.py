@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 from memory import store
+from memory.embeddings import Vector
 from memory.db import make_sessionmaker, make_engine, run_in_transaction
 
 
@@ -26,7 +27,7 @@ def steps(url: str, novel_id: int, start: int, acks=None) -> None:
 
         def work(s, i=i, text=text):
             store.commit_step(s, novel_id, text, f"memory {i}", [f"plan {i}a", f"plan {i}b", f"plan {i}c"], 0,
-                              f"used {i}", store.Vector("e", rng.normal(size=64)))
+                              f"used {i}", Vector("e", rng.normal(size=64)))
 
         run_in_transaction(Session, work)
         if acks is not None:
