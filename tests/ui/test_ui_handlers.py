@@ -52,6 +52,32 @@ def test_handler_turns_exceptions_into_one_line_gr_errors():
     assert "stream failed" in caught.value.message and "traceback" not in caught.value.message
 
 
+def test_results_by_role_reach_their_components_and_an_undeclared_role_is_refused():
+    @common.returns("draft_box", "status_md")
+    def stream():
+        yield {"draft_box": "The sea", "status_md": "Writing…"}
+        yield {"status_md": "Saved."}
+
+    @common.returns("status_md")
+    def wrong():
+        return {"draft_box": "not declared"}
+
+    with gr.Blocks():
+        tab = write.build()
+    roles = common.components(tab)
+    bound = common.bind(stream, roles)
+    assert bound["outputs"] == [tab.draft_box, tab.status_md]
+    assert list(bound["fn"]()) == [{tab.draft_box: "The sea", tab.status_md: "Writing…"}, {tab.status_md: "Saved."}]
+    with pytest.raises(TypeError, match=r"wrong returned \['draft_box'\], which it does not declare"):
+        wrong()
+    # A role naming several components: the Settings tab's fields by name.
+    with gr.Blocks():
+        settings_tab = settings.build()
+    filled = common.to_components(settings.reset_settings(), common.components(settings_tab))
+    assert filled[settings_tab.fields["temperature"]] == 0.8
+    assert set(filled) == set(settings_tab.fields.values())
+
+
 # ---------------------------------------------------------------- library
 
 
