@@ -98,20 +98,20 @@ def _metrics(texts: list[str]) -> dict:
 
 
 def _one_step(engine, run: Run) -> None:
+    from app.engine.events import StepProgress
     from app.engine.text import is_looping
 
-    raw = ""
+    progress = StepProgress()
     started = time.perf_counter()
-    for event in engine.auto_write(run.novel_id, 1):
-        if event.kind == "token":
-            raw += event.text
-        elif event.kind == "reset":
-            raw = ""
-        elif event.kind == "paragraph":
-            run.looping_raw += int(is_looping(raw))
-        elif event.kind == "notice":
-            run.notices.append(event.text)
-            run.loop_repairs += int("repeated sentence" in event.text)
+    try:
+        for event in engine.auto_write(run.novel_id, 1):
+            if event.kind == "paragraph":
+                # The raw stream, before the engine's repairs replace it with the saved paragraph.
+                run.looping_raw += int(is_looping(progress.draft))
+            progress.add(event)
+    finally:
+        run.notices.extend(progress.notices)
+        run.loop_repairs += sum("repeated sentence" in notice for notice in progress.notices)
     run.seconds += time.perf_counter() - started
     run.steps_done += 1
 

@@ -1,4 +1,5 @@
-"""Shared test set-up: offline Hugging Face, Triton's interpreter when there is no GPU, and a data dir per test."""
+"""Shared test set-up: offline Hugging Face, Triton's interpreter when there is no GPU, a data dir per test, the real
+MiniLM embedder (loaded once per session), the real default LM, and one torch thread for the modules that ask."""
 
 import os
 
@@ -36,6 +37,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The real MiniLM embedder (the app's default), loaded once per test session."""
+    from app.offline import default_embedder_path
+    from memory.retrieval import Embedder
+
+    return Embedder(default_embedder_path())
 
 
 @pytest.fixture

@@ -135,6 +135,9 @@ def run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _report(events, quiet: bool, first: int, total: int, started: float) -> None:
+    # app.engine imports torch: kept off `--help`, like the imports in `run`.
+    from app.engine.events import status_line
+
     step = first
     for event in events:
         stamp = f"[{time.perf_counter() - started:6.0f}s]"
@@ -148,12 +151,8 @@ def _report(events, quiet: bool, first: int, total: int, started: float) -> None
                       f"memory: {outcome.memory}\nplans:\n" + "\n".join(f"  {i}. {p}"
                                                                       for i, p in enumerate(outcome.plans, 1)))
             step += 1
-        elif quiet:
-            continue
-        elif event.kind == "progress":
-            _echo(f"{stamp} {event.text}")
-        elif event.kind == "notice":
-            _echo(f"{stamp} note: {event.text}")
-        elif event.kind == "reset":
-            _echo(f"{stamp} {event.text}")
+        elif not quiet:
+            line = status_line(event)
+            if line is not None:
+                _echo(f"{stamp} {line}")
     sys.stdout.flush()

@@ -15,13 +15,14 @@ The UI, the CLI (`python -m app write`) and the tests all drive this one API:
     engine.undo(novel_id) / engine.redo(novel_id)                   -> bool (also drops stale snapshots)
     engine.set_mode(novel_id, "write" | "interactive");  engine.strategy -> "prompt-only" | "manuscript-state"
 
-Events (`Event.kind`): progress (text; done/total in auto mode), token (text piece of the paragraph), reset (drop
-the streamed paragraph: a retry follows), paragraph (the final paragraph text), memory (text), plans (.plans),
-notice (a fallback or repair to show), done (.outcome: StepOutcome). The generators' return value is the
-StepOutcome too. A step commits only after its last event but `done`; `Cancelled` (raised between tokens when
-`cancel` is set) and `EngineError` (one line) leave the database unchanged; `memory.store.ConflictError` means the
-novel changed in another tab meanwhile. ContextPreview: stage, strategy, sections [Section(name, text, tokens,
-kept, truncated)], budget, total_tokens, prompt_text (the exact text sent), dropped, plan, manuscript_tokens.
+Events (`app.engine.events`: `Event.kind` is an `EventKind`): progress (text; done/total in auto mode), token (text
+piece of the paragraph), reset (drop the streamed paragraph: a retry follows), paragraph (the final paragraph text),
+memory (text), plans (.plans), notice (a fallback or repair to show), done (.outcome: StepOutcome).
+`status_line(event)` is the one line each means (the UI, the CLI and the benchmarks all show it); `StepProgress`
+folds them. The generators' return value is the StepOutcome too. A step commits only after its last event but
+`done`; `Cancelled` (raised between tokens when `cancel` is set) and `EngineError` (one line) leave the database
+unchanged; `memory.store.ConflictError` means the novel changed in another tab meanwhile. ContextPreview: stage,
+strategy, sections [Section(name, text, tokens, kept, truncated)], budget, total_tokens, prompt_text (the exact text sent), dropped, plan, manuscript_tokens.
 
 Per-novel settings: `app.engine.settings.NovelSettings` (its fields, defaults and ranges are the one list; stored
 settings with bad values are read with the defaults for those and a `notice` event on every step). Prompts are
@@ -32,12 +33,13 @@ snapshots of changed paragraphs are dropped.
 from models.errors import Cancelled
 
 from app.engine.context import MANUSCRIPT_STATE, PROMPT_ONLY, ContextPreview, ContextTooLargeError, Section
-from app.engine.core import Engine, EngineError, Event, ReaderView, StepOutcome
+from app.engine.core import Engine, EngineError, ReaderView, StepOutcome
+from app.engine.events import Event, EventKind, StepProgress, status_line
 from app.engine.prompts import PROMPTS_DIR, PromptLibrary, TemplateError
 from app.engine.settings import DEFAULT_PENALTIES, MODES, NovelSettings, SettingsError
 
 __all__ = [
     "Cancelled", "ContextPreview", "ContextTooLargeError", "DEFAULT_PENALTIES", "Engine", "EngineError", "Event",
-    "MANUSCRIPT_STATE", "MODES", "NovelSettings", "PROMPTS_DIR", "PROMPT_ONLY", "PromptLibrary", "ReaderView",
-    "Section", "SettingsError", "StepOutcome", "TemplateError",
+    "EventKind", "MANUSCRIPT_STATE", "MODES", "NovelSettings", "PROMPTS_DIR", "PROMPT_ONLY", "PromptLibrary", "ReaderView",
+    "Section", "SettingsError", "StepOutcome", "StepProgress", "TemplateError", "status_line",
 ]

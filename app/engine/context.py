@@ -119,7 +119,6 @@ class _Fitter:
         self.words = inputs.words
         self.dropped: list[str] = []
         self.truncated: set[str] = set()
-        self.emptied: set[str] = set()
 
     def slots(self) -> dict[str, object]:
         return {"premise": self.premise, "outline": self.outline, "style": self.style,
@@ -133,7 +132,6 @@ class _Fitter:
             return False
         if count <= MIN_KEEP_WORDS:
             setattr(self, name, "")
-            self.emptied.add(name)
             self.dropped.append(f"{name.replace('_', ' ')} (dropped)")
             return True
         keep = count // 2
@@ -147,8 +145,6 @@ class _Fitter:
         if self.retrieved:
             item = self.retrieved.pop()
             self.dropped.append(f"retrieved paragraph {item.position}")
-            if not self.retrieved:
-                self.emptied.add("retrieved")
             return True
         triggered = [i for i, item in enumerate(self.lore) if not item.always_on]
         if triggered:
@@ -158,14 +154,11 @@ class _Fitter:
         for name in ("outline", "style"):
             if getattr(self, name):
                 setattr(self, name, "")
-                self.emptied.add(name)
                 self.dropped.append(name)
                 return True
         if self.lore:
             item = self.lore.pop()
             self.dropped.append(f"lore entry {item.name!r} (always on)")
-            if not self.lore:
-                self.emptied.add("bible")
             return True
         return (self._shorten("last_paragraph", keep_end=True) or self._shorten("memory", keep_end=False)
                 or self._shorten("premise", keep_end=False))

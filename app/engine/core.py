@@ -33,6 +33,7 @@ from app.engine.parsing import (
     parse_paragraph,
     parse_title_outline,
 )
+from app.engine.events import Event
 from app.engine.prompts import PROMPTS_DIR, PromptLibrary
 from app.engine.settings import MODES, NovelSettings, settings_notice
 from app.engine.text import limit_words, sentences
@@ -76,23 +77,6 @@ class StepOutcome:
     notices: list[str] = field(default_factory=list)
     title: str | None = None
     outline: str | None = None
-
-
-@dataclass
-class Event:
-    """One thing a running step reports. `kind` is one of:
-    progress (text: a status line; done/total in auto mode), token (text: a piece of the paragraph, streamed),
-    reset (the paragraph so far is discarded before a retry), paragraph (text: the final paragraph),
-    memory (text), plans (plans), notice (text: a fallback or repair the writer should know about),
-    done (outcome: the committed StepOutcome)."""
-
-    kind: str
-    text: str = ""
-    stage: str = ""
-    done: int = 0
-    total: int = 0
-    plans: list[str] = field(default_factory=list)
-    outcome: StepOutcome | None = None
 
 
 @dataclass
@@ -233,7 +217,7 @@ class Engine:
         for start in range(0, len(missing), batch):
             chunk = missing[start:start + batch]
             yield Event("progress", f"Preparing retrieval: sentence vectors for {start + len(chunk)} of "
-                                    f"{len(missing)} earlier paragraphs…", stage="context")
+                                    f"{len(missing)} earlier paragraphs…")
             values = retrieval.sentence_vectors(self.embedder, [text for _, text in chunk])
             with self.session_factory() as session, session.begin():
                 for (embedding_id, _), vectors in zip(chunk, values):
@@ -360,7 +344,7 @@ class Engine:
         repeated = ""
         for attempt in range(self._attempts(view)):
             if attempt:
-                yield Event("reset", f"Retrying the paragraph ({problem}).", stage="paragraph")
+                yield Event("reset", f"Retrying the paragraph ({problem}).")
             raw = ""
             attempt_state = self.generator.backend.clone_state(state) if state is not None else None
             stream = self.generator.stream(
@@ -370,7 +354,7 @@ class Engine:
             try:
                 for piece in stream:
                     raw += piece
-                    yield Event("token", piece, stage="paragraph")
+                    yield Event("token", piece)
                     # One paragraph is enough: stop at a blank line once a full-length paragraph is there.
                     if "\n\n" in raw.strip():
                         parsed = parse_paragraph(raw.strip().split("\n\n")[0])
@@ -387,7 +371,7 @@ class Engine:
                     repairs = [r for r in (parsed.problem, fresh.problem) if r]
                     if repairs:
                         notices.append(f"Paragraph repaired: {'; '.join(repairs)}.")
-                    yield Event("paragraph", fresh.value, stage="paragraph")
+                    yield Event("paragraph", fresh.value)
                     return
                 # Mostly a copy of earlier paragraphs: worth another try; kept as the last resort.
                 repeated = repeated or parsed.value
@@ -397,7 +381,7 @@ class Engine:
         if repeated:
             notices.append("Every try mostly repeated earlier paragraphs; the last one was kept as written: "
                            "rewrite it, retry, or raise the repetition penalties in Settings.")
-            yield Event("paragraph", repeated, stage="paragraph")
+            yield Event("paragraph", repeated)
             return
         raise EngineError(f"The model gave no usable paragraph in {self._attempts(view)} tries ({problem}); "
                           "nothing was saved. Try again, or change the plan or the sampling settings.")
@@ -464,7 +448,7 @@ class Engine:
             raise EngineError("Write a premise first: the opening is written from it.")
         mode = self._mode(view, mode)
         notices: list[str] = list(view.notices)
-        yield Event("progress", "Proposing a title and an outline…", stage="start")
+        yield Event("progress", "Proposing a title and an outline…")
         title: str | None = None
         outline = str(view.settings.get("outline") or "")
         if not outline:
@@ -482,7 +466,7 @@ class Engine:
                 notices.append(f"No usable outline in {self._attempts(view)} tries ({problem}): the opening is "
                                "written from the premise alone.")
             view.settings["outline"] = outline
-        yield Event("progress", "Writing the opening…", stage="paragraph")
+        yield Event("progress", "Writing the opening…")
         return (yield from self._write_opening(view, mode, cancel, notices,
                                                title=title, outline=outline, propose_title=propose_title))
 
@@ -525,16 +509,16 @@ class Engine:
         strategy = self.strategy
         notices: list[str] = list(view.notices)
         yield from self.backfill_sentences(view.novel_id)
-        yield Event("progress", f"Building the context ({strategy})…", stage="context")
+        yield Event("progress", f"Building the context ({strategy})…")
         preview = build_context(self.prompts, self.generator, self._inputs(view, plan_text, mode, strategy),
                                 self._budget(view), strategy=strategy)
         if preview.dropped:
             notices.append("To fit the context budget, left out: " + ", ".join(preview.dropped) + ".")
         manuscript = None
         if strategy == MANUSCRIPT_STATE:
-            yield Event("progress", "Restoring the model's state after the manuscript…", stage="context")
+            yield Event("progress", "Restoring the model's state after the manuscript…")
             manuscript = self._manuscript_state(view, cancel)
-        yield Event("progress", "Writing the paragraph…", stage="paragraph")
+        yield Event("progress", "Writing the paragraph…")
         paragraph = ""
         for event in self._paragraph(view, preview, cancel, notices,
                                      state=manuscript.state if manuscript is not None else None):
@@ -548,12 +532,12 @@ class Engine:
     def _finish(self, view: _View, paragraph: str, *, plan_text: str, plan_index: int | None, strategy: str,
                 cancel, notices: list[str], manuscript, retry: bool = False, title: str | None = None,
                 outline: str | None = None, propose_title: bool | None = None) -> Iterator[Event]:
-        yield Event("progress", "Updating the memory…", stage="memory")
+        yield Event("progress", "Updating the memory…")
         memory = self._memory(view, paragraph, cancel, notices)
-        yield Event("memory", memory, stage="memory")
-        yield Event("progress", "Proposing three plans…", stage="plans")
+        yield Event("memory", memory)
+        yield Event("progress", "Proposing three plans…")
         plans = self._plans(view, memory, paragraph, cancel, notices)
-        yield Event("plans", stage="plans", plans=plans)
+        yield Event("plans", plans=plans)
         for notice in notices:
             yield Event("notice", notice)
         _check_cancel(cancel)

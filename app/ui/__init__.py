@@ -98,7 +98,7 @@ def build_app(config: Config, source: ModelSource, installed=None):
     import gradio as gr
 
     from app.ui import context, library, memory_tab, reader, services, settings, story_chart, write
-    from app.ui.common import GENERATION, handler
+    from app.ui.common import GENERATION, bind, components, handler, outputs, to_components
 
     if installed is None:
         installed = services.Services(config=config, source=source, session_factory=services.open_store(config))
@@ -126,23 +126,24 @@ def build_app(config: Config, source: ModelSource, installed=None):
             with gr.Tab("Story chart", id="chart"):
                 chart_tab = story_chart.build()
 
+        # Every tab's refresh with its tab's components by role: after the open novel changes, all are redrawn.
         tab_refreshes = [
-            (library.refresh, library.refresh_outputs(library_tab)),
-            (write.refresh, write.refresh_outputs(write_tab)),
-            (memory_tab.refresh, memory_tab.refresh_outputs(memory_ui)),
-            (settings.refresh, settings.refresh_outputs(settings_tab)),
-            (reader.refresh, reader.refresh_outputs(reader_tab)),
-            (story_chart.refresh, story_chart.refresh_outputs(chart_tab)),
+            (library.refresh, components(library_tab, novel_id=novel_state)),
+            (write.refresh, components(write_tab)),
+            (memory_tab.refresh, components(memory_ui)),
+            (settings.refresh, components(settings_tab)),
+            (reader.refresh, components(reader_tab)),
+            (story_chart.refresh, components(chart_tab)),
         ]
-        all_outputs = [header_md] + [component for _, outputs in tab_refreshes for component in outputs]
+        all_outputs = [header_md] + [component for refresh, roles in tab_refreshes
+                                     for component in outputs(refresh, roles)]
 
         @handler
-        def refresh_all(novel_id):
-            values = [header(novel_id)]
-            for refresh, outputs in tab_refreshes:
-                result = refresh(novel_id)
-                values.extend(result if len(outputs) > 1 else [result])
-            return tuple(values)
+        def refresh_all(novel_id) -> dict:
+            values = {header_md: header(novel_id)}
+            for refresh, roles in tab_refreshes:
+                values.update(to_components(refresh(novel_id), roles))
+            return values
 
         def on_novel_changed(dependency):
             """After an event that may have changed the open novel or its text: remember it, redraw every tab."""
@@ -159,13 +160,12 @@ def build_app(config: Config, source: ModelSource, installed=None):
 
         # Create: save the novel, show the Write tab, stream the opening, then redraw everything.
         created = library_tab.create_btn.click(
-            library.create_novel,
-            [library_tab.premise_box, library_tab.genre_box, library_tab.style_box, library_tab.model_box],
-            [novel_state, library_tab.status_md])
+            inputs=[library_tab.premise_box, library_tab.genre_box, library_tab.style_box, library_tab.model_box],
+            **bind(library.create_novel, components(library_tab, novel_id=novel_state)))
         opened = created.success(lambda: gr.Tabs(selected="write"), None, [tabs], queue=False) \
             .then(remember_novel, [novel_state], [browser], queue=False) \
             .then(refresh_all, [novel_state], all_outputs)
-        on_novel_changed(opened.then(write.start_story, [novel_state], write.stream_outputs(write_tab),
+        on_novel_changed(opened.then(inputs=[novel_state], **bind(write.start_story, components(write_tab)),
                                      **GENERATION))
 
         # A reload: the browser still knows which novel was open.

@@ -1,12 +1,16 @@
-"""What every tab shares: turning failures into one readable message, and checking what the user typed or pasted.
+"""What every tab shares: turning failures into one readable message, checking what the user typed or pasted,
+and handlers' results by role name.
 
 `handler` wraps an event function (plain or generator) so any exception reaches the page as a `gr.Error` with one
 line, never a traceback (the traceback goes to the server log). `clean_text` rejects empty or oversized input and
-removes control characters.
+removes control characters. A handler that fills several components returns `{role: value}` (`@returns` declares
+its roles, the field names of its tab's dataclass), so tests call it without a browser; `bind` turns it into an
+event's `fn` and `outputs` returning `{component: value}`, which Gradio fills by component.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import html
 import inspect
@@ -127,3 +131,86 @@ def escape(text: str) -> str:
     # quote=False: quotes are safe in text, and Gradio would show an escaped apostrophe as "&#x27;".
     escaped = html.escape(text, quote=False)
     return re.sub(r"([\\`*_{}\[\]#+\-!|~>])", r"\\\1", escaped)
+
+
+# ---------------------------------------------------------------- handlers' results by role name
+
+
+def returns(*roles: str):
+    """Declare the role names a handler's result holds: it returns (or yields) a dict {role: value}, a role being a
+    field name of the tab's dataclass (or a shared one such as `novel_id`). `bind` maps roles to components; a key
+    the handler did not declare is a bug and raises."""
+    def declare(fn):
+        def checked(values: dict) -> dict:
+            unknown = set(values) - set(roles)
+            if unknown:
+                raise TypeError(f"{fn.__name__} returned {sorted(unknown)}, which it does not declare in @returns")
+            return values
+
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def stream(*args, **kwargs):
+                for values in fn(*args, **kwargs):
+                    yield checked(values)
+            wrapped = stream
+        else:
+            @functools.wraps(fn)
+            def call(*args, **kwargs):
+                return checked(fn(*args, **kwargs))
+            wrapped = call
+        wrapped.roles = roles
+        return wrapped
+    return declare
+
+
+def components(tab, **shared) -> dict:
+    """A tab's components by role name (the fields of its dataclass), plus `shared` ones (the open novel's state)."""
+    return {**{item.name: getattr(tab, item.name) for item in dataclasses.fields(tab)}, **shared}
+
+
+def _targets(role: str, by_role: dict) -> list:
+    if role not in by_role:
+        raise KeyError(f"no component has the role {role!r}")
+    target = by_role[role]
+    if isinstance(target, dict):
+        return list(target.values())
+    return list(target) if isinstance(target, list) else [target]
+
+
+def to_components(values: dict, by_role: dict) -> dict:
+    """{role: value} as {component: value}. A role naming several components (a dict of fields, a list of buttons)
+    takes a dict with the same keys, or a list as long."""
+    found = {}
+    for role, value in values.items():
+        target = by_role[role]
+        if isinstance(target, dict):
+            found.update({target[name]: item for name, item in value.items()})
+        elif isinstance(target, list):
+            if len(value) != len(target):
+                raise ValueError(f"{role} has {len(target)} components, the handler gave {len(value)} values")
+            found.update(zip(target, value))
+        else:
+            found[target] = value
+    return found
+
+
+def outputs(fn, by_role: dict) -> list:
+    """The components a `@returns` handler may fill: the event's outputs."""
+    return [component for role in fn.roles for component in _targets(role, by_role)]
+
+
+def bind(fn, by_role: dict) -> dict:
+    """A `@returns` handler as an event's `fn` and `outputs`: `button.click(inputs=[...], **bind(fn, by_role))`.
+    The bound function returns (or yields) {component: value}, which Gradio fills by component."""
+    listed = outputs(fn, by_role)
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            for values in fn(*args, **kwargs):
+                yield to_components(values, by_role)
+        return {"fn": stream, "outputs": listed}
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return to_components(fn(*args, **kwargs), by_role)
+    return {"fn": call, "outputs": listed}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from app.ui.common import clean_text, handler
+from app.ui.common import bind, clean_text, components, handler, returns
 
 SECTION_HEADERS = ["section", "tokens", "in the prompt"]
 
@@ -32,11 +32,13 @@ def _why_retrieved(preview) -> str:
 
 
 @handler
+@returns("context_box", "sections_table", "budget_md", "retrieved_md")
 def inspect(novel_id, instruction: str):
-    """(prompt text, section rows, budget line, why each retrieved passage was chosen) for the next step with
-    `instruction` as its plan."""
+    """The prompt text, its section rows, the budget line and why each retrieved passage was chosen, for the next
+    step with `instruction` as its plan."""
     if novel_id in (None, ""):
-        return "", [], "Open a novel to see what the next step will read.", ""
+        return {"context_box": "", "sections_table": [],
+                "budget_md": "Open a novel to see what the next step will read.", "retrieved_md": ""}
     novel_id = int(novel_id)
     plan = clean_text(instruction, "The instruction")
     preview = _engine_for(novel_id).inspect_context(novel_id, plan)
@@ -50,7 +52,8 @@ def inspect(novel_id, instruction: str):
         budget += f" · plus {preview.manuscript_tokens:,} manuscript tokens read into the model's state"
     if preview.dropped:
         budget += f" · dropped to fit: {', '.join(preview.dropped)}"
-    return preview.prompt_text, rows, budget, _why_retrieved(preview)
+    return {"context_box": preview.prompt_text, "sections_table": rows, "budget_md": budget,
+            "retrieved_md": _why_retrieved(preview)}
 
 
 @dataclass
@@ -74,10 +77,7 @@ def build() -> ContextTab:
     return ContextTab(budget_md, sections_table, retrieved_md, context_box, refresh_context_btn)
 
 
-def outputs(tab: ContextTab) -> list:
-    return [tab.context_box, tab.sections_table, tab.budget_md, tab.retrieved_md]
-
-
 def wire(tab: ContextTab, context_tab: gr.Tab, novel_state: gr.State, instruction_box: gr.Textbox) -> None:
-    context_tab.select(inspect, [novel_state, instruction_box], outputs(tab))
-    tab.refresh_context_btn.click(inspect, [novel_state, instruction_box], outputs(tab))
+    roles = components(tab)
+    context_tab.select(inputs=[novel_state, instruction_box], **bind(inspect, roles))
+    tab.refresh_context_btn.click(inputs=[novel_state, instruction_box], **bind(inspect, roles))

@@ -18,7 +18,18 @@ import gradio as gr
 
 from app.engine.settings import check_stored, settings_notice
 from app.ui import services
-from app.ui.common import MAX_PREMISE_CHARS, MAX_SHORT_CHARS, InputError, clean_text, escape, handler, require_novel
+from app.ui.common import (
+    MAX_PREMISE_CHARS,
+    MAX_SHORT_CHARS,
+    InputError,
+    bind,
+    clean_text,
+    components,
+    escape,
+    handler,
+    require_novel,
+    returns,
+)
 from app.ui.settings import check_model, load_settings, new_novel_defaults
 from memory import backup, trash
 
@@ -95,16 +106,17 @@ def trash_choices() -> list[tuple[str, str]]:
 
 
 @handler
+@returns("novels_table", "novel_dropdown", "trash_dropdown")
 def refresh(novel_id: int | None):
     """The table, the picker (with the open novel selected) and the trash."""
     choices = novel_choices()
     ids = {value for _, value in choices}
     deleted = trash_choices()
-    return (
-        gr.update(value=novel_rows_or_empty(), headers=TABLE_HEADERS),
-        gr.update(choices=choices, value=novel_id if novel_id in ids else None),
-        gr.update(choices=deleted, value=deleted[0][1] if deleted else None),
-    )
+    return {
+        "novels_table": gr.update(value=novel_rows_or_empty(), headers=TABLE_HEADERS),
+        "novel_dropdown": gr.update(choices=choices, value=novel_id if novel_id in ids else None),
+        "trash_dropdown": gr.update(choices=deleted, value=deleted[0][1] if deleted else None),
+    }
 
 
 def novel_rows_or_empty() -> list[list]:
@@ -112,8 +124,9 @@ def novel_rows_or_empty() -> list[list]:
 
 
 @handler
-def create_novel(premise: str, genre: str, style: str, model: str) -> tuple[int, str]:
-    """Create a novel from a premise; returns (novel id, status). The Write tab then streams its opening."""
+@returns("novel_id", "status_md")
+def create_novel(premise: str, genre: str, style: str, model: str) -> dict:
+    """Create a novel from a premise: its id and a status line. The Write tab then streams its opening."""
     from memory import store
 
     premise = clean_text(premise, "The premise", required=True, max_chars=MAX_PREMISE_CHARS)
@@ -128,11 +141,12 @@ def create_novel(premise: str, genre: str, style: str, model: str) -> tuple[int,
         novel = store.create_novel(session, title=title, premise=premise, style_notes=style_notes,
                                    settings=settings.to_dict())
         novel_id = novel.id
-    return novel_id, f"Created **{title}**. The opening is being written in the Write tab."
+    return {"novel_id": novel_id, "status_md": f"Created **{title}**. The opening is being written in the Write tab."}
 
 
 @handler
-def open_novel(novel_id) -> tuple[int, str]:
+@returns("novel_id", "status_md")
+def open_novel(novel_id) -> dict:
     from memory import store
 
     novel_id = require_novel(novel_id)
@@ -141,7 +155,7 @@ def open_novel(novel_id) -> tuple[int, str]:
         title = novel.title
     _, problems = load_settings(novel_id)
     notice = f" {escape(settings_notice(problems))}" if problems else ""
-    return novel_id, f"Opened **{title}**.{notice}"
+    return {"novel_id": novel_id, "status_md": f"Opened **{title}**.{notice}"}
 
 
 @handler
@@ -156,7 +170,8 @@ def rename_novel(novel_id, new_title: str) -> str:
 
 
 @handler
-def delete_novel(novel_id, confirmed: bool) -> tuple[None, bool, str]:
+@returns("novel_id", "delete_confirm", "status_md")
+def delete_novel(novel_id, confirmed: bool) -> dict:
     """Move the novel into the trash (after a backup of the whole database); needs the confirmation box ticked.
     Closes the novel. If the trash cannot be written, nothing is deleted."""
     from memory import store
@@ -169,27 +184,31 @@ def delete_novel(novel_id, confirmed: bool) -> tuple[None, bool, str]:
         title = store.get_novel(session, novel_id).title
     _, trashed = backup.delete_novel_with_backup(svc.session_factory.kw["bind"], svc.session_factory,
                                                  svc.config.backups_dir, novel_id, trash_dir=svc.config.trash_dir)
-    return None, False, (f"Moved **{escape(title)}** to the trash: restore it under 'Trash' below, or with "
-                         f"`python -m app trash restore {trashed.name}`.")
+    return {"novel_id": None, "delete_confirm": False,
+            "status_md": f"Moved **{escape(title)}** to the trash: restore it under 'Trash' below, or with "
+                         f"`python -m app trash restore {trashed.name}`."}
 
 
 @handler
-def restore_from_trash(name) -> tuple[int, str]:
+@returns("novel_id", "status_md")
+def restore_from_trash(name) -> dict:
     """Bring a deleted novel back from the trash as a new novel (with its whole history) and open it."""
     if not name:
         raise InputError("The trash is empty, or no deleted novel is chosen.")
     svc = services.current()
     novel_id, title = trash.restore_from_trash(svc.session_factory, svc.config.trash_dir, str(name))
-    return novel_id, f"Restored **{escape(title)}** from the trash."
+    return {"novel_id": novel_id, "status_md": f"Restored **{escape(title)}** from the trash."}
 
 
 @handler
-def empty_trash(confirmed: bool) -> tuple[bool, str]:
+@returns("empty_trash_confirm", "status_md")
+def empty_trash(confirmed: bool) -> dict:
     """Delete every novel in the trash for good; needs its own confirmation box ticked."""
     if confirmed is not True:
         raise InputError("Tick 'Yes, empty the trash' first: the novels in it are then gone for good.")
     removed = trash.empty_trash(services.current().config.trash_dir)
-    return False, f"Emptied the trash ({len(removed)} novel{'' if len(removed) == 1 else 's'} deleted for good)."
+    novels = f"{len(removed)} novel{'' if len(removed) == 1 else 's'}"
+    return {"empty_trash_confirm": False, "status_md": f"Emptied the trash ({novels} deleted for good)."}
 
 
 def _download_dir() -> Path:
@@ -212,7 +231,8 @@ def _download_dir() -> Path:
 
 
 @handler
-def export_novel(novel_id, format_label: str) -> tuple[str, str]:
+@returns("export_file", "status_md")
+def export_novel(novel_id, format_label: str) -> dict:
     """Write the export into the data dir's exports folder and offer a copy of that one file for download."""
     from memory import exchange
 
@@ -226,11 +246,12 @@ def export_novel(novel_id, format_label: str) -> tuple[str, str]:
         saved = Path(exchange.export_to_file(session, novel_id, config.exports_dir, fmt))
     download = _download_dir() / saved.name
     shutil.copyfile(saved, download)
-    return str(download), f"Exported to `{saved}`; the download is below."
+    return {"export_file": str(download), "status_md": f"Exported to `{saved}`; the download is below."}
 
 
 @handler
-def import_novel(file_path) -> tuple[int, str]:
+@returns("novel_id", "status_md")
+def import_novel(file_path) -> dict:
     """A new novel from a Longhand JSON export (everything), or from Markdown/plain text (paragraphs only)."""
     from memory import exchange
 
@@ -250,7 +271,7 @@ def import_novel(file_path) -> tuple[int, str]:
         else:
             novel = exchange.import_manuscript(session, content, "")
         novel_id, title = novel.id, novel.title
-    return novel_id, f"Imported **{title}**."
+    return {"novel_id": novel_id, "status_md": f"Imported **{title}**."}
 
 
 # ---------------------------------------------------------------- layout
@@ -309,20 +330,13 @@ def build() -> LibraryTab:
                       export_file, import_file, import_btn, status_md)
 
 
-def refresh_outputs(tab: LibraryTab) -> list:
-    """What `refresh` fills, in its order."""
-    return [tab.novels_table, tab.novel_dropdown, tab.trash_dropdown]
-
-
 def wire(tab: LibraryTab, novel_state: gr.State, on_novel_changed) -> None:
     """`on_novel_changed(dependency)` chains every tab's refresh after an event that changed the open novel."""
-    on_novel_changed(tab.open_btn.click(open_novel, [tab.novel_dropdown], [novel_state, tab.status_md]))
+    roles = components(tab, novel_id=novel_state)
+    on_novel_changed(tab.open_btn.click(inputs=[tab.novel_dropdown], **bind(open_novel, roles)))
     on_novel_changed(tab.rename_btn.click(rename_novel, [novel_state, tab.rename_box], [tab.status_md]))
-    on_novel_changed(tab.delete_btn.click(delete_novel, [novel_state, tab.delete_confirm],
-                                          [novel_state, tab.delete_confirm, tab.status_md]))
-    on_novel_changed(tab.restore_trash_btn.click(restore_from_trash, [tab.trash_dropdown],
-                                                 [novel_state, tab.status_md]))
-    on_novel_changed(tab.empty_trash_btn.click(empty_trash, [tab.empty_trash_confirm],
-                                               [tab.empty_trash_confirm, tab.status_md]))
-    tab.export_btn.click(export_novel, [novel_state, tab.export_format], [tab.export_file, tab.status_md])
-    on_novel_changed(tab.import_btn.click(import_novel, [tab.import_file], [novel_state, tab.status_md]))
+    on_novel_changed(tab.delete_btn.click(inputs=[novel_state, tab.delete_confirm], **bind(delete_novel, roles)))
+    on_novel_changed(tab.restore_trash_btn.click(inputs=[tab.trash_dropdown], **bind(restore_from_trash, roles)))
+    on_novel_changed(tab.empty_trash_btn.click(inputs=[tab.empty_trash_confirm], **bind(empty_trash, roles)))
+    tab.export_btn.click(inputs=[novel_state, tab.export_format], **bind(export_novel, roles))
+    on_novel_changed(tab.import_btn.click(inputs=[tab.import_file], **bind(import_novel, roles)))

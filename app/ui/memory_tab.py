@@ -14,7 +14,17 @@ from dataclasses import dataclass
 import gradio as gr
 
 from app.ui import services
-from app.ui.common import MAX_PREMISE_CHARS, MAX_SHORT_CHARS, InputError, clean_text, handler, require_novel
+from app.ui.common import (
+    MAX_PREMISE_CHARS,
+    MAX_SHORT_CHARS,
+    InputError,
+    bind,
+    clean_text,
+    components,
+    handler,
+    require_novel,
+    returns,
+)
 
 PARAGRAPH_HEADERS = ["#", "text", "words"]
 SEARCH_HEADERS = ["#", "score", "why", "text"]
@@ -33,7 +43,8 @@ def _story(novel_id: int) -> dict[str, str]:
 
 
 @handler
-def save_story(novel_id, premise: str, style_notes: str, outline: str, read: dict | None) -> tuple[dict, str]:
+@returns("story_read", "status_md")
+def save_story(novel_id, premise: str, style_notes: str, outline: str, read: dict | None) -> dict:
     """Save the premise, style notes and outline if nobody changed them since the page read `read`."""
     from memory import store
 
@@ -43,7 +54,8 @@ def save_story(novel_id, premise: str, style_notes: str, outline: str, read: dic
     outline = clean_text(outline, "The outline", max_chars=MAX_PREMISE_CHARS)
     with services.current().session() as session, session.begin():
         store.edit_story(session, novel_id, premise, style_notes, outline, read or {})
-    return _story(novel_id), "Saved: the next step reads the new premise, style notes and outline."
+    return {"story_read": _story(novel_id),
+            "status_md": "Saved: the next step reads the new premise, style notes and outline."}
 
 
 # ---------------------------------------------------------------- short-term memory
@@ -63,7 +75,8 @@ def _memory(novel_id: int) -> tuple[str, int, list[tuple[str, int]]]:
 
 
 @handler
-def save_memory(novel_id, text: str, version) -> tuple[int, object, str]:
+@returns("memory_version", "memory_history", "status_md")
+def save_memory(novel_id, text: str, version) -> dict:
     """Save the edited short-term memory if nobody saved since `version` was read; returns the new version."""
     from memory import store
 
@@ -73,7 +86,8 @@ def save_memory(novel_id, text: str, version) -> tuple[int, object, str]:
         saved = store.set_memory(session, novel_id, text, expected_version=int(version or 0))
         new_version = saved.version
     _, _, choices = _memory(novel_id)
-    return new_version, gr.update(choices=choices, value=None), f"Memory saved (version {new_version})."
+    return {"memory_version": new_version, "memory_history": gr.update(choices=choices, value=None),
+            "status_md": f"Memory saved (version {new_version})."}
 
 
 @handler
@@ -90,7 +104,8 @@ def show_memory_version(novel_id, chosen_version) -> str:
 
 
 @handler
-def restore_memory(novel_id, chosen_version, version) -> tuple[str, int, object, str]:
+@returns("memory_box", "memory_version", "memory_history", "status_md")
+def restore_memory(novel_id, chosen_version, version) -> dict:
     """Make an earlier version the current memory again (as a new version: nothing is lost)."""
     from memory import store
 
@@ -99,12 +114,12 @@ def restore_memory(novel_id, chosen_version, version) -> tuple[str, int, object,
         raise InputError("Pick a version in the history first.")
     old_text = show_memory_version(novel_id, chosen_version)
     with services.current().session() as session, session.begin():
-        saved = store.set_memory(session, novel_id, old_text, expected_version=int(version or 0),
-)
+        saved = store.set_memory(session, novel_id, old_text, expected_version=int(version or 0))
         new_version = saved.version
     _, _, choices = _memory(novel_id)
-    return old_text, new_version, gr.update(choices=choices, value=None), \
-        f"Restored version {chosen_version} as version {new_version}."
+    return {"memory_box": old_text, "memory_version": new_version,
+            "memory_history": gr.update(choices=choices, value=None),
+            "status_md": f"Restored version {chosen_version} as version {new_version}."}
 
 
 # ---------------------------------------------------------------- long-term memory
@@ -129,7 +144,8 @@ def _table_rows(table) -> list[list]:
 
 
 @handler
-def save_paragraph_edits(novel_id, table, read_versions: list[dict]) -> tuple[list[list], list[dict], str]:
+@returns("paragraph_table", "paragraph_versions", "status_md")
+def save_paragraph_edits(novel_id, table, read_versions: list[dict]) -> dict:
     """Save each paragraph whose text changed in the table, checking the version read with it."""
     novel_id = require_novel(novel_id)
     rows = _table_rows(table)
@@ -146,14 +162,15 @@ def save_paragraph_edits(novel_id, table, read_versions: list[dict]) -> tuple[li
             changed.append((item, text))
     if not changed:
         new_rows, versions = _paragraph_rows(novel_id)
-        return new_rows, versions, "No paragraph changed."
+        return {"paragraph_table": new_rows, "paragraph_versions": versions, "status_md": "No paragraph changed."}
     engine = services.current().history_engine()
     # One edit per transaction: each refreshes that paragraph's embedding and drops the model states after it.
     for item, text in changed:
         engine.edit_paragraph(item["id"], text, item["version"])
     new_rows, versions = _paragraph_rows(novel_id)
     numbers = ", ".join(str(item["position"]) for item, _ in changed)
-    return new_rows, versions, f"Saved paragraph {numbers}; its retrieval entry is refreshed."
+    return {"paragraph_table": new_rows, "paragraph_versions": versions,
+            "status_md": f"Saved paragraph {numbers}; its retrieval entry is refreshed."}
 
 
 def _escape_markdown(text: str) -> str:
@@ -198,16 +215,21 @@ def _lore(novel_id: int) -> tuple[list[list], list[tuple[str, int]]]:
     return rows, choices
 
 
+EMPTY_EDITOR = {"lore_name": "", "lore_keys": "", "lore_body": "", "lore_always_on": False, "lore_version": 0}
+
+
 @handler
-def pick_lore(novel_id, entry_id) -> tuple[str, str, str, bool, int]:
+@returns(*EMPTY_EDITOR)
+def pick_lore(novel_id, entry_id) -> dict:
     """Fill the editor with an entry (or empty it for a new one)."""
     from memory import store
 
     if entry_id in (None, "", 0) or novel_id in (None, ""):
-        return "", "", "", False, 0
+        return dict(EMPTY_EDITOR)
     with services.current().session() as session:
         entry = store.get_lore(session, int(entry_id))
-        return entry.name, ", ".join(entry.keys), entry.body, entry.always_on, entry.version
+        return {"lore_name": entry.name, "lore_keys": ", ".join(entry.keys), "lore_body": entry.body,
+                "lore_always_on": entry.always_on, "lore_version": entry.version}
 
 
 def _keys(text: str) -> list[str]:
@@ -216,6 +238,7 @@ def _keys(text: str) -> list[str]:
 
 
 @handler
+@returns("lore_table", "lore_pick", "lore_version", "status_md")
 def save_lore(novel_id, entry_id, name: str, keys: str, body: str, always_on: bool, version):
     """Add a new entry, or save the picked one (checking its version)."""
     from memory import store
@@ -236,10 +259,12 @@ def save_lore(novel_id, entry_id, name: str, keys: str, body: str, always_on: bo
             message = f"Saved **{name}**."
         new_id, new_version = entry.id, entry.version
     rows, choices = _lore(novel_id)
-    return rows, gr.update(choices=choices, value=new_id), new_version, message
+    return {"lore_table": rows, "lore_pick": gr.update(choices=choices, value=new_id), "lore_version": new_version,
+            "status_md": message}
 
 
 @handler
+@returns("lore_table", "lore_pick", *EMPTY_EDITOR, "status_md")
 def remove_lore(novel_id, entry_id):
     from memory import store
 
@@ -249,24 +274,31 @@ def remove_lore(novel_id, entry_id):
     with services.current().session() as session, session.begin():
         store.delete_lore(session, int(entry_id))
     rows, choices = _lore(novel_id)
-    return rows, gr.update(choices=choices, value=0), "", "", "", False, 0, "Entry removed."
+    return {"lore_table": rows, "lore_pick": gr.update(choices=choices, value=0), **EMPTY_EDITOR,
+            "status_md": "Entry removed."}
 
 
 # ---------------------------------------------------------------- refresh
 
 
 @handler
+@returns("memory_box", "memory_version", "memory_history", "history_preview", "paragraph_table", "paragraph_versions",
+         "lore_table", "lore_pick", "premise_box", "style_box", "outline_box", "story_read")
 def refresh(novel_id):
     if novel_id in (None, ""):
-        return ("", 0, gr.update(choices=[], value=None), "", [], [], [], gr.update(choices=[(NEW_ENTRY, 0)], value=0),
-                "", "", "", {})
+        return {"memory_box": "", "memory_version": 0, "memory_history": gr.update(choices=[], value=None),
+                "history_preview": "", "paragraph_table": [], "paragraph_versions": [], "lore_table": [],
+                "lore_pick": gr.update(choices=[(NEW_ENTRY, 0)], value=0), "premise_box": "", "style_box": "",
+                "outline_box": "", "story_read": {}}
     novel_id = int(novel_id)
     text, version, history = _memory(novel_id)
     rows, versions = _paragraph_rows(novel_id)
     lore_rows, lore_choices = _lore(novel_id)
     story = _story(novel_id)
-    return (text, version, gr.update(choices=history, value=None), "", rows, versions, lore_rows,
-            gr.update(choices=lore_choices, value=0), story["premise"], story["style_notes"], story["outline"], story)
+    return {"memory_box": text, "memory_version": version, "memory_history": gr.update(choices=history, value=None),
+            "history_preview": "", "paragraph_table": rows, "paragraph_versions": versions, "lore_table": lore_rows,
+            "lore_pick": gr.update(choices=lore_choices, value=0), "premise_box": story["premise"],
+            "style_box": story["style_notes"], "outline_box": story["outline"], "story_read": story}
 
 
 # ---------------------------------------------------------------- layout
@@ -361,29 +393,20 @@ def build() -> MemoryTab:
                      style_box, outline_box, story_read, save_story_btn)
 
 
-def refresh_outputs(tab: MemoryTab) -> list:
-    return [tab.memory_box, tab.memory_version, tab.memory_history, tab.history_preview, tab.paragraph_table,
-            tab.paragraph_versions, tab.lore_table, tab.lore_pick, tab.premise_box, tab.style_box, tab.outline_box,
-            tab.story_read]
-
-
 def wire(tab: MemoryTab, novel_state: gr.State, on_novel_changed) -> None:
-    tab.save_story_btn.click(save_story, [novel_state, tab.premise_box, tab.style_box, tab.outline_box,
-                                          tab.story_read], [tab.story_read, tab.status_md])
-    tab.save_memory_btn.click(save_memory, [novel_state, tab.memory_box, tab.memory_version],
-                              [tab.memory_version, tab.memory_history, tab.status_md])
+    roles = components(tab)
+    tab.save_story_btn.click(inputs=[novel_state, tab.premise_box, tab.style_box, tab.outline_box, tab.story_read],
+                             **bind(save_story, roles))
+    tab.save_memory_btn.click(inputs=[novel_state, tab.memory_box, tab.memory_version], **bind(save_memory, roles))
     tab.memory_history.input(show_memory_version, [novel_state, tab.memory_history], [tab.history_preview])
-    tab.restore_memory_btn.click(restore_memory, [novel_state, tab.memory_history, tab.memory_version],
-                                 [tab.memory_box, tab.memory_version, tab.memory_history, tab.status_md])
+    tab.restore_memory_btn.click(inputs=[novel_state, tab.memory_history, tab.memory_version],
+                                 **bind(restore_memory, roles))
     on_novel_changed(tab.save_paragraphs_btn.click(
-        save_paragraph_edits, [novel_state, tab.paragraph_table, tab.paragraph_versions],
-        [tab.paragraph_table, tab.paragraph_versions, tab.status_md]))
+        inputs=[novel_state, tab.paragraph_table, tab.paragraph_versions], **bind(save_paragraph_edits, roles)))
     tab.search_btn.click(search_memory, [novel_state, tab.search_box, tab.search_k], [tab.search_results])
     tab.search_box.submit(search_memory, [novel_state, tab.search_box, tab.search_k], [tab.search_results])
-    tab.lore_pick.input(pick_lore, [novel_state, tab.lore_pick],
-                        [tab.lore_name, tab.lore_keys, tab.lore_body, tab.lore_always_on, tab.lore_version])
+    tab.lore_pick.input(inputs=[novel_state, tab.lore_pick], **bind(pick_lore, roles))
     lore_fields = [tab.lore_name, tab.lore_keys, tab.lore_body, tab.lore_always_on]
-    tab.save_lore_btn.click(save_lore, [novel_state, tab.lore_pick, *lore_fields, tab.lore_version],
-                            [tab.lore_table, tab.lore_pick, tab.lore_version, tab.status_md])
-    tab.remove_lore_btn.click(remove_lore, [novel_state, tab.lore_pick],
-                              [tab.lore_table, tab.lore_pick, *lore_fields, tab.lore_version, tab.status_md])
+    tab.save_lore_btn.click(inputs=[novel_state, tab.lore_pick, *lore_fields, tab.lore_version],
+                            **bind(save_lore, roles))
+    tab.remove_lore_btn.click(inputs=[novel_state, tab.lore_pick], **bind(remove_lore, roles))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from app.ui import services
-from app.ui.common import GENERATION, clean_text, handler, require_novel
+from app.ui.common import GENERATION, bind, clean_text, components, handler, require_novel, returns
 
 CHOICES = 3
 
@@ -23,6 +23,7 @@ def _view(novel_id: int) -> tuple[str, list[str]]:
 
 
 def _choice_updates(plans: list[str]) -> list:
+    """One update per choice button, in button order (choice 1, 2, 3)."""
     updates = []
     for index in range(CHOICES):
         if index < len(plans):
@@ -33,20 +34,26 @@ def _choice_updates(plans: list[str]) -> list:
 
 
 @handler
+@returns("story_html", "choice_btns", "passage_box")
 def refresh(novel_id):
     if novel_id in (None, ""):
-        return ("<p><em>Open a novel in the Library tab to read it here.</em></p>", *_choice_updates([]), "")
+        return {"story_html": "<p><em>Open a novel in the Library tab to read it here.</em></p>",
+                "choice_btns": _choice_updates([]), "passage_box": ""}
     story, plans = _view(int(novel_id))
-    return (story, *_choice_updates(plans), "")
+    return {"story_html": story, "choice_btns": _choice_updates(plans), "passage_box": ""}
 
 
+@returns("passage_box", "status_md")
 def _play(novel_id: int, make_events):
+    """The Write tab's stream of a step, shown in the Reader's passage box."""
     from app.ui import write
 
-    yield from write._run(novel_id, make_events, "writing what happens")
+    for frame in write._run(novel_id, make_events, "writing what happens"):
+        yield {"passage_box": frame["draft_box"], "status_md": frame["status_md"]}
 
 
 @handler
+@returns("passage_box", "status_md")
 def choose(novel_id, index: int):
     """The reader picked choice `index`: it becomes the next plan, written in the second person."""
     novel_id = require_novel(novel_id)
@@ -55,6 +62,7 @@ def choose(novel_id, index: int):
 
 def _choice_handler(index: int):
     """The click handler of choice button `index` (a generator, so the passage streams)."""
+    @returns("passage_box", "status_md")
     def choose_this(novel_id):
         yield from choose(novel_id, index)
 
@@ -63,6 +71,7 @@ def _choice_handler(index: int):
 
 
 @handler
+@returns("passage_box", "status_md")
 def own_choice(novel_id, text: str):
     """The reader wrote their own action: it is the next plan, written in the second person."""
     novel_id = require_novel(novel_id)
@@ -92,12 +101,9 @@ def build() -> ReaderTab:
     return ReaderTab(story_html, choice_btns, own_choice_box, own_choice_btn, passage_box, status_md)
 
 
-def refresh_outputs(tab: ReaderTab) -> list:
-    return [tab.story_html, *tab.choice_btns, tab.passage_box]
-
-
 def wire(tab: ReaderTab, novel_state: gr.State, on_novel_changed) -> None:
-    outputs = [tab.passage_box, tab.status_md]
+    roles = components(tab)
     for index, button in enumerate(tab.choice_btns):
-        on_novel_changed(button.click(_choice_handler(index), [novel_state], outputs, **GENERATION))
-    on_novel_changed(tab.own_choice_btn.click(own_choice, [novel_state, tab.own_choice_box], outputs, **GENERATION))
+        on_novel_changed(button.click(inputs=[novel_state], **bind(_choice_handler(index), roles), **GENERATION))
+    on_novel_changed(tab.own_choice_btn.click(inputs=[novel_state, tab.own_choice_box], **bind(own_choice, roles),
+                                              **GENERATION))

@@ -80,6 +80,11 @@ class Services:
             self._generator_key = (self.source.kind, self.source.location, self.config.device, self.config.dtype)
             self._engine = None
 
+    def use_embedder(self, embedder) -> None:
+        """Serve retrieval with an embedder loaded elsewhere (tests share one per session)."""
+        with self._lock:
+            self._embedder = embedder
+
     def loaded_generator(self):
         """The model if one is loaded already, else None (counting tokens must not trigger a load)."""
         return self._generator

@@ -17,7 +17,7 @@ from app.config import DEVICES, DTYPES, check_model_allowed
 from app.engine.settings import FORM_FIELDS, NovelSettings, SettingsError, settings_notice
 from app.offline import resolve_model
 from app.ui import services
-from app.ui.common import InputError, handler
+from app.ui.common import InputError, bind, components, handler, returns
 from memory import store
 from models.backend import STATE_DTYPES
 
@@ -80,15 +80,17 @@ def form_values(novel_id) -> tuple[dict, str]:
 
 
 @handler
+@returns("fields", "read", "status_md")
 def refresh(novel_id):
-    """For `refresh_outputs`: the form's values, the same values as one dict (what this page read, for
-    save_settings' conflict check), and the status line (a notice when the stored settings were bad)."""
+    """The form's values by field name, the same values as what this page read (for save_settings' conflict
+    check), and the status line (a notice when the stored settings were bad)."""
     values, notice = form_values(novel_id)
-    return (*(values[name] for name in FORM_FIELDS), values, notice)
+    return {"fields": values, "read": dict(values), "status_md": notice}
 
 
 @handler
-def save_settings(novel_id, read: dict | None, form: dict) -> tuple[dict, str]:
+@returns("read", "status_md")
+def save_settings(novel_id, read: dict | None, form: dict) -> dict:
     """Save the form (values by field name) as the open novel's settings (with none open: as the defaults for new
     novels), unless another tab saved different settings since this page read `read` (None: no check). Returns the
     new `read` and a status line."""
@@ -101,7 +103,8 @@ def save_settings(novel_id, read: dict | None, form: dict) -> tuple[dict, str]:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(json.dumps(settings.to_dict(), indent=1))
         temporary.replace(path)
-        return settings.to_form(), "No novel is open: saved as the settings new novels start with."
+        return {"read": settings.to_form(),
+                "status_md": "No novel is open: saved as the settings new novels start with."}
     novel_id = int(novel_id)
     # Checked before the write transaction: resolving a hub model may download it.
     check_model(_form(form).model)
@@ -115,13 +118,14 @@ def save_settings(novel_id, read: dict | None, form: dict) -> tuple[dict, str]:
         # The fields the form does not show (the outline, the mode, ...) keep the novel's own values.
         settings = _form(form, stored)
         store.update_novel_settings(session, novel_id, settings.to_dict())
-    return settings.to_form(), "Settings saved for this novel. The next step uses them."
+    return {"read": settings.to_form(), "status_md": "Settings saved for this novel. The next step uses them."}
 
 
 @handler
+@returns("fields")
 def reset_settings() -> dict:
     """The built-in defaults, by field name."""
-    return NovelSettings().to_form()
+    return {"fields": NovelSettings().to_form()}
 
 
 # ---------------------------------------------------------------- layout
@@ -211,21 +215,15 @@ def build() -> SettingsTab:
     return SettingsTab(f, save_settings_btn, reset_settings_btn, status_md, gr.State(None))
 
 
-def refresh_outputs(tab: SettingsTab) -> list:
-    """What `refresh` fills, in its order (app.ui chains every tab's refresh after the open novel changes)."""
-    return [tab.fields[name] for name in FORM_FIELDS] + [tab.read, tab.status_md]
-
-
 def wire(tab: SettingsTab, novel_state: gr.State) -> None:
-    # A set of inputs reaches the function as one {component: value} dict, and a dict return fills components by
-    # name: no list here means anything by its position.
+    roles = components(tab)
+
+    # A set of inputs reaches the function as one {component: value} dict: no list here means anything by its
+    # position.
+    @returns(*save_settings.roles)
     def save(values: dict) -> dict:
         form = {name: values[component] for name, component in tab.fields.items()}
-        read, status = save_settings(values[novel_state], values[tab.read], form)
-        return {tab.read: read, tab.status_md: status}
+        return save_settings(values[novel_state], values[tab.read], form)
 
-    def reset() -> dict:
-        return {tab.fields[name]: value for name, value in reset_settings().items()}
-
-    tab.save_settings_btn.click(save, {novel_state, tab.read, *tab.fields.values()}, [tab.read, tab.status_md])
-    tab.reset_settings_btn.click(reset, None, list(tab.fields.values()))
+    tab.save_settings_btn.click(inputs={novel_state, tab.read, *tab.fields.values()}, **bind(save, roles))
+    tab.reset_settings_btn.click(inputs=None, **bind(reset_settings, roles))

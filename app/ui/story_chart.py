@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from app.ui import services
-from app.ui.common import handler
+from app.ui.common import bind, components, handler, returns
 
 _WORD = re.compile(r"[\w']+")
 
@@ -54,6 +54,7 @@ def paragraph_texts(novel_id: int) -> list[str]:
 
 
 @handler
+@returns("words_plot", "repetition_plot", "chart_summary_md")
 def refresh(novel_id):
     texts = paragraph_texts(int(novel_id)) if novel_id not in (None, "") else []
     words, repetition = chart_frames(texts)
@@ -61,7 +62,8 @@ def refresh(novel_id):
     summary = (f"{len(texts)} paragraphs, {int(words['words'].sum()) if texts else 0} words; "
                f"{loops} paragraph(s) repeat half or more of their phrases." if texts else "No paragraphs yet.")
     order = list(words["paragraph"])
-    return gr.BarPlot(words, sort=order), gr.BarPlot(repetition, sort=order), summary
+    return {"words_plot": gr.BarPlot(words, sort=order), "repetition_plot": gr.BarPlot(repetition, sort=order),
+            "chart_summary_md": summary}
 
 
 @dataclass
@@ -84,9 +86,5 @@ def build() -> StoryChartTab:
     return StoryChartTab(words_plot, repetition_plot, chart_summary_md, refresh_chart_btn)
 
 
-def refresh_outputs(tab: StoryChartTab) -> list:
-    return [tab.words_plot, tab.repetition_plot, tab.chart_summary_md]
-
-
 def wire(tab: StoryChartTab, novel_state: gr.State) -> None:
-    tab.refresh_chart_btn.click(refresh, [novel_state], refresh_outputs(tab))
+    tab.refresh_chart_btn.click(inputs=[novel_state], **bind(refresh, components(tab)))

@@ -16,7 +16,20 @@ import gradio as gr
 from app.config import ConfigError, check_model_allowed, is_loopback, model_host
 from app.offline import DEFAULT_LM_NAME
 from app.ui import services
-from app.ui.common import GENERATION, InputError, clean_text, escape, handler, require_novel, word_count
+from app.engine import Cancelled
+from app.engine.events import StepProgress
+from app.ui.common import (
+    GENERATION,
+    InputError,
+    bind,
+    clean_text,
+    components,
+    escape,
+    handler,
+    require_novel,
+    returns,
+    word_count,
+)
 from app.ui.settings import engine_for, load_settings
 
 CUSTOM_PLAN = "(my own instruction)"
@@ -87,25 +100,29 @@ def counts_line(paragraphs: list[tuple[int, str]]) -> str:
 
 
 @handler
+@returns("manuscript_html", "plan_radio", "instruction_box", "counts_md", "draft_box", "undo_btn", "redo_btn",
+         "receiver_md")
 def refresh(novel_id):
     """Manuscript, plans, instruction, counts and button states for the open novel."""
     if novel_id in (None, ""):
-        return (manuscript_html("No novel open", []), gr.update(choices=[], value=None), "",
-                "Create or open a novel in the Library tab.", "", gr.update(interactive=False),
-                gr.update(interactive=False), "")
+        return {"manuscript_html": manuscript_html("No novel open", []),
+                "plan_radio": gr.update(choices=[], value=None), "instruction_box": "",
+                "counts_md": "Create or open a novel in the Library tab.", "draft_box": "",
+                "undo_btn": gr.update(interactive=False), "redo_btn": gr.update(interactive=False),
+                "receiver_md": ""}
     view = _novel_view(int(novel_id))
     plans = view["plans"]
     settings, _ = load_settings(int(novel_id))
-    return (
-        manuscript_html(view["title"], view["paragraphs"]),
-        gr.update(choices=[(plan, plan) for plan in plans], value=plans[0] if plans else None),
-        plans[0] if plans else "",
-        counts_line(view["paragraphs"]),
-        "",
-        gr.update(interactive=view["can_undo"]),
-        gr.update(interactive=view["can_redo"]),
-        receiver_line(settings.model),
-    )
+    return {
+        "manuscript_html": manuscript_html(view["title"], view["paragraphs"]),
+        "plan_radio": gr.update(choices=[(plan, plan) for plan in plans], value=plans[0] if plans else None),
+        "instruction_box": plans[0] if plans else "",
+        "counts_md": counts_line(view["paragraphs"]),
+        "draft_box": "",
+        "undo_btn": gr.update(interactive=view["can_undo"]),
+        "redo_btn": gr.update(interactive=view["can_redo"]),
+        "receiver_md": receiver_line(settings.model),
+    }
 
 
 def choose_plan(plan: str | None) -> str:
@@ -113,50 +130,43 @@ def choose_plan(plan: str | None) -> str:
     return plan or ""
 
 
+def _frame(progress: StepProgress) -> dict:
+    return {"draft_box": progress.draft, "status_md": progress.status}
+
+
+@returns("draft_box", "status_md")
 def _run(novel_id: int, make_events, what: str):
-    """Drive one engine generator, yielding (draft text, status line) as the paragraph grows.
+    """Drive one engine generator, yielding the draft and the status line as the paragraph grows.
 
     `make_events(engine, cancel)` starts the engine's generator; the model loads (once per process) after the
     first status line is on screen. Stop sets the cancel flag; the engine then stops between tokens and commits
     nothing of the unfinished step.
     """
-    from app.engine import Cancelled
-
     svc = services.current()
     key = f"novel-{novel_id}"
     cancel = svc.cancel_event(key)
-    draft, status, notices = "", f"{what.capitalize()}…", []
+    progress = StepProgress(status=f"{what.capitalize()}…")
     try:
         loading = svc.loaded_generator() is None
-        yield draft, ("Loading the model (the first time takes a while)…" if loading else f"{what.capitalize()}…")
+        yield {"draft_box": "",
+               "status_md": "Loading the model (the first time takes a while)…" if loading else progress.status}
         engine = engine_for(novel_id)
         for event in make_events(engine, cancel):
-            kind = getattr(event, "kind", "")
-            if kind == "token":
-                draft += event.text
-                yield draft, status
-            elif kind == "reset":
-                draft = ""
-                yield draft, "That attempt did not work out; trying again…"
-            elif kind == "paragraph":
-                draft = event.text
-                yield draft, "Paragraph written; updating the short-term memory…"
-            elif kind == "memory":
-                yield draft, "Memory updated; proposing three plans…"
-            elif kind == "notice":
-                notices.append(event.text)
+            progress.add(event)
+            if event.kind == "notice":
                 gr.Warning(html.escape(event.text))
-            elif kind == "progress":
-                status = event.text
-                yield draft, status
-        yield draft, "Saved." + "".join(f" Note: {notice}" for notice in notices)
+            yield _frame(progress)
+        progress.status = "Saved." + "".join(f" Note: {notice}" for notice in progress.notices)
+        yield _frame(progress)
     except Cancelled:
-        yield draft, "Stopped. Nothing of the unfinished paragraph was saved."
+        progress.status = "Stopped. Nothing of the unfinished paragraph was saved."
+        yield _frame(progress)
     finally:
         svc.finished(key, cancel)
 
 
 @handler
+@returns("draft_box", "status_md")
 def start_story(novel_id):
     """Write the opening of a new novel (title, first paragraph, memory, plans), streaming the paragraph."""
     novel_id = require_novel(novel_id)
@@ -164,6 +174,7 @@ def start_story(novel_id):
 
 
 @handler
+@returns("draft_box", "status_md")
 def next_step(novel_id, instruction: str):
     """Write the next paragraph following the instruction (a chosen plan, maybe rewritten), streaming it."""
     from memory import store
@@ -181,6 +192,7 @@ def next_step(novel_id, instruction: str):
 
 
 @handler
+@returns("draft_box", "status_md")
 def retry(novel_id):
     """Regenerate the last step from the same inputs; it replaces that step (Undo then goes back to before it)."""
     novel_id = require_novel(novel_id)
@@ -189,6 +201,7 @@ def retry(novel_id):
 
 
 @handler
+@returns("draft_box", "status_md")
 def auto_write(novel_id, steps, progress=gr.Progress()):
     """Write N steps, the model choosing each plan; each finished step is saved, Stop ends after the current token."""
     novel_id = require_novel(novel_id)
@@ -201,7 +214,7 @@ def auto_write(novel_id, steps, progress=gr.Progress()):
 
     def events(engine, cancel):
         for event in engine.auto_write(novel_id, steps, cancel=cancel):
-            if getattr(event, "kind", "") == "progress":
+            if event.kind == "progress":
                 progress((event.done, steps), desc=f"step {event.done + 1} of {steps}")
             yield event
 
@@ -281,21 +294,13 @@ def build() -> WriteTab:
                     retry_btn, undo_btn, redo_btn, auto_steps, auto_write_btn, stop_btn)
 
 
-def refresh_outputs(tab: WriteTab) -> list:
-    return [tab.manuscript_html, tab.plan_radio, tab.instruction_box, tab.counts_md, tab.draft_box,
-            tab.undo_btn, tab.redo_btn, tab.receiver_md]
-
-
-def stream_outputs(tab: WriteTab) -> list:
-    return [tab.draft_box, tab.status_md]
-
-
 def wire(tab: WriteTab, novel_state: gr.State, on_novel_changed) -> None:
+    roles = components(tab)
     tab.plan_radio.input(choose_plan, [tab.plan_radio], [tab.instruction_box], queue=False)
     running = [
-        tab.next_step_btn.click(next_step, [novel_state, tab.instruction_box], stream_outputs(tab), **GENERATION),
-        tab.retry_btn.click(retry, [novel_state], stream_outputs(tab), **GENERATION),
-        tab.auto_write_btn.click(auto_write, [novel_state, tab.auto_steps], stream_outputs(tab),
+        tab.next_step_btn.click(inputs=[novel_state, tab.instruction_box], **bind(next_step, roles), **GENERATION),
+        tab.retry_btn.click(inputs=[novel_state], **bind(retry, roles), **GENERATION),
+        tab.auto_write_btn.click(inputs=[novel_state, tab.auto_steps], **bind(auto_write, roles),
                                  **{**GENERATION, "show_progress": "minimal"}, show_progress_on=[tab.status_md]),
     ]
     for dependency in running:

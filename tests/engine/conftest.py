@@ -1,17 +1,11 @@
-"""Engine test set-up: a real SQLite store in a temp dir, the real MiniLM embedder (loaded once), a novel."""
+"""Engine test set-up: a real SQLite store in a temp dir and a novel (the real MiniLM embedder is tests/conftest.py's
+`embedder`)."""
 
 from __future__ import annotations
 
 import pytest
-from engine_fakes import PREMISE
 
-
-@pytest.fixture(scope="session")
-def embedder():
-    from app.offline import default_embedder_path
-    from memory.retrieval import Embedder
-
-    return Embedder(default_embedder_path())
+from tests.engine.engine_fakes import PREMISE
 
 
 @pytest.fixture

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_fakes import run
 
-from app.engine import MANUSCRIPT_STATE, PROMPT_ONLY, Engine
+from app.engine import MANUSCRIPT_STATE, PROMPT_ONLY, Engine, strategies
 from memory import store
 from memory.snapshots import FileSnapshotStore
 from models.mamba2.random_checkpoint import save_random_checkpoint
 from models.service import ModelSpec, load_generator
+from tests.engine.engine_fakes import run
 
 PLANS = ["Mara climbs the tower in the storm.", "A boat appears without lights.", "Mara reads the old logbook."]
 
@@ -54,11 +54,16 @@ class PrefillCounter:
         del self.backend.prefill  # the instance attribute hid the class's method
 
 
-def capture_restored(engine: Engine) -> list:
+def capture_restored(monkeypatch) -> list:
     """Record every manuscript state the engine restores (it still uses each one as before)."""
     restored = []
-    restore = engine._manuscript_state
-    engine._manuscript_state = lambda view, cancel: restored.append(restore(view, cancel)) or restored[-1]
+    restore = strategies.restore_manuscript_state
+
+    def recording(*args, **kwargs):
+        restored.append(restore(*args, **kwargs))
+        return restored[-1]
+
+    monkeypatch.setattr(strategies, "restore_manuscript_state", recording)
     return restored
 
 
@@ -79,7 +84,7 @@ def _engine(session_factory, embedder, generator, tmp_path) -> tuple[Engine, Fil
 
 
 def test_a_paragraph_from_a_snapshot_equals_one_from_rereading(session_factory, embedder, novel_id, mamba2,
-                                                              tmp_path):
+                                                              tmp_path, monkeypatch):
     engine, snapshots = _engine(session_factory, embedder, mamba2, tmp_path)
     assert engine.strategy == MANUSCRIPT_STATE
     run(engine.start(novel_id))
@@ -91,7 +96,7 @@ def test_a_paragraph_from_a_snapshot_equals_one_from_rereading(session_factory, 
     assert len(manuscript) == 3
     assert 3 in [position for position, _ in snapshots.list(novel_id, mamba2.backend.fingerprint)]
 
-    restored = capture_restored(engine)
+    restored = capture_restored(monkeypatch)
     # Step 4 from the snapshot after paragraph 3: no manuscript token is read again.
     with PrefillCounter(mamba2.backend) as from_snapshot:
         _, continued = run(engine.step(novel_id, PLANS[2]))
@@ -114,7 +119,7 @@ def test_a_paragraph_from_a_snapshot_equals_one_from_rereading(session_factory, 
 
 
 def test_editing_a_paragraph_rereads_from_it_and_the_edit_reaches_the_state(session_factory, embedder, novel_id,
-                                                                           mamba2, tmp_path):
+                                                                           mamba2, tmp_path, monkeypatch):
     engine, snapshots = _engine(session_factory, embedder, mamba2, tmp_path)
     run(engine.start(novel_id))
     run(engine.step(novel_id, PLANS[0]))
@@ -124,7 +129,7 @@ def test_editing_a_paragraph_rereads_from_it_and_the_edit_reaches_the_state(sess
     edited = "Mara counted the gulls twice and wrote the number in the margin of the log."
     engine.edit_paragraph(second.id, edited, second.version)
 
-    restored = capture_restored(engine)
+    restored = capture_restored(monkeypatch)
     _, outcome = run(engine.step(novel_id, PLANS[2]))
     # Paragraph 1's snapshot survives the edit: paragraphs 2 and 3 are read again, paragraph 1 is not.
     with session_factory() as session:

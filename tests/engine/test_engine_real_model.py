@@ -5,10 +5,10 @@ through retrieval. Token limits are kept small so the module stays within a few 
 from __future__ import annotations
 
 import pytest
-from engine_fakes import db_state, run
 
 from app.engine import Engine
 from memory import store
+from tests.engine.engine_fakes import db_state, run
 
 pytestmark = pytest.mark.slow
 

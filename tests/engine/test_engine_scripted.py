@@ -7,11 +7,11 @@ from __future__ import annotations
 import threading
 
 import pytest
-from engine_fakes import GOOD, ScriptedGenerator, db_state, run
 
 from app.engine import MANUSCRIPT_STATE, PROMPT_ONLY, Cancelled, ContextTooLargeError, Engine, EngineError
 from memory import store
 from models.errors import GenerationError
+from tests.engine.engine_fakes import GOOD, ScriptedGenerator, db_state, run
 
 ATTEMPTS = 3
 

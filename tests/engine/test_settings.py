@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from engine_fakes import ScriptedGenerator, run
 
 from app.engine import Engine
 from app.engine.settings import FORM_FIELDS, NovelSettings, SettingsError, check_stored
 from memory import store
+from tests.engine.engine_fakes import ScriptedGenerator, run
 
 BAD_STORED = {
     "hot": ({"sampling": {"temperature": "hot"}}, "temperature must be a number between 0 and 2, got 'hot'"),

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.engine.premises import PremiseError, demo_premise_paths, load_premise
+from tests.engine.engine_fakes import ScriptedGenerator
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,7 +72,6 @@ def test_write_command_continues_a_novel_with_bad_stored_settings(data_dir, caps
     import models.service
     from app.cli import main
     from memory import store
-    from tests.engine.engine_fakes import ScriptedGenerator
 
     session_factory, novel_id = _novel_with_bad_settings(data_dir)
     monkeypatch.setattr(models.service, "load_generator", lambda *args, **kwargs: ScriptedGenerator())

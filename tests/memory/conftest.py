@@ -1,5 +1,5 @@
 """Fixtures for the store's tests: a fresh database per test on SQLite (always) and PostgreSQL (a real server this
-session starts in a temporary directory), and the real MiniLM embedder loaded once."""
+session starts in a temporary directory); the real MiniLM embedder is tests/conftest.py's `embedder`."""
 
 from __future__ import annotations
 
@@ -146,11 +146,3 @@ def database(db_url):
 @pytest.fixture
 def Session(database):
     return database[1]
-
-
-@pytest.fixture(scope="session")
-def embedder():
-    from app.offline import default_embedder_path
-    from memory.retrieval import Embedder
-
-    return Embedder(default_embedder_path())

@@ -147,9 +147,5 @@ def no_deprecations():
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny models gain nothing from a second thread, and OpenMP's spinning costs a lot on a shared 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def every_model_test_on_one_thread(one_torch_thread):
+    """tests/conftest.py's `one_torch_thread` for every test here: tiny models gain nothing from a second thread."""

@@ -9,6 +9,7 @@ import pytest
 from app.config import Config
 from app.offline import resolve_model
 from app.ui import services
+from tests.engine.engine_fakes import ScriptedGenerator
 
 
 @pytest.fixture
@@ -24,17 +25,10 @@ def ui_services(ui_config: Config) -> services.Services:
     return installed
 
 
-@pytest.fixture(scope="session")
-def real_embedder():
-    from app.offline import default_embedder_path
-    from memory.retrieval import Embedder
-
-    return Embedder(default_embedder_path())
-
-
 @pytest.fixture
-def with_embedder(ui_services: services.Services, real_embedder) -> services.Services:
-    ui_services._embedder = real_embedder
+def with_embedder(ui_services: services.Services, embedder) -> services.Services:
+    """The services with the session's real MiniLM embedder (tests/conftest.py), instead of loading another."""
+    ui_services.use_embedder(embedder)
     return ui_services
 
 
@@ -42,8 +36,6 @@ def with_embedder(ui_services: services.Services, real_embedder) -> services.Ser
 def scripted(with_embedder: services.Services):
     """The services with the engine tests' scripted LM as the process-wide model (the real one runs in the slow
     browser test)."""
-    from tests.engine.engine_fakes import ScriptedGenerator
-
     generator = ScriptedGenerator()
     with_embedder.use_generator(generator)
     return generator

@@ -12,8 +12,7 @@ from memory import store
 
 
 def _novel(ui_services, premise="A lighthouse keeper finds a message in a bottle.") -> int:
-    novel_id, _ = library.create_novel(premise, "gothic", "short sentences", "default")
-    return novel_id
+    return library.create_novel(premise, "gothic", "short sentences", "default")["novel_id"]
 
 
 def _add_paragraphs(ui_services, novel_id, texts, embedder=None):
@@ -53,6 +52,32 @@ def test_handler_turns_exceptions_into_one_line_gr_errors():
     assert "stream failed" in caught.value.message and "traceback" not in caught.value.message
 
 
+def test_results_by_role_reach_their_components_and_an_undeclared_role_is_refused():
+    @common.returns("draft_box", "status_md")
+    def stream():
+        yield {"draft_box": "The sea", "status_md": "Writing…"}
+        yield {"status_md": "Saved."}
+
+    @common.returns("status_md")
+    def wrong():
+        return {"draft_box": "not declared"}
+
+    with gr.Blocks():
+        tab = write.build()
+    roles = common.components(tab)
+    bound = common.bind(stream, roles)
+    assert bound["outputs"] == [tab.draft_box, tab.status_md]
+    assert list(bound["fn"]()) == [{tab.draft_box: "The sea", tab.status_md: "Writing…"}, {tab.status_md: "Saved."}]
+    with pytest.raises(TypeError, match=r"wrong returned \['draft_box'\], which it does not declare"):
+        wrong()
+    # A role naming several components: the Settings tab's fields by name.
+    with gr.Blocks():
+        settings_tab = settings.build()
+    filled = common.to_components(settings.reset_settings(), common.components(settings_tab))
+    assert filled[settings_tab.fields["temperature"]] == 0.8
+    assert set(filled) == set(settings_tab.fields.values())
+
+
 # ---------------------------------------------------------------- library
 
 
@@ -61,7 +86,7 @@ def test_create_list_open_rename(ui_services):
     rows = library.novel_rows()
     assert [row[0] for row in rows] == [novel_id]
     assert rows[0][1].startswith("A lighthouse keeper")
-    assert library.open_novel(novel_id)[0] == novel_id
+    assert library.open_novel(novel_id)["novel_id"] == novel_id
     library.rename_novel(novel_id, "The Bottle")
     assert library.novel_rows()[0][1] == "The Bottle"
     with ui_services.session() as s:
@@ -96,7 +121,8 @@ def test_delete_needs_confirmation_and_backs_up_first(ui_services):
     with pytest.raises(gr.Error, match="Tick"):
         library.delete_novel(novel_id, False)
     assert len(library.novel_rows()) == 1
-    closed, confirmed, message = library.delete_novel(novel_id, True)
+    deleted = library.delete_novel(novel_id, True)
+    closed, confirmed, message = deleted["novel_id"], deleted["delete_confirm"], deleted["status_md"]
     assert closed is None and confirmed is False and "trash" in message
     assert library.novel_rows() == []
     backups = list(ui_services.config.backups_dir.iterdir())
@@ -106,7 +132,7 @@ def test_delete_needs_confirmation_and_backs_up_first(ui_services):
 def test_export_offers_a_copy_outside_the_data_dir(ui_services):
     novel_id = _novel(ui_services)
     _add_paragraphs(ui_services, novel_id, ["The sea was grey.", "She opened the bottle."])
-    path, message = library.export_novel(novel_id, "Markdown")
+    path = library.export_novel(novel_id, "Markdown")["export_file"]
     assert "She opened the bottle." in open(path, encoding="utf-8").read()
     data_dir = ui_services.config.data_dir.resolve()
     from pathlib import Path
@@ -118,8 +144,9 @@ def test_export_offers_a_copy_outside_the_data_dir(ui_services):
 def test_json_export_imports_back_as_a_new_novel(ui_services):
     novel_id = _novel(ui_services)
     _add_paragraphs(ui_services, novel_id, ["First.", "Second."])
-    path, _ = library.export_novel(novel_id, "JSON (re-importable)")
-    new_id, message = library.import_novel(path)
+    path = library.export_novel(novel_id, "JSON (re-importable)")["export_file"]
+    imported = library.import_novel(path)
+    new_id, message = imported["novel_id"], imported["status_md"]
     assert new_id != novel_id and "Imported" in message
     with ui_services.session() as s:
         assert [p.text for p in store.paragraphs(s, new_id)] == ["First.", "Second."]
@@ -140,7 +167,8 @@ def test_import_refuses_other_files(ui_services, tmp_path):
 def test_markdown_manuscript_imports_as_paragraphs(ui_services, tmp_path):
     manuscript = tmp_path / "story.md"
     manuscript.write_text("# The Keeper\n\nThe sea was grey.\n\nShe opened\x07 the bottle.\n", encoding="utf-8")
-    novel_id, message = library.import_novel(str(manuscript))
+    imported = library.import_novel(str(manuscript))
+    novel_id, message = imported["novel_id"], imported["status_md"]
     assert "The Keeper" in message
     with ui_services.session() as s:
         assert [p.text for p in store.paragraphs(s, novel_id)] == ["The sea was grey.", "She opened the bottle."]
@@ -182,7 +210,7 @@ def test_a_stale_tab_cannot_overwrite_newer_settings(ui_services):
     tab_one, read_one = _form(novel_id)
     tab_two, read_two = _form(novel_id)
     tab_one["temperature"] = 0.4
-    read_one, _ = _save(novel_id, tab_one, read_one)
+    read_one = _save(novel_id, tab_one, read_one)["read"]
     tab_one["min_p"] = 0.1  # the saving tab carries on from what it saved
     _save(novel_id, tab_one, read_one)
     tab_two["repetition"] = 1.3
@@ -213,7 +241,7 @@ def test_context_budget_and_snapshot_settings_reach_the_engine(ui_services):
 def test_settings_saved_with_no_novel_open_seed_new_novels(ui_services):
     values, read = _form(None)
     values.update(max_new_tokens=32, temperature=0.5)
-    _, message = _save(None, values, read)
+    message = _save(None, values, read)["status_md"]
     assert "new novels" in message
     assert _form(None)[0]["max_new_tokens"] == 32
     novel_id = _novel(ui_services)
@@ -245,24 +273,26 @@ def test_settings_refuse_bad_values(ui_services, field, value, message):
 def test_memory_save_history_restore(ui_services):
     novel_id = _novel(ui_services)
     refreshed = memory_tab.refresh(novel_id)
-    text, version = refreshed[0], refreshed[1]
+    text, version = refreshed["memory_box"], refreshed["memory_version"]
     assert text == "" and version == 1
-    version, _, message = memory_tab.save_memory(novel_id, "Mara keeps the bottle hidden.", version)
+    saved = memory_tab.save_memory(novel_id, "Mara keeps the bottle hidden.", version)
+    version, message = saved["memory_version"], saved["status_md"]
     assert version == 2 and "saved" in message
-    version, _, _ = memory_tab.save_memory(novel_id, "Mara threw the bottle back.", version)
+    version = memory_tab.save_memory(novel_id, "Mara threw the bottle back.", version)["memory_version"]
     assert memory_tab.show_memory_version(novel_id, 2) == "Mara keeps the bottle hidden."
-    text, version, _, message = memory_tab.restore_memory(novel_id, 2, version)
+    restored = memory_tab.restore_memory(novel_id, 2, version)
+    text, version = restored["memory_box"], restored["memory_version"]
     assert text == "Mara keeps the bottle hidden." and version == 4
-    assert memory_tab.refresh(novel_id)[0] == "Mara keeps the bottle hidden."
+    assert memory_tab.refresh(novel_id)["memory_box"] == "Mara keeps the bottle hidden."
 
 
 def test_stale_memory_edit_shows_the_conflict_and_keeps_the_other_tab_s_text(ui_services):
     novel_id = _novel(ui_services)
-    version = memory_tab.refresh(novel_id)[1]
+    version = memory_tab.refresh(novel_id)["memory_version"]
     memory_tab.save_memory(novel_id, "Saved in tab one.", version)
     with pytest.raises(gr.Error, match="changed elsewhere"):
         memory_tab.save_memory(novel_id, "Saved in tab two, from a stale page.", version)
-    assert memory_tab.refresh(novel_id)[0] == "Saved in tab one."
+    assert memory_tab.refresh(novel_id)["memory_box"] == "Saved in tab one."
 
 
 def test_paragraph_table_edits_save_and_conflict(with_embedder):
@@ -270,10 +300,11 @@ def test_paragraph_table_edits_save_and_conflict(with_embedder):
     _add_paragraphs(with_embedder, novel_id, ["The sea was grey.", "She opened the bottle."],
                     with_embedder.embedder())
     refreshed = memory_tab.refresh(novel_id)
-    rows, versions = refreshed[4], refreshed[5]
+    rows, versions = refreshed["paragraph_table"], refreshed["paragraph_versions"]
     stale_versions = [dict(item) for item in versions]
     rows[1][1] = "She broke the bottle on the rocks."
-    new_rows, versions, message = memory_tab.save_paragraph_edits(novel_id, rows, versions)
+    saved = memory_tab.save_paragraph_edits(novel_id, rows, versions)
+    new_rows, versions, message = saved["paragraph_table"], saved["paragraph_versions"], saved["status_md"]
     assert "Saved paragraph 2" in message
     assert new_rows[1][1] == "She broke the bottle on the rocks."
     found = memory_tab.search_memory(novel_id, "broken glass on rocks", 1)
@@ -311,18 +342,21 @@ def test_search_highlights_the_matching_sentence_and_finds_rare_names(with_embed
 
 def test_story_bible_add_edit_remove(ui_services):
     novel_id = _novel(ui_services)
-    rows, picker, version, message = memory_tab.save_lore(novel_id, 0, "Mara", "Mara, keeper", "The keeper.",
-                                                          False, 0)
-    entry_id = picker["value"]
+    saved = memory_tab.save_lore(novel_id, 0, "Mara", "Mara, keeper", "The keeper.", False, 0)
+    rows, message = saved["lore_table"], saved["status_md"]
+    entry_id = saved["lore_pick"]["value"]
     assert rows[0][1] == "Mara" and rows[0][2] == "Mara, keeper" and "Added" in message
-    assert memory_tab.pick_lore(novel_id, entry_id) == ("Mara", "Mara, keeper", "The keeper.", False, 1)
-    rows, _, version, _ = memory_tab.save_lore(novel_id, entry_id, "Mara", "Mara", "The keeper, 40.", True, 1)
+    assert memory_tab.pick_lore(novel_id, entry_id) == {"lore_name": "Mara", "lore_keys": "Mara, keeper",
+                                                         "lore_body": "The keeper.", "lore_always_on": False,
+                                                         "lore_version": 1}
+    saved = memory_tab.save_lore(novel_id, entry_id, "Mara", "Mara", "The keeper, 40.", True, 1)
+    rows, version = saved["lore_table"], saved["lore_version"]
     assert version == 2 and rows[0][3] == "yes" and rows[0][4] == "The keeper, 40."
     with pytest.raises(gr.Error, match="changed elsewhere"):
         memory_tab.save_lore(novel_id, entry_id, "Mara", "Mara", "stale", True, 1)
     with pytest.raises(gr.Error, match="key"):
         memory_tab.save_lore(novel_id, 0, "Nobody", "", "No keys, not always on.", False, 0)
-    rows, *_ = memory_tab.remove_lore(novel_id, entry_id)
+    rows = memory_tab.remove_lore(novel_id, entry_id)["lore_table"]
     assert rows == []
 
 
@@ -334,7 +368,9 @@ def test_write_refresh_numbers_and_escapes_the_manuscript(ui_services):
     _add_paragraphs(ui_services, novel_id, ["The sea was grey.", "<script>alert(1)</script> & more"])
     with ui_services.session() as s, s.begin():
         store.set_plans(s, novel_id, ["She reads it.", "She burns it.", "She hides it."])
-    manuscript, radio, instruction, counts, *_ = write.refresh(novel_id)
+    refreshed = write.refresh(novel_id)
+    manuscript, radio = refreshed["manuscript_html"], refreshed["plan_radio"]
+    instruction, counts = refreshed["instruction_box"], refreshed["counts_md"]
     assert "data-position='2'" in manuscript and "<script>" not in manuscript and "&lt;script&gt;" in manuscript
     assert [choice[0] for choice in radio["choices"]] == ["She reads it.", "She burns it.", "She hides it."]
     assert instruction == "She reads it."
@@ -374,7 +410,8 @@ def test_repetition_score_catches_a_loop():
 def test_chart_refresh_for_a_novel(ui_services):
     novel_id = _novel(ui_services)
     _add_paragraphs(ui_services, novel_id, ["a b c d", "a b c d"])
-    words, repetition, summary = story_chart.refresh(novel_id)
+    refreshed = story_chart.refresh(novel_id)
+    repetition, summary = refreshed["repetition_plot"], refreshed["chart_summary_md"]
     assert repetition.value["data"] == [["1", 0.0], ["2", 1.0]]
     assert repetition.sort == ["1", "2"]
     assert summary.startswith("2 paragraphs, 8 words; 1 paragraph(s)")
