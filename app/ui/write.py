@@ -17,7 +17,7 @@ from app.config import ConfigError, check_model_allowed, is_loopback, model_host
 from app.offline import DEFAULT_LM_NAME
 from app.ui import services
 from app.ui.common import GENERATION, InputError, clean_text, escape, handler, require_novel, word_count
-from app.ui.settings import engine_for, load_settings
+from app.ui.settings import load_settings
 
 CUSTOM_PLAN = "(my own instruction)"
 
@@ -128,7 +128,7 @@ def _run(novel_id: int, make_events, what: str):
     try:
         loading = svc.loaded_generator() is None
         yield draft, ("Loading the model (the first time takes a while)…" if loading else f"{what.capitalize()}…")
-        engine = engine_for(novel_id)
+        engine = svc.engine()
         for event in make_events(engine, cancel):
             kind = getattr(event, "kind", "")
             if kind == "token":
@@ -164,17 +164,11 @@ def start_story(novel_id):
 
 @handler
 def next_step(novel_id, instruction: str):
-    """Write the next paragraph following the instruction (a chosen plan, maybe rewritten), streaming it."""
-    from memory import store
-
+    """Write the next paragraph following the instruction (a chosen plan, maybe rewritten), streaming it. One
+    engine call: it reads the novel, resolves its model and, for a novel whose opening was stopped or undone,
+    writes the opening from the premise instead (the instruction may then be empty)."""
     novel_id = require_novel(novel_id)
-    with services.current().session() as session:
-        empty = store.paragraph_count(session, novel_id) == 0
-    if empty:
-        # A novel whose opening was stopped or undone: Next step writes the opening from the premise.
-        yield from start_story(novel_id)
-        return
-    plan = clean_text(instruction, "The instruction", required=True)
+    plan = clean_text(instruction, "The instruction")
     yield from _run(novel_id, lambda engine, cancel: engine.step(novel_id, plan, cancel=cancel),
                     "writing the next paragraph")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from app.config import Config
-from app.offline import resolve_model
 from app.ui import services
+from app.wiring import open_parts
 
 
 @pytest.fixture
@@ -18,8 +18,7 @@ def ui_config(data_dir: Path) -> Config:
 
 @pytest.fixture
 def ui_services(ui_config: Config) -> services.Services:
-    source = resolve_model("default", ui_config.models_dir)
-    installed = services.Services(config=ui_config, source=source, session_factory=services.open_store(ui_config))
+    installed = services.Services(open_parts(ui_config))
     services.install(installed)
     return installed
 
@@ -34,7 +33,7 @@ def real_embedder():
 
 @pytest.fixture
 def with_embedder(ui_services: services.Services, real_embedder) -> services.Services:
-    ui_services._embedder = real_embedder
+    ui_services.use_embedder(real_embedder)
     return ui_services
 
 
