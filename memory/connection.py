@@ -5,8 +5,8 @@ transaction starts with `BEGIN IMMEDIATE` (SQLAlchemy's documented pysqlite reci
 off in the `connect` event and ours is emitted in the `begin` event), so two writers queue on the lock instead of
 failing half-way with "database is locked". Read-only sessions (`make_sessionmaker(engine, read_only=True)`) start a
 plain deferred transaction, which WAL lets run beside a writer. Other URLs (PostgreSQL) are used as given.
-This module imports nothing of ours but `memory.private` and `memory.migrations`; `memory.db` (opening with a
-backup before a migration) and `memory.backup` both build on it, so neither imports the other's caller.
+This module imports nothing of ours but `memory.private` and `memory.migrations`. `memory.backup` builds on it
+alone and `memory.db` (opening with a backup before a migration) on both: connection <- backup <- db, one way.
 """
 
 from __future__ import annotations
