@@ -1,11 +1,18 @@
 """Entry point: `python -m app [COMMAND] [FLAGS]`. See app/cli.py for the commands and app/config.py for the flags.
 
-One "Next step" click, from button to database:
-  app/ui/write.py        next_step() -> _run(): streams the engine's events into the draft box
-  app/engine/core.py     Engine.step() -> _step(): builds the context (app/engine/context.py) from the store,
-                         renders prompts/*.txt, streams the paragraph, then the memory and plans
+One "Next step" click, from button to database (the wiring behind it: app/wiring.py open_parts()):
+  app/ui/write.py        next_step() -> _run(): one engine call, engine.step(novel_id, plan), its events streamed
+                         into the draft box (app/ui/services.py holds the one engine; app/ui/common.py cleans input)
+  app/engine/core.py     Engine.step(): _read() reads the novel, its settings (app/engine/settings.py), manuscript,
+                         memory and plans in one transaction; _for_novel() gets the novel's model from
+                         app/wiring.py ModelService.generator() (app/config.py check_model_allowed refuses a server
+                         this launch does not allow; the model loads on first use); _step() builds the context
+                         (app/engine/context.py, memory/retrieval.py) and renders prompts/*.txt
+                         (app/engine/prompts.py), streams the paragraph, then the memory and plans
+                         (app/engine/parsing.py checks each answer)
   models/service.py      TextGenerator.stream() -> models/generate.py generate(): penalties, sampling, stop, cancel
   memory/store.py        commit_step(): paragraph, memory, plans and embedding in one transaction
+                         (memory/connection.py: BEGIN IMMEDIATE on SQLite)
 """
 
 import sys

@@ -235,12 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from app.engine import Engine
+    from app.config import Config, default_data_dir
     from app.engine.premises import create_novel, demo_premise_paths, load_premise
-    from app.offline import DEFAULT_LM_NAME, default_embedder_path, default_lm_path
-    from memory.db import init_db, make_engine, make_sessionmaker
-    from memory.retrieval import Embedder
-    from models.service import ModelSpec, load_generator
+    from app.wiring import open_parts
 
     premises = [load_premise(p) for p in demo_premise_paths()]
     if args.premises:
@@ -250,16 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     args.premises = [p.id for p in premises]
 
     work = Path(tempfile.mkdtemp(prefix="longhand-quality-"))
-    db = make_engine(f"sqlite:///{work / 'quality.db'}")
-    init_db(db)
-    session_factory = make_sessionmaker(db)
-    embedder = Embedder(default_embedder_path())
-    from app.config import default_data_dir
-
-    cache_dir = Path(args.cache_dir) if args.cache_dir else default_data_dir() / "models"
-    generator = load_generator(ModelSpec("gguf", str(default_lm_path()), DEFAULT_LM_NAME), device="cpu",
-                               dtype="float32", cache_dir=cache_dir)
-    engine = Engine(session_factory, generator, embedder)
+    # The default model and embedder, on the CPU, over a fresh store in `work`, wired as the app wires them.
+    config = Config(data_dir=work, database_url=f"sqlite:///{work / 'quality.db'}", device="cpu", dtype="float32")
+    parts = open_parts(config, models_dir=Path(args.cache_dir) if args.cache_dir else default_data_dir() / "models")
+    session_factory, embedder = parts.session_factory, parts.embedder()
+    engine = parts.engine(parts.models.generator())
 
     runs: list[Run] = []
     for index, premise in enumerate(premises):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
-from memory.db import is_sqlite, sqlite_path
+from memory.connection import is_sqlite, make_sessionmaker, migrate, sqlite_path
 from memory.private import private_dir, private_file
 from memory.trash import TrashItem, move_to_trash
 
@@ -99,7 +99,6 @@ def _backup_sqlite(engine: Engine, target: Path) -> None:
 
 def _bundle(engine: Engine) -> dict:
     from memory import exchange
-    from memory.db import make_sessionmaker
     from memory.migrations import current_revision
     from memory.schema import Novel
 
@@ -183,15 +182,12 @@ def restore(engine: Engine, backup_file: Path | str, backups_dir: Path | str, *,
                               f"the restore is in {safety}.")
     else:
         safety = _restore_bundle(engine, backup_file, backups_dir, keep)
-    from memory.db import init_db
-
-    init_db(engine, backups_dir=None)
+    migrate(engine)
     return safety
 
 
 def _restore_bundle(engine: Engine, backup_file: Path, backups_dir: Path | str, keep: int) -> Path:
     from memory import exchange
-    from memory.db import init_db, make_sessionmaker
     from memory.schema import Novel
 
     if backup_file.suffix != ".json":
@@ -205,7 +201,7 @@ def _restore_bundle(engine: Engine, backup_file: Path, backups_dir: Path | str, 
         raise BackupError(f"{backup_file.name} is not a Longhand backup; nothing was restored.")
     for index, document in enumerate(bundle["novels"]):
         exchange.validate(document, f"{backup_file.name} (novel {index + 1})", require_title=False)
-    init_db(engine)
+    migrate(engine)
     safety = backup(engine, backups_dir, reason="before-restore", keep=keep + 1)
     session_factory = make_sessionmaker(engine)
     with session_factory() as session, session.begin():

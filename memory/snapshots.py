@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from memory.db import run_in_transaction
+from memory.connection import run_in_transaction
 from memory.private import write_private_atomic
 from memory.schema import Novel, StateSnapshot
 

@@ -40,16 +40,12 @@ def run(config: Config, args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise UserError("--steps must be at least 1.")
-    from app.engine import Cancelled, Engine, EngineError, NovelSettings, SettingsError
+    from app.engine import Cancelled, EngineError, NovelSettings, SettingsError
     from app.engine.settings import settings_notice
     from app.engine.premises import Premise, PremiseError, create_novel, load_premise
-    from app.offline import default_embedder_path, resolve_model
+    from app.wiring import open_parts
     from memory import store
-    from memory.db import init_db, make_engine, make_sessionmaker
-    from memory.retrieval import Embedder
-    from memory.snapshots import FileSnapshotStore
     from models.errors import ModelLoadError
-    from models.service import load_generator
 
     # Bad input fails at once, before minutes of model loading.
     premise = None
@@ -72,23 +68,18 @@ def run(config: Config, args: argparse.Namespace) -> int:
         NovelSettings.from_dict(overrides)
     except SettingsError as exc:
         raise UserError(f"{exc}.") from None
-    source = resolve_model(config.model, config.models_dir, config.allow_download)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    db = make_engine(config.database_url)
-    init_db(db, backups_dir=config.backups_dir)
-    session_factory = make_sessionmaker(db)
-    embedder = Embedder(default_embedder_path() if config.embedder == "default" else config.embedder)
+    parts = open_parts(config)
+    session_factory, embedder = parts.session_factory, parts.embedder()
     started = time.perf_counter()
     try:
-        generator = load_generator(source, device=config.device, dtype=config.dtype, cache_dir=config.models_dir,
-                                   trust_remote_code=config.trust_remote_code)
+        # `--model` writes every novel here (the UI instead follows each novel's settings): loaded up front, so
+        # a model that cannot load fails before any step.
+        generator = parts.models.generator()
     except ModelLoadError as exc:
         raise UserError(str(exc)) from None
     if not args.quiet:
         _echo(f"model {generator.name} loaded in {time.perf_counter() - started:.1f}s")
-    snapshots = FileSnapshotStore(session_factory, config.data_dir / "snapshots") if generator.supports_state \
-        else None
-    engine = Engine(session_factory, generator, embedder, snapshot_store=snapshots)
+    engine = parts.engine(generator)
 
     try:
         if premise is not None:

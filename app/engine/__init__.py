@@ -2,7 +2,9 @@
 
 The UI, the CLI (`python -m app write`) and the tests all drive this one API:
 
-    engine = Engine(session_factory, generator, embedder, snapshot_store=None, prompts_dir=PROMPTS_DIR)
+    engine = app.wiring.open_parts(config).engine()   # each step resolves the novel's own model (the UI)
+    engine = Engine(session_factory, generator, embedder, snapshot_store=None, prompts_dir=PROMPTS_DIR,
+                    models=None)                       # one generator for every novel (the CLI, benchmarks, tests)
 
     engine.start(novel_id, *, cancel=None, mode=None, propose_title=None) -> Iterator[Event]  (title, outline, opening)
     engine.step(novel_id, plan=None, *, plan_index=None, cancel=None, mode=None) -> Iterator[Event]

@@ -8,6 +8,7 @@ with a bounded number of attempts; after that a visible fallback (old memory kep
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -98,6 +99,8 @@ class _View:
     retry_plan_index: int | None = None
     # A notice when the stored settings held bad values (the defaults are used for those): every step shows it.
     notices: list[str] = field(default_factory=list)
+    # (embedding id, paragraph text) of paragraphs saved before sentence vectors existed: the step fills them in.
+    missing_sentences: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -124,16 +127,33 @@ def _check_cancel(cancel: threading.Event | None) -> None:
 
 
 class Engine:
-    """The writing engine over one store (session factory), one model (TextGenerator) and one embedder."""
+    """The writing engine over one store (session factory), one model (TextGenerator) and one embedder.
+
+    With `models` (app.wiring.ModelService, or anything with `generator(model, device, dtype)`) the engine resolves
+    each novel's model from the novel's own settings at every step, from what the step's one read transaction
+    read; `generator` may then be None. Without it, `generator` writes every novel.
+    """
 
     def __init__(self, session_factory, generator, embedder, snapshot_store=None,
-                 prompts_dir: str | Path = PROMPTS_DIR, *, max_attempts: int | None = None):
+                 prompts_dir: str | Path = PROMPTS_DIR, *, max_attempts: int | None = None, models=None):
         self.session_factory = session_factory
         self.generator = generator
         self.embedder = embedder
         self.snapshot_store = snapshot_store
         self.prompts = PromptLibrary(prompts_dir)
         self.max_attempts = max_attempts
+        self.models = models
+
+    def _for_novel(self, view: _View) -> Engine:
+        """This engine over the novel's own model (its settings' model, device and dtype), when it resolves models
+        itself; else itself. A copy, so a step already running keeps the model it started with; the model service
+        refuses a server this launch does not allow (app.config.check_model_allowed) before anything is sent."""
+        if self.models is None:
+            return self
+        bound = copy.copy(self)
+        bound.models = None
+        bound.generator = self.models.generator(view.config.model, view.config.device, view.config.dtype)
+        return bound
 
     # ----------------------------------------------------------------------------------------------- reading
 
@@ -148,7 +168,9 @@ class Engine:
         return PROMPT_ONLY
 
     def _read(self, novel_id: int, *, for_retry: bool = False) -> _View:
-        from memory import store
+        """Everything a step starts from, in one transaction: the novel and its settings (so its model), the
+        manuscript, the memory, the pending plans and the paragraphs still missing sentence vectors."""
+        from memory import embeddings, store
 
         with self.session_factory() as session, session.begin():
             novel = store.get_novel(session, novel_id)
@@ -162,6 +184,10 @@ class Engine:
                          memory=memory.text if memory is not None else "",
                          memory_version=memory.version if memory is not None else 0,
                          plans=list(plan_set.plans) if plan_set is not None and plan_set.paragraph_id is None else [])
+            if getattr(self.embedder, "passage", None) is not None:
+                view.missing_sentences = [
+                    (embedding.id, paragraph.text) for embedding, paragraph
+                    in embeddings.embeddings_missing_sentences(session, novel_id, self.embedder.name)]
             if for_retry:
                 self._read_retry(session, view)
             return view
@@ -204,16 +230,13 @@ class Engine:
         passage = getattr(self.embedder, "passage", None)
         return passage(text) if passage is not None else self._query_vector(text)
 
-    def backfill_sentences(self, novel_id: int, batch: int = 64) -> Iterator[Event]:
-        """Sentence vectors for paragraphs saved before they existed (the first step after the upgrade): each batch
-        embedded outside any transaction, then saved in a short one, with a progress event per batch."""
+    def _backfill_sentences(self, view: _View, batch: int = 64) -> Iterator[Event]:
+        """Sentence vectors for paragraphs saved before they existed (the first step after the upgrade; the step's
+        read found them): each batch embedded outside any transaction, then saved in a short one, with a progress
+        event per batch."""
         from memory import embeddings, retrieval
 
-        if getattr(self.embedder, "passage", None) is None:
-            return
-        with self.session_factory() as session:
-            missing = [(embedding.id, paragraph.text) for embedding, paragraph
-                       in embeddings.embeddings_missing_sentences(session, novel_id, self.embedder.name)]
+        missing = view.missing_sentences
         for start in range(0, len(missing), batch):
             chunk = missing[start:start + batch]
             yield Event("progress", f"Preparing retrieval: sentence vectors for {start + len(chunk)} of "
@@ -281,6 +304,9 @@ class Engine:
         count of each section, the budget and what was dropped to fit it. Generates nothing."""
         view = self._read(novel_id)
         mode = self._mode(view, mode)
+        return self._for_novel(view)._inspect(view, plan, mode)
+
+    def _inspect(self, view: _View, plan: str | None, mode: str) -> ContextPreview:
         if not view.paragraphs:
             return self._opening_context(view, mode)
         plan = (plan or "").strip() or (view.plans[0] if view.plans else "")
@@ -442,6 +468,9 @@ class Engine:
         paragraph, the first memory and three plans, and commit them. The title replaces the novel's only when it
         was derived from the premise (or `propose_title=True`)."""
         view = self._read(novel_id)
+        return (yield from self._for_novel(view)._start(view, cancel, mode, propose_title))
+
+    def _start(self, view: _View, cancel, mode: str | None, propose_title: bool | None) -> Iterator[Event]:
         if view.paragraphs:
             raise EngineError("This novel already has paragraphs: use Next step (start is for a new novel).")
         if not view.premise.strip():
@@ -486,12 +515,15 @@ class Engine:
              cancel: threading.Event | None = None, mode: str | None = None) -> Iterator[Event]:
         """Write the next paragraph from `plan` (any text: a proposed plan, rewritten or not, or the writer's own),
         or from proposed plan number `plan_index` (0-based). Commits the paragraph, the updated memory and the next
-        three plans in one transaction; a novel without paragraphs is started instead."""
+        three plans in one transaction; a novel without paragraphs is started instead. Everything the step starts
+        from (the novel, its settings and so its model, the manuscript, memory and plans) is read in one
+        transaction."""
         view = self._read(novel_id)
+        engine = self._for_novel(view)
         if not view.paragraphs:
-            return (yield from self.start(novel_id, cancel=cancel, mode=mode))
-        plan_text, plan_index = self._resolve_plan(view, plan, plan_index)
-        return (yield from self._step(view, plan_text, plan_index, cancel, self._mode(view, mode)))
+            return (yield from engine._start(view, cancel, mode, None))
+        plan_text, plan_index = engine._resolve_plan(view, plan, plan_index)
+        return (yield from engine._step(view, plan_text, plan_index, cancel, engine._mode(view, mode)))
 
     def _resolve_plan(self, view: _View, plan: str | None, plan_index: int | None) -> tuple[str, int | None]:
         plan = (plan or "").strip()
@@ -500,7 +532,8 @@ class Engine:
                 raise EngineError(f"There is no plan {plan_index + 1}: {len(view.plans)} plan(s) are proposed.")
             return (plan or view.plans[plan_index]), plan_index
         if not plan:
-            raise EngineError("Choose a plan or write your own instruction for the next paragraph.")
+            raise EngineError("The instruction is empty: choose a plan or write your own instruction for the next "
+                              "paragraph.")
         matches = [i for i, proposed in enumerate(view.plans) if proposed.strip() == plan]
         return plan, (matches[0] if matches else None)
 
@@ -508,7 +541,7 @@ class Engine:
               retry: bool = False) -> Iterator[Event]:
         strategy = self.strategy
         notices: list[str] = list(view.notices)
-        yield from self.backfill_sentences(view.novel_id)
+        yield from self._backfill_sentences(view)
         yield Event("progress", f"Building the context ({strategy})…")
         preview = build_context(self.prompts, self.generator, self._inputs(view, plan_text, mode, strategy),
                                 self._budget(view), strategy=strategy)
@@ -584,13 +617,14 @@ class Engine:
         new step replaces it in one transaction; Undo then returns to the state before that step."""
         view = self._read(novel_id, for_retry=True)
         mode = self._mode(view, mode)
+        engine = self._for_novel(view)
         if not view.paragraphs:
-            return (yield from self._retry_opening(novel_id, view, cancel, mode))
+            return (yield from engine._retry_opening(novel_id, view, cancel, mode))
         plan_text = view.retry_plan or (view.plans[view.retry_plan_index] if view.retry_plan_index is not None
                                         else "")
         if not plan_text:
             raise EngineError("The last step has no recorded plan to rewrite from: write a new step instead.")
-        return (yield from self._step(view, plan_text, view.retry_plan_index, cancel, mode, retry=True))
+        return (yield from engine._step(view, plan_text, view.retry_plan_index, cancel, mode, retry=True))
 
     def _retry_opening(self, novel_id: int, view: _View, cancel, mode: str) -> Iterator[Event]:
         return (yield from self._write_opening(view, mode, cancel, list(view.notices), retry=True))
@@ -605,13 +639,14 @@ class Engine:
             _check_cancel(cancel)
             yield Event("progress", f"Step {done + 1} of {steps}…", done=done, total=steps)
             view = self._read(novel_id)
+            engine = self._for_novel(view)
             if not view.paragraphs:
-                events = self.start(novel_id, cancel=cancel, mode=mode)
+                events = engine._start(view, cancel, mode, None)
             else:
                 notices: list[str] = []
                 if view.plans:
                     yield Event("progress", f"Step {done + 1} of {steps}: choosing a plan…", done=done, total=steps)
-                    index = self._choose(view, cancel, notices)
+                    index = engine._choose(view, cancel, notices)
                     plan_text = view.plans[index]
                 else:
                     index, plan_text = None, FALLBACK_PLANS[0]
@@ -619,7 +654,7 @@ class Engine:
                 for notice in notices:
                     yield Event("notice", notice, done=done, total=steps)
                 yield Event("progress", f"Step {done + 1} of {steps}: {plan_text}", done=done, total=steps)
-                events = self._step(view, plan_text, index, cancel, self._mode(view, mode))
+                events = engine._step(view, plan_text, index, cancel, engine._mode(view, mode))
             for event in events:
                 event.done, event.total = (done + 1 if event.kind == "done" else done), steps
                 yield event

@@ -99,9 +99,10 @@ def build_app(config: Config, source: ModelSource, installed=None):
 
     from app.ui import context, library, memory_tab, reader, services, settings, story_chart, write
     from app.ui.common import GENERATION, bind, components, handler, outputs, to_components
+    from app.wiring import open_parts
 
     if installed is None:
-        installed = services.Services(config=config, source=source, session_factory=services.open_store(config))
+        installed = services.Services(open_parts(config, source=source))
     services.install(installed)
 
     # delete_cache: downloads Gradio copied into its cache are removed after an hour.

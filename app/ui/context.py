@@ -9,15 +9,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from app.ui import services
 from app.ui.common import bind, clean_text, components, handler, returns
 
 SECTION_HEADERS = ["section", "tokens", "in the prompt"]
-
-
-def _engine_for(novel_id: int):
-    from app.ui.settings import engine_for
-
-    return engine_for(novel_id)
 
 
 def _why_retrieved(preview) -> str:
@@ -41,7 +36,7 @@ def inspect(novel_id, instruction: str):
                 "budget_md": "Open a novel to see what the next step will read.", "retrieved_md": ""}
     novel_id = int(novel_id)
     plan = clean_text(instruction, "The instruction")
-    preview = _engine_for(novel_id).inspect_context(novel_id, plan)
+    preview = services.current().engine().inspect_context(novel_id, plan)
     rows = [[section.name, section.tokens,
              "dropped" if not section.kept else ("shortened" if section.truncated else "yes")]
             for section in preview.sections]

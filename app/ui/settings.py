@@ -45,12 +45,6 @@ def load_settings(novel_id: int) -> tuple[NovelSettings, list[str]]:
         return NovelSettings.repaired(store.get_novel(session, novel_id).settings)
 
 
-def engine_for(novel_id: int):
-    """The process-wide engine over the novel's own model (its settings' model, device and dtype)."""
-    settings, _ = load_settings(novel_id)
-    return services.current().engine(settings.model, settings.device, settings.dtype)
-
-
 def check_model(model: str) -> None:
     """Refuse a model the app cannot use: a missing path, or a server this launch does not allow."""
     if model == "default":

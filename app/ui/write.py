@@ -30,7 +30,7 @@ from app.ui.common import (
     returns,
     word_count,
 )
-from app.ui.settings import engine_for, load_settings
+from app.ui.settings import load_settings
 
 CUSTOM_PLAN = "(my own instruction)"
 
@@ -150,7 +150,7 @@ def _run(novel_id: int, make_events, what: str):
         loading = svc.loaded_generator() is None
         yield {"draft_box": "",
                "status_md": "Loading the model (the first time takes a while)…" if loading else progress.status}
-        engine = engine_for(novel_id)
+        engine = svc.engine()
         for event in make_events(engine, cancel):
             progress.add(event)
             if event.kind == "notice":
@@ -176,17 +176,11 @@ def start_story(novel_id):
 @handler
 @returns("draft_box", "status_md")
 def next_step(novel_id, instruction: str):
-    """Write the next paragraph following the instruction (a chosen plan, maybe rewritten), streaming it."""
-    from memory import store
-
+    """Write the next paragraph following the instruction (a chosen plan, maybe rewritten), streaming it. One
+    engine call: it reads the novel, resolves its model and, for a novel whose opening was stopped or undone,
+    writes the opening from the premise instead (the instruction may then be empty)."""
     novel_id = require_novel(novel_id)
-    with services.current().session() as session:
-        empty = store.paragraph_count(session, novel_id) == 0
-    if empty:
-        # A novel whose opening was stopped or undone: Next step writes the opening from the premise.
-        yield from start_story(novel_id)
-        return
-    plan = clean_text(instruction, "The instruction", required=True)
+    plan = clean_text(instruction, "The instruction")
     yield from _run(novel_id, lambda engine, cancel: engine.step(novel_id, plan, cancel=cancel),
                     "writing the next paragraph")
 

@@ -1,6 +1,6 @@
 """Versioned schema migrations (Alembic), run programmatically: no alembic.ini, the engine is passed in.
 
-`memory.db.init_db` calls `upgrade` after backing the database up. New migrations go in `versions/`, one file
+`memory.connection.migrate` calls `upgrade` (and `memory.db.init_db` backs the database up before it does). New migrations go in `versions/`, one file
 each, written by hand or with `alembic revision --autogenerate` against `memory.schema.Base.metadata`.
 """
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from app.config import Config
-from app.offline import resolve_model
 from app.ui import services
+from app.wiring import open_parts
 from tests.engine.engine_fakes import ScriptedGenerator
 
 
@@ -19,8 +19,7 @@ def ui_config(data_dir: Path) -> Config:
 
 @pytest.fixture
 def ui_services(ui_config: Config) -> services.Services:
-    source = resolve_model("default", ui_config.models_dir)
-    installed = services.Services(config=ui_config, source=source, session_factory=services.open_store(ui_config))
+    installed = services.Services(open_parts(ui_config))
     services.install(installed)
     return installed
 

@@ -14,8 +14,9 @@ import pytest
 from gradio import tunneling
 
 from app.config import Config
-from app.ui import blocked_paths, gradio_dir, launch_options, services
+from app.ui import blocked_paths, gradio_dir, launch_options
 from app.ui.guard import HostOriginGuard, Policy
+from app.wiring import open_store
 from memory import store
 from memory.backup import backup
 from memory.db import make_engine, make_sessionmaker, open_database
@@ -104,7 +105,7 @@ def test_data_dir_database_backups_and_exports_are_private(tmp_path: Path):
     os.chmod(data_dir, 0o755)
     # The store opened the way the app opens it (a data dir that existed before, world-readable, is tightened).
     config = Config(data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'longhand.db'}")
-    session_factory = services.open_store(config)
+    _, session_factory = open_store(config)
     with session_factory() as session, session.begin():
         novel_id = store.create_novel(session, title="Private", premise="Only mine.").id
     assert _mode(data_dir) == 0o700
