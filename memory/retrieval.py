@@ -105,6 +105,9 @@ class Embedder:
         return Vector(self.name, values[0], sentences=values[1:])
 
 
+_WINDOW_CHUNK = 65_536  # sentence rows per step when computing window norms
+
+
 @dataclass
 class _Matrix:
     # (embedding_epoch, updated_at) of the novel when loaded: both move on every vector change, and the pair
@@ -120,7 +123,6 @@ class _Matrix:
     sentences: np.ndarray = field(init=False)  # [M, dim] float32: every row's sentences, concatenated in row order
     sentence_starts: np.ndarray = field(init=False)  # [N] int64: where row i's sentences start in `sentences`
     sentence_counts: np.ndarray = field(init=False)  # [N] int64; 0 for a row without sentence vectors
-
     rows_with_sentences: np.ndarray = field(init=False)  # [N'] int64: the rows that have sentence vectors
     window_next: np.ndarray = field(init=False)  # [M] int64: the next sentence of the same paragraph, else itself
     window_norms: np.ndarray = field(init=False)  # [M] float32: |s_i + s_next|, so cos(q, window) needs no matmul
@@ -143,8 +145,12 @@ class _Matrix:
         last = np.zeros(total, dtype=bool)
         last[(self.sentence_starts + counts - 1)[self.rows_with_sentences]] = True
         self.window_next = np.where(last, np.arange(total), np.arange(total) + 1)
-        self.window_norms = np.linalg.norm(self.sentences + self.sentences[self.window_next], axis=1) \
-            if total else np.zeros(0, dtype=np.float32)
+        self.window_norms = np.empty(total, dtype=np.float32)
+        # In chunks: the sum of a whole novel's pairs would be a second copy of the matrix (768 MB at 100k).
+        for start in range(0, total, _WINDOW_CHUNK):
+            chunk = slice(start, min(start + _WINDOW_CHUNK, total))
+            pairs = self.sentences[chunk] + self.sentences[self.window_next[chunk]]
+            self.window_norms[chunk] = np.linalg.norm(pairs, axis=1)
 
 
 _CACHE: OrderedDict[tuple[str, str, int], _Matrix] = OrderedDict()
