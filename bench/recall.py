@@ -425,7 +425,8 @@ def large_latency(workdir: Path, dim: int, fillers: list[str], size: int) -> dic
         out["cold_load_s"] = round(time.perf_counter() - start, 2)
         # "_exact": every paragraph scored by sentence, whatever the size (the search before the two-stage one).
         variants = {**{method: {"method": method} for method in retrieval.METHODS},
-                    **{f"{method}_exact": {"method": method, "exact_up_to": 10 ** 12} for method in ("sentence", "fused")}}
+                    **{f"{method}_exact": {"method": method, "exact_up_to": 10 ** 12}
+                       for method in ("sentence", "fused")}}
         for label, kwargs in variants.items():
             times = []
             for question in questions:

@@ -302,8 +302,8 @@ def top_k(session: Session, novel_id: int, query_vector: Vector | np.ndarray, k:
     return [(found[pid], float(scores[i])) for pid, i in zip(ids, best) if pid in found]
 
 
-# How a paragraph scores for a query vector q: its best sentence, plus half the whole paragraph,
-#     max_s cos(q, s) + SENTENCE_PARAGRAPH_WEIGHT * cos(q, paragraph).
+# How a paragraph scores for a query vector q: its best sentence, its best window (below), half the whole paragraph,
+#     max_s cos(q, s) + SENTENCE_WINDOW_WEIGHT * max_i cos(q, s_i + s_i+1) + SENTENCE_PARAGRAPH_WEIGHT * cos(q, p).
 # bench/recall.py (15 facts, each the 3rd of 5 sentences of an on-topic paragraph, paraphrased questions, real
 # MiniLM; bench/results/recall.json), recall@3 at 300 / 1,000 / 3,000 paragraphs:
 #   paragraph vector alone 0.53 / 0.53 / 0.47; best sentence alone 0.67 / 0.60 / 0.60;
@@ -312,12 +312,21 @@ def top_k(session: Session, novel_id: int, query_vector: Vector | np.ndarray, k:
 SENTENCE_PARAGRAPH_WEIGHT = 0.5
 # Plus its best window, a sentence and the next one of the same paragraph (cos(q, s_i + s_next), from the same
 # per-sentence dot products, so it costs no matmul): a fact told over two sentences, or a question naming a person
-# the fact's own sentence calls "she". WINDOW_FIGURES
+# the fact's own sentence calls "she". bench/recall.py (same run as below), at 300 / 1,000 / 3,000 paragraphs:
+#   vectors alone, recall@3: window 0 0.80 / 0.73 / 0.73; 0.5 0.80 / 0.73 / 0.73; 1.0 0.87 / 0.80 / 0.80;
+#   fused with lexical, window 1.0 against 0: recall@1 0.53 / 0.60 / 0.67 against 0.53 / 0.53 / 0.60, recall@3
+#   0.80 at every size either way, recall@5 0.87 / 0.80 / 0.80 against 0.80; the easy needle (the fact a paragraph
+#   of its own) loses at 300, recall@3 0.73 against 0.87, and ties at 1,000 and 3,000. Measured on the same 15
+#   questions it was chosen on.
 SENTENCE_WINDOW_WEIGHT = 1.0
 # Every paragraph is scored exactly up to this many sentence vectors in the novel (about 10,000 paragraphs: one
 # matrix-vector product over them, ~6 ms here); above, a two-stage search: the TWO_STAGE_CANDIDATES paragraphs
 # closest by paragraph vector (one [N, 384] product), then exact sentence and window scores for just those.
-# TWO_STAGE_FIGURES
+# Warm fused top-5 at 100,000 paragraphs (random vectors, 5 sentences each), bench/results/recall.json under a
+# load average of ~7 on 2 cores: 95 ms two-stage against 529 ms exact (vector scoring alone, quiet: 11 ms
+# against 98 ms). The price: a fact whose paragraph vector ranks below the candidates is lost. Forced with 100
+# candidates on the hard benchmark, fused recall@3 is 0.80 / 0.67 / 0.60 at 300 / 1,000 / 3,000 (a third, a tenth,
+# a thirtieth of the novel) against 0.80 exact; 1,000 of 100,000 is a hundredth, so expect a loss there too.
 EXACT_SEARCH_MAX_SENTENCES = 50_000
 TWO_STAGE_CANDIDATES = 1_000
 # Reciprocal rank fusion: a paragraph's fused score is sum over rankings of weight / (RRF_K + rank). 60 is the
@@ -326,7 +335,7 @@ TWO_STAGE_CANDIDATES = 1_000
 # only everyday words with half the novel is ranked by the vectors alone. On bench/recall.py, fusing that with
 # best sentence + 0.5 paragraph lifts recall@3 from 0.80 / 0.73 / 0.73 to 0.80 / 0.80 / 0.80 (lexical alone, every
 # word: 0.33 at each size); lexical weight 0.5 and 1.0 tie on recall@3, 0.5 is better at recall@1 (0.53 / 0.53 /
-# 0.60 against 0.47 / 0.53 / 0.53).
+# 0.60 against 0.47 / 0.53 / 0.53 before the window term; with it 0.53 / 0.60 / 0.67 against 0.53 / 0.60 / 0.60).
 RRF_K = 60
 FUSION_LEXICAL_WEIGHT = 0.5
 RARE_TERM_MAX_PARAGRAPHS = 5
