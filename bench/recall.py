@@ -14,8 +14,9 @@ the paragraph; lexical (FTS5 bm25 over the question's words); fused (RRF of best
 lexical over the question's rare words). Step-query variants weigh in the last paragraph and the short-term
 memory the way the engine would.
 The easy needle (the fact as a paragraph of its own, as bench/quality.py plants it) is measured beside them.
-At 100,000 paragraphs (random unit vectors, 5 sentences each; filler text for FTS) the warm query latency of each
-method is measured too. Embeddings are cached per text within the run.
+At 1,000, 10,000 and 100,000 paragraphs (random unit vectors, 5 sentences each; filler text for FTS) the warm
+query latency of each method is measured too, two-stage as the app runs it and exact (every paragraph scored by
+sentence). Embeddings are cached per text within the run.
 
     python -m bench.recall --out bench/results/recall.json
 """
@@ -47,7 +48,7 @@ from memory.schema import Embedding, Novel, Paragraph, utcnow  # noqa: E402
 from sqlalchemy import func, select, update  # noqa: E402
 
 SIZES = (300, 1_000, 3_000)
-LARGE_DEFAULT = 100_000
+LARGE_DEFAULT = "1000,10000,100000"
 KS = (1, 3, 5)
 DEPTH = 50  # ranks beyond this are reported as null
 SEED = 19
@@ -311,10 +312,16 @@ def methods(cache: EmbeddingCache, question: str, last: str, memory: str) -> dic
     return {
         "paragraph": {"query_vector": vec(q), "method": "paragraph"},
         "engine_old: paragraph, plan + 0.5 last": {"query_vector": vec(q + 0.5 * l), "method": "paragraph"},
-        "best sentence": {"query_vector": vec(q), "method": "sentence", "paragraph_weight": 0.0},
-        "best sentence + 0.25 paragraph": {"query_vector": vec(q), "method": "sentence", "paragraph_weight": 0.25},
-        "best sentence + 0.5 paragraph": {"query_vector": vec(q), "method": "sentence", "paragraph_weight": 0.5},
-        "best sentence + 1.0 paragraph": {"query_vector": vec(q), "method": "sentence", "paragraph_weight": 1.0},
+        "best sentence": {"query_vector": vec(q), "method": "sentence", "paragraph_weight": 0.0, "window_weight": 0.0},
+        **{f"best sentence + {weight} paragraph": {"query_vector": vec(q), "method": "sentence",
+                                                   "paragraph_weight": weight, "window_weight": 0.0}
+           for weight in (0.25, 0.5, 1.0)},
+        **{f"best sentence + {window} best window + 0.5 paragraph": {
+            "query_vector": vec(q), "method": "sentence", "window_weight": window} for window in (0.5, 1.0)},
+        "fused RRF, no window": {"query_vector": vec(q), "text": question, "method": "fused", "window_weight": 0.0},
+        # Forced two-stage: only the 100 paragraphs closest by paragraph vector are scored by sentence.
+        "fused RRF, two-stage (100 candidates)": {"query_vector": vec(q), "text": question, "method": "fused",
+                                                  "exact_up_to": 0, "candidates": 100},
         "lexical (FTS5 bm25)": {"query_vector": None, "text": question, "method": "lexical"},
         **{f"fused RRF (rare words), lexical weight {weight}": {
             "query_vector": vec(q), "text": question, "method": "fused", "lexical_weight": weight}
@@ -389,7 +396,7 @@ def storage(Session, novel_id: int) -> dict:
 def large_latency(workdir: Path, dim: int, fillers: list[str], size: int) -> dict:
     """Warm query latency at `size` paragraphs: random unit vectors (5 sentences each), filler text for FTS5."""
     rng = np.random.default_rng(SEED)
-    _, Session = open_database(f"sqlite:///{workdir / 'large.db'}")
+    _, Session = open_database(f"sqlite:///{workdir / f'large{size}.db'}")
     now = utcnow()
     with Session() as s, s.begin():
         novel_id = store.create_novel(s, f"{size} paragraphs").id
@@ -417,14 +424,18 @@ def large_latency(workdir: Path, dim: int, fillers: list[str], size: int) -> dic
         start = time.perf_counter()
         retrieval.search(s, novel_id, Vector("bench", rng.normal(size=dim)), 5, method="sentence")
         out["cold_load_s"] = round(time.perf_counter() - start, 2)
-        for method in retrieval.METHODS:
+        # "_exact": every paragraph scored by sentence, whatever the size (the search before the two-stage one).
+        variants = {**{method: {"method": method} for method in retrieval.METHODS},
+                    **{f"{method}_exact": {"method": method, "exact_up_to": 10 ** 12}
+                       for method in ("sentence", "fused")}}
+        for label, kwargs in variants.items():
             times = []
             for question in questions:
                 query = Vector("bench", rng.normal(size=dim).astype(np.float32))
                 start = time.perf_counter()
-                retrieval.search(s, novel_id, query, 5, text=question, method=method)
+                retrieval.search(s, novel_id, query, 5, text=question, **kwargs)
                 times.append(1000 * (time.perf_counter() - start))
-            out[f"{method}_ms_median"] = round(statistics.median(times), 2)
+            out[f"{label}_ms_median"] = round(statistics.median(times), 2)
     return out
 
 
@@ -443,8 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "recall.json"))
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for the embedder")
     parser.add_argument("--sizes", default=",".join(str(s) for s in SIZES))
-    parser.add_argument("--large", type=int, default=LARGE_DEFAULT,
-                        help="paragraphs for the latency-only run (0: skip)")
+    parser.add_argument("--large", default=LARGE_DEFAULT,
+                        help="paragraph counts for the latency-only runs, comma-separated (0: skip)")
     args = parser.parse_args(argv)
     import torch
 
@@ -473,9 +484,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{size:>5} {variant}: " + "; ".join(
                     f"{label} r@3 {m['recall@3']}" for label, m in row[variant].items()), flush=True)
             rows.append(row)
-        large = large_latency(Path(tmp), cache.embedder.dim, fillers, args.large) if args.large else None
-    if large:
-        print(f"{args.large} paragraphs: {large}", flush=True)
+        large = [large_latency(Path(tmp), cache.embedder.dim, fillers, int(size))
+                 for size in args.large.split(",") if int(size) > 0]
+    for row in large:
+        print(f"{row['paragraphs']} paragraphs: {row}", flush=True)
     result = {
         "benchmark": "recall",
         "command": "python -m bench.recall " + " ".join(argv if argv is not None else sys.argv[1:]),

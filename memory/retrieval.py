@@ -104,6 +104,9 @@ class Embedder:
         return Vector(self.name, values[0], sentences=values[1:])
 
 
+_WINDOW_CHUNK = 65_536  # sentence rows per step when computing window norms
+
+
 @dataclass
 class _Matrix:
     # (embedding_epoch, updated_at) of the novel when loaded: both move on every vector change, and the pair
@@ -119,6 +122,9 @@ class _Matrix:
     sentences: np.ndarray = field(init=False)  # [M, dim] float32: every row's sentences, concatenated in row order
     sentence_starts: np.ndarray = field(init=False)  # [N] int64: where row i's sentences start in `sentences`
     sentence_counts: np.ndarray = field(init=False)  # [N] int64; 0 for a row without sentence vectors
+    rows_with_sentences: np.ndarray = field(init=False)  # [N'] int64: the rows that have sentence vectors
+    window_next: np.ndarray = field(init=False)  # [M] int64: the next sentence of the same paragraph, else itself
+    window_norms: np.ndarray = field(init=False)  # [M] float32: |s_i + s_next|, so cos(q, window) needs no matmul
 
     def __post_init__(self) -> None:
         dim = self.vectors.shape[1]
@@ -129,6 +135,21 @@ class _Matrix:
             else np.zeros(0, dtype=np.int64)
         present = [r for r in self.sentence_rows if r is not None]
         self.sentences = np.concatenate(present) if present else np.zeros((0, dim), dtype=np.float32)
+        # Views into the one contiguous matrix, so the cache holds each sentence vector once.
+        for row in np.flatnonzero(counts):
+            start = self.sentence_starts[row]
+            self.sentence_rows[row] = self.sentences[start:start + counts[row]]
+        self.rows_with_sentences = np.flatnonzero(counts > 0)
+        total = self.sentences.shape[0]
+        last = np.zeros(total, dtype=bool)
+        last[(self.sentence_starts + counts - 1)[self.rows_with_sentences]] = True
+        self.window_next = np.where(last, np.arange(total), np.arange(total) + 1)
+        self.window_norms = np.empty(total, dtype=np.float32)
+        # In chunks: the sum of a whole novel's pairs would be a second copy of the matrix (768 MB at 100k).
+        for start in range(0, total, _WINDOW_CHUNK):
+            chunk = slice(start, min(start + _WINDOW_CHUNK, total))
+            pairs = self.sentences[chunk] + self.sentences[self.window_next[chunk]]
+            self.window_norms[chunk] = np.linalg.norm(pairs, axis=1)
 
 
 _CACHE: OrderedDict[tuple[str, str, int], _Matrix] = OrderedDict()
@@ -280,21 +301,40 @@ def top_k(session: Session, novel_id: int, query_vector: Vector | np.ndarray, k:
     return [(found[pid], float(scores[i])) for pid, i in zip(ids, best) if pid in found]
 
 
-# How a paragraph scores for a query vector q: its best sentence, plus half the whole paragraph,
-#     max_s cos(q, s) + SENTENCE_PARAGRAPH_WEIGHT * cos(q, paragraph).
+# How a paragraph scores for a query vector q: its best sentence, its best window (below), half the whole paragraph,
+#     max_s cos(q, s) + SENTENCE_WINDOW_WEIGHT * max_i cos(q, s_i + s_i+1) + SENTENCE_PARAGRAPH_WEIGHT * cos(q, p).
 # bench/recall.py (15 facts, each the 3rd of 5 sentences of an on-topic paragraph, paraphrased questions, real
 # MiniLM; bench/results/recall.json), recall@3 at 300 / 1,000 / 3,000 paragraphs:
 #   paragraph vector alone 0.53 / 0.53 / 0.47; best sentence alone 0.67 / 0.60 / 0.60;
 #   best sentence + 0.25 paragraph 0.73 / 0.67 / 0.67; + 0.5 paragraph 0.80 / 0.73 / 0.73; + 1.0 0.73 / 0.67 / 0.67.
 # The sentence vectors are stored as float16: every question's top 5 was identical to float32's at every size.
 SENTENCE_PARAGRAPH_WEIGHT = 0.5
+# Plus its best window, a sentence and the next one of the same paragraph (cos(q, s_i + s_next), from the same
+# per-sentence dot products, so it costs no matmul): a fact told over two sentences, or a question naming a person
+# the fact's own sentence calls "she". bench/recall.py (same run as below), at 300 / 1,000 / 3,000 paragraphs:
+#   vectors alone, recall@3: window 0 0.80 / 0.73 / 0.73; 0.5 0.80 / 0.73 / 0.73; 1.0 0.87 / 0.80 / 0.80;
+#   fused with lexical, window 1.0 against 0: recall@1 0.53 / 0.60 / 0.67 against 0.53 / 0.53 / 0.60, recall@3
+#   0.80 at every size either way, recall@5 0.87 / 0.80 / 0.80 against 0.80; the easy needle (the fact a paragraph
+#   of its own) loses at 300, recall@3 0.73 against 0.87, and ties at 1,000 and 3,000. Measured on the same 15
+#   questions it was chosen on.
+SENTENCE_WINDOW_WEIGHT = 1.0
+# Every paragraph is scored exactly up to this many sentence vectors in the novel (about 10,000 paragraphs: one
+# matrix-vector product over them, ~6 ms here); above, a two-stage search: the TWO_STAGE_CANDIDATES paragraphs
+# closest by paragraph vector (one [N, 384] product), then exact sentence and window scores for just those.
+# Warm fused top-5 at 100,000 paragraphs (random vectors, 5 sentences each), bench/results/recall.json under a
+# load average of ~7 on 2 cores: 95 ms two-stage against 529 ms exact (vector scoring alone, quiet: 11 ms
+# against 98 ms). The price: a fact whose paragraph vector ranks below the candidates is lost. Forced with 100
+# candidates on the hard benchmark, fused recall@3 is 0.80 / 0.67 / 0.60 at 300 / 1,000 / 3,000 (a third, a tenth,
+# a thirtieth of the novel) against 0.80 exact; 1,000 of 100,000 is a hundredth, so expect a loss there too.
+EXACT_SEARCH_MAX_SENTENCES = 50_000
+TWO_STAGE_CANDIDATES = 1_000
 # Reciprocal rank fusion: a paragraph's fused score is sum over rankings of weight / (RRF_K + rank). 60 is the
 # constant of Cormack et al. (2009). The lexical ranking fused in looks only for the query's rare words (in at most
 # RARE_TERM_MAX_PARAGRAPHS paragraphs of the novel: names, objects mentioned once), so a paraphrase that shares
 # only everyday words with half the novel is ranked by the vectors alone. On bench/recall.py, fusing that with
 # best sentence + 0.5 paragraph lifts recall@3 from 0.80 / 0.73 / 0.73 to 0.80 / 0.80 / 0.80 (lexical alone, every
 # word: 0.33 at each size); lexical weight 0.5 and 1.0 tie on recall@3, 0.5 is better at recall@1 (0.53 / 0.53 /
-# 0.60 against 0.47 / 0.53 / 0.53).
+# 0.60 against 0.47 / 0.53 / 0.53 before the window term; with it 0.53 / 0.60 / 0.67 against 0.53 / 0.60 / 0.60).
 RRF_K = 60
 FUSION_LEXICAL_WEIGHT = 0.5
 RARE_TERM_MAX_PARAGRAPHS = 5
@@ -327,24 +367,57 @@ class Hit:
         return " + ".join(parts) or "no match"
 
 
-def _vector_scores(matrix: _Matrix, query: np.ndarray, method: str, paragraph_weight: float) -> np.ndarray:
-    """[N] scores: cos(q, paragraph) for "paragraph"; else the best sentence + paragraph_weight * cos(q, paragraph)
-    (a row without sentence vectors yet counts its paragraph vector as its one sentence)."""
+def _sentence_scores(matrix: _Matrix, query: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `rows` (all having sentence vectors): its best sentence and its best window (a sentence with the
+    next one, cos(q, s_i + s_next)), from one matrix-vector product over just those rows' sentences."""
+    counts = matrix.sentence_counts[rows]
+    if rows.size == matrix.rows_with_sentences.size:
+        index = None
+        per_sentence = matrix.sentences @ query  # [M]
+        neighbour = per_sentence[matrix.window_next]
+        norms = matrix.window_norms
+    else:
+        # The rows' sentence indices, concatenated: each row's start repeated over its count, plus 0, 1, 2, ...
+        local_starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        index = np.repeat(matrix.sentence_starts[rows] - local_starts, counts) + np.arange(int(counts.sum()))
+        per_sentence = np.take(matrix.sentences, index, axis=0) @ query  # [M']
+        neighbour = per_sentence[np.arange(index.size) + (matrix.window_next[index] - index)]
+        norms = matrix.window_norms[index]
+    window = (per_sentence + neighbour) / norms
+    starts = matrix.sentence_starts[rows] if index is None else np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.maximum.reduceat(per_sentence, starts), np.maximum.reduceat(window, starts)
+
+
+def _vector_scores(matrix: _Matrix, query: np.ndarray, method: str, paragraph_weight: float,
+                   window_weight: float = SENTENCE_WINDOW_WEIGHT, exact_up_to: int = EXACT_SEARCH_MAX_SENTENCES,
+                   candidates: int = TWO_STAGE_CANDIDATES, exclude: np.ndarray | None = None) -> np.ndarray:
+    """[N] scores: cos(q, paragraph) for "paragraph"; else the best sentence + window_weight * the best window +
+    paragraph_weight * cos(q, paragraph) (a row without sentence vectors yet counts its paragraph vector as its one
+    sentence and window). Up to `exact_up_to` sentence vectors every row is scored; above, only the `candidates`
+    rows closest by paragraph vector (after `exclude`, a mask of rows never to rank) are, the rest get -inf."""
     paragraph = matrix.vectors @ query  # [N]
+    if exclude is not None:
+        paragraph[exclude] = -np.inf
     if method == "paragraph":
         return paragraph
-    best = paragraph.copy()
-    has = matrix.sentence_counts > 0
-    if matrix.sentences.shape[0]:
-        per_sentence = matrix.sentences @ query  # [M]
-        best[has] = np.maximum.reduceat(per_sentence, matrix.sentence_starts[has])
-    return best + paragraph_weight * paragraph
+    rows = matrix.rows_with_sentences
+    scores = (1.0 + window_weight + paragraph_weight) * paragraph
+    if matrix.sentences.shape[0] > exact_up_to and 0 < candidates < paragraph.shape[0]:
+        chosen = np.sort(np.argpartition(-paragraph, candidates - 1)[:candidates])
+        rows = chosen[matrix.sentence_counts[chosen] > 0]
+        kept = np.full(paragraph.shape[0], -np.inf, dtype=scores.dtype)
+        kept[chosen] = scores[chosen]
+        scores = kept
+    if rows.size:
+        best, window = _sentence_scores(matrix, query, rows)
+        scores[rows] = best + window_weight * window + paragraph_weight * paragraph[rows]
+    if exclude is not None:
+        scores[exclude] = -np.inf
+    return scores
 
 
-def _best_rows(scores: np.ndarray, positions: np.ndarray, k: int, exclude_positions: Iterable[int]) -> np.ndarray:
-    excluded = np.fromiter(exclude_positions, dtype=np.int64)
-    if excluded.size:
-        scores = np.where(np.isin(positions, excluded), -np.inf, scores)
+def _best_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """The rows of the k highest finite scores, best first."""
     k = min(k, int(np.isfinite(scores).sum()))
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
@@ -364,12 +437,15 @@ def _best_sentence(matrix: _Matrix, row: int, query: np.ndarray, text: str) -> t
 
 def search(session: Session, novel_id: int, query_vector: Vector | None, k: int, *, text: str = "",
            method: str = "fused", exclude_positions: Iterable[int] = (),
-           paragraph_weight: float = SENTENCE_PARAGRAPH_WEIGHT,
-           lexical_weight: float = FUSION_LEXICAL_WEIGHT, rrf_k: int = RRF_K) -> list[Hit]:
+           paragraph_weight: float = SENTENCE_PARAGRAPH_WEIGHT, window_weight: float = SENTENCE_WINDOW_WEIGHT,
+           lexical_weight: float = FUSION_LEXICAL_WEIGHT, rrf_k: int = RRF_K,
+           exact_up_to: int = EXACT_SEARCH_MAX_SENTENCES, candidates: int = TWO_STAGE_CANDIDATES) -> list[Hit]:
     """The k paragraphs that best answer a query, best first, each with why it was chosen.
 
     `query_vector` ranks by vectors ("paragraph": whole-paragraph cosine; "sentence": the best sentence plus
-    `paragraph_weight` of the paragraph); `text` ranks lexically (SQLite FTS5 bm25, PostgreSQL ts_rank);
+    `window_weight` of the best two-sentence window plus `paragraph_weight` of the paragraph, every paragraph scored
+    up to `exact_up_to` sentence vectors in the novel, above that only the `candidates` closest by paragraph
+    vector); `text` ranks lexically (SQLite FTS5 bm25, PostgreSQL ts_rank);
     "fused" merges the two rankings by reciprocal rank fusion, and falls back to whichever one it has.
     """
     if method not in METHODS:
@@ -387,9 +463,11 @@ def search(session: Session, novel_id: int, query_vector: Vector | None, k: int,
         matrix = _load_matrix(session, novel, name, int(query.shape[0]))
         if matrix.vectors.shape[0]:
             mode = "paragraph" if method == "paragraph" else "sentence"
-            scores = _vector_scores(matrix, query, mode, paragraph_weight)
             depth = k if method in ("paragraph", "sentence") else max(k, FUSION_DEPTH)
-            for rank, row in enumerate(_best_rows(scores, matrix.positions, depth, exclude), 1):
+            excluded = np.isin(matrix.positions, np.asarray(exclude, dtype=np.int64)) if exclude else None
+            scores = _vector_scores(matrix, query, mode, paragraph_weight, window_weight, exact_up_to,
+                                    max(candidates, depth), excluded)
+            for rank, row in enumerate(_best_rows(scores, depth), 1):
                 vector_hits[int(matrix.paragraph_ids[row])] = (rank, float(scores[row]), int(row))
     lexical_hits: dict[int, tuple[int, float]] = {}
     if text.strip() and method in ("lexical", "fused"):
@@ -447,25 +525,28 @@ def _fts_match(terms: list[str]) -> str:
 def rare_terms(session: Session, novel_id: int, terms: list[str],
                max_paragraphs: int = RARE_TERM_MAX_PARAGRAPHS) -> list[str]:
     """The terms found in 1 to `max_paragraphs` paragraphs of the novel (each counted through the full-text
-    index, stopping at max_paragraphs + 1)."""
+    index, stopping at max_paragraphs + 1), all counted in one statement (one round trip: ~1 ms saved a term)."""
+    if not terms:
+        return []
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
         # CROSS JOIN keeps the full-text index the outer loop (SQLite never reorders one), instead of every paragraph
         # of the novel probing it.
-        count = sql_text(f"SELECT count(*) FROM (SELECT 1 FROM {PARAGRAPH_FTS_TABLE} CROSS JOIN paragraphs p "
-                         f"ON p.id = {PARAGRAPH_FTS_TABLE}.rowid WHERE {PARAGRAPH_FTS_TABLE} MATCH :term "
-                         "AND p.novel_id = :novel LIMIT :limit)")
-        term_of = _fts_match
+        count = (f"(SELECT count(*) FROM (SELECT 1 FROM {PARAGRAPH_FTS_TABLE} CROSS JOIN paragraphs p "
+                 f"ON p.id = {PARAGRAPH_FTS_TABLE}.rowid WHERE {PARAGRAPH_FTS_TABLE} MATCH :term{{i}} "
+                 "AND p.novel_id = :novel LIMIT :limit))")
+        term_of = lambda term: _fts_match([term])  # noqa: E731
     elif dialect == "postgresql":
-        count = sql_text(f"SELECT count(*) FROM (SELECT 1 FROM paragraphs p WHERE p.novel_id = :novel AND "
-                         f"to_tsvector('{TSVECTOR_CONFIG}', p.text) @@ to_tsquery('{TSVECTOR_CONFIG}', :term) "
-                         "LIMIT :limit) AS found")
-        term_of = lambda terms: terms[0]  # noqa: E731
+        count = (f"(SELECT count(*) FROM (SELECT 1 FROM paragraphs p WHERE p.novel_id = :novel AND "
+                 f"to_tsvector('{TSVECTOR_CONFIG}', p.text) @@ to_tsquery('{TSVECTOR_CONFIG}', :term{{i}}) "
+                 "LIMIT :limit) AS found{i})")
+        term_of = lambda term: term  # noqa: E731
     else:
         raise StoreError(f"Lexical retrieval needs SQLite or PostgreSQL, not {dialect}.")
-    return [term for term in terms if 1 <= int(session.scalar(count, {"term": term_of([term]), "novel": novel_id,
-                                                                       "limit": max_paragraphs + 1}))
-            <= max_paragraphs]
+    statement = sql_text("SELECT " + ", ".join(count.format(i=i) for i in range(len(terms))))
+    params = {f"term{i}": term_of(term) for i, term in enumerate(terms)}
+    counts = session.execute(statement, {**params, "novel": novel_id, "limit": max_paragraphs + 1}).one()
+    return [term for term, found in zip(terms, counts) if 1 <= int(found) <= max_paragraphs]
 
 
 def lexical_top_k(session: Session, novel_id: int, text: str, k: int, exclude_positions: Iterable[int] = (),
