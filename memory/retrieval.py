@@ -90,7 +90,7 @@ class Embedder:
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def vector(self, text: str) -> Vector:
-        """One text as a `memory.store.Vector` (a query, a lore entry); for a paragraph use passage()."""
+        """One text as a `memory.embeddings.Vector` (a query, a lore entry); for a paragraph use passage()."""
         return Vector(self.name, self.embed([text])[0])
 
     def passage(self, text: str) -> Vector:
@@ -267,7 +267,7 @@ def _query(query_vector: Vector | np.ndarray, embedder: str | None) -> tuple[np.
     else:
         values, name = query_vector, embedder
     if name is None:
-        raise ValueError("top_k needs the embedder's name: pass a memory.store.Vector or embedder=...")
+        raise ValueError("top_k needs the embedder's name: pass a memory.embeddings.Vector or embedder=...")
     values = np.asarray(values, dtype=np.float32).reshape(-1)
     norm = float(np.linalg.norm(values))
     return (values / norm if norm > 0 else values), name

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from memory import retrieval, store
+from memory.embeddings import Vector
 
 DIM = 16
 TEXT = "The first sentence here. The second sentence here. The third sentence here."
@@ -36,13 +37,13 @@ def build(Session, query: np.ndarray, hidden_fact: bool) -> int:
                 sentences = unit(far + 0.3 * rng.normal(size=(3, DIM)))
             if hidden_fact and i == 39:
                 sentences[1] = query
-            store.add_paragraph(s, novel_id, TEXT, embedding=store.Vector("e", paragraph, sentences=sentences))
+            store.add_paragraph(s, novel_id, TEXT, embedding=Vector("e", paragraph, sentences=sentences))
     return novel_id
 
 
 def ranked(Session, novel_id: int, query: np.ndarray, **kwargs) -> list[tuple[int, float, str | None]]:
     with Session() as s:
-        hits = retrieval.search(s, novel_id, store.Vector("e", query), 5, method="sentence", **kwargs)
+        hits = retrieval.search(s, novel_id, Vector("e", query), 5, method="sentence", **kwargs)
         return [(hit.paragraph.position, hit.score, hit.sentence) for hit in hits]
 
 
