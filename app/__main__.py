@@ -10,6 +10,7 @@ One "Next step" click, from button to database (the wiring behind it: app/wiring
                          (app/engine/context.py, memory/retrieval.py) and renders prompts/*.txt
                          (app/engine/prompts.py), streams the paragraph, then the memory and plans
                          (app/engine/parsing.py checks each answer)
+  app/engine/events.py   status_line(event): the one status line the UI, the CLI and the benchmarks show
   models/service.py      TextGenerator.stream() -> models/generate.py generate(): penalties, sampling, stop, cancel
   memory/store.py        commit_step(): paragraph, memory, plans and embedding in one transaction
                          (memory/connection.py: BEGIN IMMEDIATE on SQLite)
