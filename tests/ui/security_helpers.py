@@ -18,6 +18,7 @@ import pytest
 
 from memory import store
 from memory.db import open_database
+from tests.ui.test_ui_browser import stop_server
 
 REPO = Path(__file__).resolve().parents[2]
 SEED_TITLE = "The Lighthouse Ledger"
@@ -81,11 +82,7 @@ def served(tmp_path: Path, *flags: str, timeout: float = 240):
             time.sleep(0.5)
         yield base, port, data_dir, log
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process)
 
 
 def fn_index(config: dict, api_name: str) -> int:

@@ -67,11 +67,16 @@ def served_app(tmp_path: Path):
         _wait_for_server(url, process, log)
         yield url, data_dir, log
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """Ask a served app to stop; kill it if it has not within 20 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 @pytest.fixture
