@@ -27,6 +27,8 @@ import torch
 
 from kernels.dry import DryState, apply_dry
 from kernels.penalties import PenaltyState, apply_penalties
+from kernels.ssd import ssd_chunk_scan, ssd_state_step
+from kernels.ssd.reference import ssd_chunk_scan_torch, ssd_step_reference
 
 VOCAB_SIZE = 49152  # SmolLM2's, the default model
 PENALTIES = {"repetition": 1.1, "presence": 0.1, "frequency": 0.05}
@@ -273,56 +275,79 @@ def bench_gpu(device: str = "cuda", sizes: GpuSizes = GpuSizes(), on_update=None
     """Scan/step/penalties on `device` (CUDA; a CPU only to rehearse with TINY_GPU_SIZES under TRITON_INTERPRET=1,
     where our kernels run in Triton's interpreter). Each figure is computed independently; a failure is recorded,
     not raised. `on_update(result)` is called after every row, so a caller that may be killed keeps what was done."""
-    from kernels.ssd import ssd_chunk_scan, ssd_state_step
-    from kernels.ssd.reference import ssd_chunk_scan_torch, ssd_step_reference
-
     device = torch.device(device)
-    # On a CPU the public functions would call their torch references; the rehearsal runs the Triton launchers.
-    force_triton = device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
-    update = on_update or (lambda result: None)
     peak, peak_source = _peak_bandwidth(device)
-    measured = measured_copy_bandwidth(device)
-    s = sizes
+    run = _GpuRun(device=device, sizes=sizes,
+                  # On a CPU the public functions would call their torch references; the rehearsal runs the
+                  # Triton launchers.
+                  force_triton=device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1",
+                  peak=peak, measured=measured_copy_bandwidth(device),
+                  generator=torch.Generator(device=device).manual_seed(0), update=on_update or (lambda result: None))
     result: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                    "sizes": asdict(s), "peak_bandwidth_bytes_per_s": peak, "peak_source": peak_source,
-                    "measured_copy_bandwidth_bytes_per_s": round(measured), "triton_forced": force_triton,
+                    "sizes": asdict(sizes), "peak_bandwidth_bytes_per_s": peak, "peak_source": peak_source,
+                    "measured_copy_bandwidth_bytes_per_s": round(run.measured), "triton_forced": run.force_triton,
                     "scan": [], "step": {}, "penalties_dry": []}
+    others = _other_implementations(result)
+    run.update(result)
+    A = -torch.rand(sizes.heads, generator=run.generator, device=device) - 0.5
+    D, dt_bias = run.randn(sizes.heads, dtype=torch.float32), run.randn(sizes.heads, dtype=torch.float32)
+    _bench_scan(run, result, others, A=A, D=D, dt_bias=dt_bias)
+    _bench_step(run, result, others, A=A, D=D, dt_bias=dt_bias)
+    _bench_penalties(run, result)
+    return result
+
+
+@dataclass
+class _GpuRun:
+    """What every part of bench_gpu shares: where it runs, its sizes, the roofline and the progress callback."""
+    device: torch.device
+    sizes: GpuSizes
+    force_triton: bool
+    peak: float
+    measured: float
+    generator: torch.Generator
+    update: object
+
+    def randn(self, *shape, dtype=torch.bfloat16):
+        return torch.randn(*shape, generator=self.generator, device=self.device).to(dtype)
+
+
+def _other_implementations(result: dict) -> dict:
+    """transformers' torch path and mamba_ssm's kernels where importable (None, noted in `result`, where not)."""
+    others = dict.fromkeys(("mamba2_chunk_scan", "mamba2_selective_state_update", "mamba_chunk_scan_combined",
+                            "selective_state_update"))
     try:
         from transformers.models.mamba2.modeling_mamba2 import mamba2_chunk_scan, mamba2_selective_state_update
+        others.update(mamba2_chunk_scan=mamba2_chunk_scan, mamba2_selective_state_update=mamba2_selective_state_update)
     except ImportError as error:
-        mamba2_chunk_scan = mamba2_selective_state_update = None
         result["transformers_torch_path"] = f"not importable: {error}"
     try:
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        others.update(mamba_chunk_scan_combined=mamba_chunk_scan_combined,
+                      selective_state_update=selective_state_update)
     except ImportError as error:
-        mamba_chunk_scan_combined = selective_state_update = None
         result["mamba_ssm"] = f"not importable: {error}"
-    update(result)
+    return others
 
-    heads, head_dim, groups, state_size, chunk, dtype = s.heads, s.head_dim, s.groups, s.state_size, s.chunk_size, \
-        torch.bfloat16
-    generator = torch.Generator(device=device).manual_seed(0)
 
-    def randn(*shape, dtype=dtype):
-        return torch.randn(*shape, generator=generator, device=device).to(dtype)
-
-    A = -torch.rand(heads, generator=generator, device=device) - 0.5
-    D, dt_bias = randn(heads, dtype=torch.float32), randn(heads, dtype=torch.float32)
+def _bench_scan(run: _GpuRun, result: dict, others: dict, *, A, D, dt_bias) -> None:
+    """The chunked scan at each length: tokens/s and bandwidth per implementation, ours' error vs the reference."""
+    s, chunk = run.sizes, run.sizes.chunk_size
     for length in s.scan_lengths:
-        x, dt = randn(1, length, heads, head_dim), randn(1, length, heads, dtype=torch.float32)
-        B, C = randn(1, length, groups, state_size), randn(1, length, groups, state_size)
+        x, dt = run.randn(1, length, s.heads, s.head_dim), run.randn(1, length, s.heads, dtype=torch.float32)
+        B, C = run.randn(1, length, s.groups, s.state_size), run.randn(1, length, s.groups, s.state_size)
         variants = {
-            "ours": lambda: ssd_chunk_scan(x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias, force_triton=force_triton),
+            "ours": lambda: ssd_chunk_scan(x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias, force_triton=run.force_triton),
         }
         if length <= s.reference_max_length:
             variants["torch_reference"] = lambda: ssd_chunk_scan_torch(x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias)
-            if mamba2_chunk_scan is not None:
-                variants["transformers_torch"] = lambda: mamba2_chunk_scan(x, dt, A, B, C, chunk, D=D,
-                                                                            dt_bias=dt_bias, dt_softplus=True)
-        if mamba_chunk_scan_combined is not None:
-            variants["mamba_ssm"] = lambda: mamba_chunk_scan_combined(x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias,
-                                                                      dt_softplus=True)
+            if others["mamba2_chunk_scan"] is not None:
+                variants["transformers_torch"] = lambda: others["mamba2_chunk_scan"](
+                    x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias, dt_softplus=True)
+        if others["mamba_chunk_scan_combined"] is not None:
+            variants["mamba_ssm"] = lambda: others["mamba_chunk_scan_combined"](
+                x, dt, A, B, C, chunk, D=D, dt_bias=dt_bias, dt_softplus=True)
         # The fewest bytes a scan moves: x, dt, B and C read once, y written once (the chunk states stay on chip
         # in the best case).
         scan_bytes = (2 * x.numel() * x.element_size() + dt.numel() * dt.element_size()
@@ -331,87 +356,92 @@ def bench_gpu(device: str = "cuda", sizes: GpuSizes = GpuSizes(), on_update=None
         outputs = {}
         for name, fn in variants.items():
             try:
-                seconds = _device_time(fn, s.scan_repeats, device)
+                seconds = _device_time(fn, s.scan_repeats, run.device)
                 row[f"{name}_tokens_per_s"] = round(length / seconds)
-                row[f"{name}_bandwidth_fraction_of_peak"] = _fractions(scan_bytes, seconds, peak, measured)[
+                row[f"{name}_bandwidth_fraction_of_peak"] = _fractions(scan_bytes, seconds, run.peak, run.measured)[
                     "fraction_of_peak"]
                 if name in ("ours", "torch_reference"):
                     out = fn()
                     outputs[name] = out[0] if isinstance(out, tuple) else out
             except Exception as error:  # e.g. out of memory for the torch paths at 128k
                 row[f"{name}_error"] = _error_text(error)
-            if device.type == "cuda":
+            if run.device.type == "cuda":
                 torch.cuda.empty_cache()
         if "ours" in outputs and "torch_reference" in outputs:
             # Correct first: ours against the fp32 reference on these random inputs (bf16 inputs: ~1e-3..1e-2).
             row["ours_relative_error_vs_reference"] = _relative_error(outputs["ours"], outputs["torch_reference"])
         del outputs
         result["scan"].append(row)
-        update(result)
+        run.update(result)
         print(json.dumps(row), flush=True)
 
-    batch = 1
-    state = torch.zeros(batch, heads, head_dim, state_size, device=device)
-    x, dt = randn(batch, heads, head_dim), randn(batch, heads, dtype=torch.float32)
-    B, C = randn(batch, groups, state_size), randn(batch, groups, state_size)
+
+def _bench_step(run: _GpuRun, result: dict, others: dict, *, A, D, dt_bias) -> None:
+    """One layer's decode step per implementation: microseconds, steps/s and bandwidth."""
+    s, batch = run.sizes, 1
+    state = torch.zeros(batch, s.heads, s.head_dim, s.state_size, device=run.device)
+    x, dt = run.randn(batch, s.heads, s.head_dim), run.randn(batch, s.heads, dtype=torch.float32)
+    B, C = run.randn(batch, s.groups, s.state_size), run.randn(batch, s.groups, s.state_size)
     step_variants = {
-        "ours": lambda: ssd_state_step(state, x, dt, A, B, C, D=D, dt_bias=dt_bias, force_triton=force_triton),
+        "ours": lambda: ssd_state_step(state, x, dt, A, B, C, D=D, dt_bias=dt_bias, force_triton=run.force_triton),
         "torch_reference": lambda: ssd_step_reference(state.clone(), x, dt, A, B, C, D=D, dt_bias=dt_bias),
     }
-    if mamba2_selective_state_update is not None:
-        dt_h = dt[:, :, None].expand(batch, heads, head_dim)
-        A_h = A[:, None, None].expand(heads, head_dim, state_size)
-        D_h, bias_h = D[:, None].expand(heads, head_dim), dt_bias[:, None].expand(heads, head_dim)
-        step_variants["transformers_torch"] = lambda: mamba2_selective_state_update(
+    if others["mamba2_selective_state_update"] is not None:
+        dt_h = dt[:, :, None].expand(batch, s.heads, s.head_dim)
+        A_h = A[:, None, None].expand(s.heads, s.head_dim, s.state_size)
+        D_h, bias_h = D[:, None].expand(s.heads, s.head_dim), dt_bias[:, None].expand(s.heads, s.head_dim)
+        step_variants["transformers_torch"] = lambda: others["mamba2_selective_state_update"](
             state, x, dt_h, A_h, B, C, D=D_h, dt_bias=bias_h, dt_softplus=True)
-        if selective_state_update is not None:
-            step_variants["mamba_ssm"] = lambda: selective_state_update(state, x, dt_h, A_h, B, C, D=D_h,
-                                                                         dt_bias=bias_h, dt_softplus=True)
+        if others["selective_state_update"] is not None:
+            step_variants["mamba_ssm"] = lambda: others["selective_state_update"](
+                state, x, dt_h, A_h, B, C, D=D_h, dt_bias=bias_h, dt_softplus=True)
     # The step reads and writes the fp32 state once; the rest (x, B, C, y) is negligible.
     step_bytes = 2 * state.numel() * state.element_size()
     for name, fn in step_variants.items():
         try:
-            seconds = _device_time(fn, s.step_repeats, device)
+            seconds = _device_time(fn, s.step_repeats, run.device)
             # One layer's step per call: a token of the whole model runs `layers` of them.
             result["step"][name] = {"us": round(seconds * 1e6, 2), "layer_steps_per_s": round(1 / seconds),
                                     "ssm_tokens_per_s_all_layers": round(1 / (seconds * s.layers), 1),
-                                    **_fractions(step_bytes, seconds, peak, measured)}
+                                    **_fractions(step_bytes, seconds, run.peak, run.measured)}
         except Exception as error:
             result["step"][name] = {"error": _error_text(error)}
-    update(result)
+    run.update(result)
 
-    for length in s.histories:
+
+def _bench_penalties(run: _GpuRun, result: dict) -> None:
+    """Penalties + DRY per generated token at each history length, against the 100 µs target."""
+    for length in run.sizes.histories:
         history, breakers = synthetic_text(length, seed=length % 9973)
-        history = history.to(device)
+        history = history.to(run.device)
         penalty_state = PenaltyState.from_history(history, VOCAB_SIZE)
         dry_state = DryState.from_history(history, breakers, VOCAB_SIZE)
-        logits = torch.randn(1, VOCAB_SIZE, device=device)
-        token = torch.tensor([int(history[-7])], device=device)
+        logits = torch.randn(1, VOCAB_SIZE, device=run.device)
+        token = torch.tensor([int(history[-7])], device=run.device)
 
         def one_token():
             penalty_state.append(token)
             dry_state.append(token)
             return apply_dry(apply_penalties(logits, penalty_state, **PENALTIES), dry_state, **DRY)
 
-        seconds = _device_time(one_token, s.penalty_repeats, device)
+        seconds = _device_time(one_token, run.sizes.penalty_repeats, run.device)
         penalty_seconds = _device_time(lambda: apply_penalties(logits, penalty_state, **PENALTIES),
-                                       s.penalty_repeats, device)
+                                       run.sizes.penalty_repeats, run.device)
         # Penalties: logits read and written (fp32), counts read. DRY per token: the update reads history and match
         # and writes match (int32 each), the scatter reads match again, the apply pass reads and writes logits
         # and reads the per-token scratch.
         penalty_bytes = VOCAB_SIZE * (4 + 4 + 4)
         dry_bytes = length * (4 + 4 + 4 + 4) + VOCAB_SIZE * (4 + 4 + 4)
         row = {"history_tokens": length, "penalties_plus_dry_us_per_token": round(seconds * 1e6, 2),
-               "penalties_plus_dry_bandwidth_fraction": _fractions(penalty_bytes + dry_bytes, seconds, peak,
-                                                                   measured)["fraction_of_peak"],
+               "penalties_plus_dry_bandwidth_fraction": _fractions(penalty_bytes + dry_bytes, seconds, run.peak,
+                                                                   run.measured)["fraction_of_peak"],
                "penalties_us": round(penalty_seconds * 1e6, 2),
-               "penalties_bandwidth_fraction": _fractions(penalty_bytes, penalty_seconds, peak, measured)[
+               "penalties_bandwidth_fraction": _fractions(penalty_bytes, penalty_seconds, run.peak, run.measured)[
                    "fraction_of_peak"],
                "target_us_per_token": 100}
         result["penalties_dry"].append(row)
-        update(result)
+        run.update(result)
         print(json.dumps(row), flush=True)
-    return result
 
 
 def machine() -> dict:
