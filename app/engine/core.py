@@ -14,6 +14,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from sqlalchemy import select
+
+from memory import embeddings, retrieval, revisions, store
+from memory.embeddings import Vector
+from memory.schema import PlanSet
+from models.errors import Cancelled
+
+from app.engine import strategies
 from app.engine.context import (
     MANUSCRIPT_STATE,
     PROMPT_ONLY,
@@ -121,8 +130,6 @@ class ReaderView:
 
 def _check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
-        from models.errors import Cancelled
-
         raise Cancelled("stopped")
 
 
@@ -170,8 +177,6 @@ class Engine:
     def _read(self, novel_id: int, *, for_retry: bool = False) -> _View:
         """Everything a step starts from, in one transaction: the novel and its settings (so its model), the
         manuscript, the memory, the pending plans and the paragraphs still missing sentence vectors."""
-        from memory import embeddings, store
-
         with self.session_factory() as session, session.begin():
             novel = store.get_novel(session, novel_id)
             paragraphs = [(p.position, p.text) for p in store.paragraphs(session, novel_id)]
@@ -194,9 +199,6 @@ class Engine:
 
     def _read_retry(self, session, view: _View) -> None:
         """Turn `view` into the inputs of the last step: the manuscript and memory before it, the plan it used."""
-        from memory import revisions, store
-        from memory.schema import PlanSet
-
         done = [r for r in revisions.revisions(session, view.novel_id) if r.state == "done"]
         if not done or done[-1].kind != "step" or not view.paragraphs:
             raise EngineError("Retry rewrites the last written step, but the last change was not a step "
@@ -205,8 +207,6 @@ class Engine:
         last = store.paragraph_at(session, view.novel_id, last_position)
         history = store.memory_history(session, view.novel_id)
         previous = [m for m in history if m.version < view.memory_version]
-        from sqlalchemy import select
-
         used = session.scalar(select(PlanSet).where(PlanSet.novel_id == view.novel_id,
                                                     PlanSet.paragraph_id == last.id))
         view.retry_revision_id = done[-1].id
@@ -218,8 +218,6 @@ class Engine:
         view.memory_version = previous[-1].version if previous else 0
 
     def _query_vector(self, text: str):
-        from memory.embeddings import Vector
-
         vector = getattr(self.embedder, "vector", None)
         if vector is not None:
             return vector(text)
@@ -234,8 +232,6 @@ class Engine:
         """Sentence vectors for paragraphs saved before they existed (the first step after the upgrade; the step's
         read found them): each batch embedded outside any transaction, then saved in a short one, with a progress
         event per batch."""
-        from memory import embeddings, retrieval
-
         missing = view.missing_sentences
         for start in range(0, len(missing), batch):
             chunk = missing[start:start + batch]
@@ -248,10 +244,6 @@ class Engine:
 
     def _retrieval_query(self, plan: str, last: str):
         """One vector whose cosine with a paragraph ranks it by cos(plan) + LAST_PARAGRAPH_WEIGHT * cos(last)."""
-        import numpy as np
-
-        from memory.embeddings import Vector
-
         parts = [(text, weight) for text, weight in ((plan, 1.0), (last, LAST_PARAGRAPH_WEIGHT))
                  if text.strip() and weight > 0]
         if not parts:
@@ -261,8 +253,6 @@ class Engine:
         return Vector(vectors[0][0].embedder, np.asarray(values, dtype=np.float32))
 
     def _inputs(self, view: _View, plan: str, mode: str, strategy: str) -> ContextInputs:
-        from memory import retrieval
-
         last = view.paragraphs[-1][1] if view.paragraphs else ""
         lore: list[LoreItem] = []
         retrieved: list[RetrievedItem] = []
@@ -323,8 +313,6 @@ class Engine:
         inputs = ContextInputs(premise=view.premise, outline=str(view.settings.get("outline") or ""),
                                style=view.style, voice=VOICES[mode], words=int(view.setting("paragraph_words")))
         with self.session_factory() as session, session.begin():
-            from memory import retrieval
-
             inputs.lore = [LoreItem(e.name, e.body, bool(e.always_on))
                            for e in retrieval.triggered_lore(session, view.novel_id, view.premise)]
         return build_context(self.prompts, self.generator, inputs, self._budget(view), stage="opening",
@@ -585,8 +573,6 @@ class Engine:
     def _commit(self, view: _View, paragraph: str, memory: str, plans: list[str], plan_text: str,
                 plan_index: int | None, embedding, strategy: str, notices: list[str], *, retry: bool,
                 title: str | None, outline: str | None, propose_title: bool | None) -> StepOutcome:
-        from memory import revisions, store
-
         with self.session_factory() as session, session.begin():
             if retry:
                 done = [r for r in revisions.revisions(session, view.novel_id) if r.state == "done"]
@@ -667,8 +653,6 @@ class Engine:
 
     def set_mode(self, novel_id: int, mode: str) -> None:
         """Remember the novel's mode: "write" (third person) or "interactive" (second person, plans as choices)."""
-        from memory import store
-
         if mode not in MODES:
             raise EngineError(f"Unknown mode {mode!r}: use one of {', '.join(MODES)}.")
         with self.session_factory() as session, session.begin():
@@ -677,8 +661,6 @@ class Engine:
     def edit_paragraph(self, paragraph_id: int, text: str, expected_version: int):
         """Replace a paragraph's text (refused with ConflictError if it changed since `expected_version`): its
         embedding is refreshed in the same transaction and the model-state snapshots from it on are dropped."""
-        from memory import store
-
         embedding = self._passage_vector(text)
         with self.session_factory() as session, session.begin():
             paragraph = store.edit_paragraph(session, paragraph_id, text, expected_version, embedding=embedding)
@@ -694,8 +676,6 @@ class Engine:
         return self._history(novel_id, redo=True)
 
     def _history(self, novel_id: int, *, redo: bool) -> bool:
-        from memory import revisions
-
         with self.session_factory() as session, session.begin():
             moved = (revisions.redo if redo else revisions.undo)(session, novel_id)
         if moved is None:
@@ -712,26 +692,18 @@ class Engine:
             self.snapshot_store.delete_after(novel_id, position - 1)
 
     def _snapshot_policy(self, view: _View):
-        from app.engine.strategies import policy
-
-        return policy(int(view.setting("snapshot_budget_mb")) * 1_000_000, str(view.setting("snapshot_dtype")))
+        return strategies.policy(int(view.setting("snapshot_budget_mb")) * 1_000_000, str(view.setting("snapshot_dtype")))
 
     def _manuscript_state(self, view: _View, cancel):
-        from app.engine.strategies import restore_manuscript_state
-
-        return restore_manuscript_state(self.generator, self.snapshot_store, view.novel_id, view.paragraphs,
+        return strategies.restore_manuscript_state(self.generator, self.snapshot_store, view.novel_id, view.paragraphs,
                                         cancel=cancel, snapshot_policy=self._snapshot_policy(view))
 
     def _save_snapshot(self, view: _View, manuscript, paragraph: str, position: int) -> None:
-        from app.engine.strategies import save_after_paragraph
-
-        save_after_paragraph(self.generator, self.snapshot_store, view.novel_id, manuscript, paragraph, position,
+        strategies.save_after_paragraph(self.generator, self.snapshot_store, view.novel_id, manuscript, paragraph, position,
                              snapshot_policy=self._snapshot_policy(view))
 
 
 def _unit(values):
-    import numpy as np
-
     values = np.asarray(values, dtype=np.float32).reshape(-1)
     norm = float(np.linalg.norm(values))
     return values / norm if norm > 0 else values
