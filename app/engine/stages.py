@@ -85,34 +85,13 @@ class ModelStages:
     def paragraph(self, view: NovelView, preview: ContextPreview, cancel, notices: list[str],
                   state=None) -> Iterator[Event]:
         """Stream the paragraph (retrying a bounded number of times); the last event's text is the paragraph."""
-        target = int(view.setting("paragraph_words"))
-        penalties = view.config.penalty_params()
-        history = "\n\n".join(text for _, text in view.paragraphs) if penalties.active else ""
         earlier = [text for _, text in view.paragraphs]
         problem = ""
         repeated = ""
         for attempt in range(self.attempts(view)):
             if attempt:
                 yield Event("reset", f"Retrying the paragraph ({problem}).")
-            raw = ""
-            attempt_state = self.generator.backend.clone_state(state) if state is not None else None
-            stream = self.generator.stream(
-                preview.prompt_text, sampling=self._sampling(view, attempt), penalties=penalties,
-                max_new_tokens=int(view.setting("max_new_tokens")), cancel=cancel, penalty_history=history,
-                state=attempt_state)
-            try:
-                for piece in stream:
-                    raw += piece
-                    yield Event("token", piece)
-                    # One paragraph is enough: stop at a blank line once a full-length paragraph is there.
-                    if "\n\n" in raw.strip():
-                        parsed = parse_paragraph(raw.strip().split("\n\n")[0])
-                        if parsed.ok and len(parsed.value.split()) >= target * 0.6:
-                            break
-            finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
+            raw = yield from self._paragraph_attempt(view, preview, attempt, cancel, state)
             parsed = parse_paragraph(raw)
             if parsed.ok:
                 fresh = drop_repeated_sentences(parsed.value, earlier)
@@ -134,6 +113,34 @@ class ModelStages:
             return
         raise EngineError(f"The model gave no usable paragraph in {self.attempts(view)} tries ({problem}); "
                           "nothing was saved. Try again, or change the plan or the sampling settings.")
+
+    def _paragraph_attempt(self, view: NovelView, preview: ContextPreview, attempt: int, cancel,
+                           state) -> Iterator[Event]:
+        """One try at the paragraph: each piece as a token event, stopped at a blank line once a full-length
+        paragraph is there; returns the raw text. `state` (manuscript-state strategy) is cloned, never advanced."""
+        target = int(view.setting("paragraph_words"))
+        penalties = view.config.penalty_params()
+        history = "\n\n".join(text for _, text in view.paragraphs) if penalties.active else ""
+        raw = ""
+        attempt_state = self.generator.backend.clone_state(state) if state is not None else None
+        stream = self.generator.stream(
+            preview.prompt_text, sampling=self._sampling(view, attempt), penalties=penalties,
+            max_new_tokens=int(view.setting("max_new_tokens")), cancel=cancel, penalty_history=history,
+            state=attempt_state)
+        try:
+            for piece in stream:
+                raw += piece
+                yield Event("token", piece)
+                # One paragraph is enough: stop at a blank line once a full-length paragraph is there.
+                if "\n\n" in raw.strip():
+                    parsed = parse_paragraph(raw.strip().split("\n\n")[0])
+                    if parsed.ok and len(parsed.value.split()) >= target * 0.6:
+                        break
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        return raw
 
     def memory(self, view: NovelView, paragraph: str, cancel, notices: list[str]) -> str:
         max_words = int(view.setting("memory_words"))
