@@ -3,13 +3,14 @@
 One "Next step" click, from button to database (the wiring behind it: app/wiring.py open_parts()):
   app/ui/write.py        next_step() -> _run(): one engine call, engine.step(novel_id, plan), its events streamed
                          into the draft box (app/ui/services.py holds the one engine; app/ui/common.py cleans input)
-  app/engine/core.py     Engine.step(): _read() reads the novel, its settings (app/engine/settings.py), manuscript,
-                         memory and plans in one transaction; _for_novel() gets the novel's model from
-                         app/wiring.py ModelService.generator() (app/config.py check_model_allowed refuses a server
-                         this launch does not allow; the model loads on first use); _step() builds the context
-                         (app/engine/context.py, memory/retrieval.py) and renders prompts/*.txt
-                         (app/engine/prompts.py), streams the paragraph, then the memory and plans
-                         (app/engine/parsing.py checks each answer)
+  app/engine/core.py     Engine.step(): _read() -> app/engine/reading.py read() reads the novel, its settings
+                         (app/engine/settings.py), manuscript, memory and plans in one transaction; _for_novel() gets
+                         the novel's model from app/wiring.py ModelService.generator() (app/config.py
+                         check_model_allowed refuses a server this launch does not allow; the model loads on first
+                         use); _step() builds the context (reading.py step_inputs(), memory/retrieval.py,
+                         app/engine/context.py build_context()) and renders prompts/*.txt (app/engine/prompts.py);
+                         app/engine/stages.py paragraph() streams the paragraph, then _finish() runs memory() and
+                         plans() (app/engine/parsing.py checks each answer) and _commit() saves the StepDraft
   app/engine/events.py   status_line(event): the one status line the UI, the CLI and the benchmarks show
   models/service.py      TextGenerator.stream() -> models/generate.py generate(): penalties, sampling, stop, cancel
   memory/store.py        commit_step(): paragraph, memory, plans and embedding in one transaction

@@ -1,5 +1,11 @@
 """The writing engine: RecurrentGPT's loop over the store (memory/) and a model (models/), with no Gradio import.
 
+Inside: core.py (`Engine`: the orchestration of start, step, retry, auto, choose, undo, redo and the commit of a
+`StepDraft`), reading.py (what a step reads from the store: the view, the context inputs, the retrieval query),
+stages.py (the model stages: title and outline, paragraph, memory, plans, choice), context.py (the prompt within
+its token budget), parsing.py and text.py (checking each answer), prompts.py, settings.py, events.py, strategies.py
+(the manuscript-state strategy), premises.py and errors.py (`EngineError`).
+
 The UI, the CLI (`python -m app write`) and the tests all drive this one API:
 
     engine = app.wiring.open_parts(config).engine()   # each step resolves the novel's own model (the UI)

@@ -10,6 +10,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memory import store
+from memory.embeddings import Vector
+
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "premises"
 
 
@@ -62,9 +65,6 @@ def create_novel(session_factory, embedder, premise: Premise, *, title: str | No
                  settings: dict | None = None) -> int:
     """A new novel from `premise` with its lore entries (embedded), in one transaction; returns its id. The title
     is derived from the premise (the start stage may then replace it with the model's proposal)."""
-    from memory import store
-    from memory.embeddings import Vector
-
     vectors = embedder.embed([f"{e['name']}: {e['body']}" for e in premise.lore]) if premise.lore else []
     with session_factory() as session, session.begin():
         novel = store.create_novel(session, title or premise.premise.split("\n")[0][:60].strip(),

@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from models.snapshots import SnapshotPolicy, read_manuscript, save_snapshot
+from models.errors import Cancelled
+from models.snapshots import SnapshotPolicy, paragraph_ids, read_manuscript, save_snapshot
 
 
 @dataclass
@@ -31,8 +32,6 @@ def restore_manuscript_state(generator, store, novel_id: int, paragraphs: list[t
     """The state after reading `paragraphs` ((position, text), positions 1..n): the newest usable snapshot plus
     what follows it; states the policy keeps are stored on the way."""
     if cancel is not None and cancel.is_set():
-        from models.errors import Cancelled
-
         raise Cancelled("stopped")
     texts = [text for _, text in paragraphs]
     result = read_manuscript(generator.backend, store, novel_id, texts, policy=snapshot_policy)
@@ -43,8 +42,6 @@ def restore_manuscript_state(generator, store, novel_id: int, paragraphs: list[t
 def save_after_paragraph(generator, store, novel_id: int, manuscript: ManuscriptState, paragraph: str,
                          position: int, *, snapshot_policy: SnapshotPolicy) -> None:
     """Store the state after the newly committed paragraph at `position` (the policy prunes older ones)."""
-    from models.snapshots import paragraph_ids
-
     backend = generator.backend
     state = backend.clone_state(manuscript.state)
     ids = paragraph_ids(backend, paragraph)

@@ -1,0 +1,192 @@
+"""Reading the store for a step: the novel as one step needs it (`NovelView`, one short transaction), the context's
+inputs (lore, retrieved paragraphs) and the retrieval query, and the vectors a step embeds. Generates nothing and
+writes only the sentence vectors of paragraphs saved before those existed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import select
+
+from memory import embeddings, retrieval, revisions, store
+from memory.embeddings import Vector
+from memory.schema import PlanSet
+
+from app.engine.context import PROMPT_ONLY, ContextInputs, LoreItem, RetrievedItem
+from app.engine.errors import EngineError
+from app.engine.events import Event
+from app.engine.settings import NovelSettings, settings_notice
+
+VOICES = {
+    "write": "Write in the third person, past tense, as a novel.",
+    "interactive": "Write in the second person, present tense: the reader is the hero and is called 'you'.",
+}
+# Retrieval's query vector is plan + LAST_PARAGRAPH_WEIGHT * last paragraph (each unit length), ranked by
+# memory.retrieval.search: best sentence plus half the paragraph, fused with a lexical search for the plan's rare
+# words. On bench/recall.py (facts inside paragraphs, paraphrased questions as the plan; bench/results/recall.json)
+# every share of the last paragraph or the memory lowers recall@3 at 1,000 paragraphs: plan alone 0.80 (fused),
+# plus 0.25 last 0.73 (fused) / 0.60 (vectors), plus 0.5 last 0.27, plus 0.25 last and 0.25 memory 0.47; the old
+# score (paragraph vectors, plan + 0.5 last) 0.07. So the last paragraph, which is in the context already, no
+# longer steers what is found.
+LAST_PARAGRAPH_WEIGHT = 0.0
+
+
+@dataclass
+class NovelView:
+    """A novel as one step needs it, read in one short transaction (plain values, no ORM objects)."""
+
+    novel_id: int
+    title: str
+    premise: str
+    style: str
+    settings: dict  # config.to_dict(), plus the outline the start stage proposes
+    config: NovelSettings
+    paragraphs: list[tuple[int, str]]  # (position, text)
+    memory: str
+    memory_version: int
+    plans: list[str]
+    retry_revision_id: int | None = None
+    retry_plan: str | None = None
+    retry_plan_index: int | None = None
+    # A notice when the stored settings held bad values (the defaults are used for those): every step shows it.
+    notices: list[str] = field(default_factory=list)
+    # (embedding id, paragraph text) of paragraphs saved before sentence vectors existed: the step fills them in.
+    missing_sentences: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.paragraphs)
+
+    def setting(self, key: str):
+        return getattr(self.config, key)
+
+
+@dataclass
+class StoreReader:
+    """What a step reads from one store (session factory), and the vectors it needs from one embedder."""
+
+    session_factory: object
+    embedder: object
+
+    def read(self, novel_id: int, *, for_retry: bool = False) -> NovelView:
+        """Everything a step starts from, in one transaction: the novel and its settings (so its model), the
+        manuscript, the memory, the pending plans and the paragraphs still missing sentence vectors."""
+        with self.session_factory() as session, session.begin():
+            novel = store.get_novel(session, novel_id)
+            paragraphs = [(p.position, p.text) for p in store.paragraphs(session, novel_id)]
+            memory = store.current_memory(session, novel_id)
+            plan_set = store.current_plans(session, novel_id)
+            config, problems = NovelSettings.repaired(novel.settings)
+            view = NovelView(novel_id=novel_id, title=novel.title, premise=novel.premise or "",
+                             style=novel.style_notes or "", settings=config.to_dict(), config=config,
+                             notices=[settings_notice(problems)] if problems else [], paragraphs=paragraphs,
+                             memory=memory.text if memory is not None else "",
+                             memory_version=memory.version if memory is not None else 0,
+                             plans=(list(plan_set.plans) if plan_set is not None and plan_set.paragraph_id is None
+                                    else []))
+            if getattr(self.embedder, "passage", None) is not None:
+                view.missing_sentences = [
+                    (embedding.id, paragraph.text) for embedding, paragraph
+                    in embeddings.embeddings_missing_sentences(session, novel_id, self.embedder.name)]
+            if for_retry:
+                _read_retry(session, view)
+            return view
+
+    def query_vector(self, text: str):
+        vector = getattr(self.embedder, "vector", None)
+        if vector is not None:
+            return vector(text)
+        return Vector(self.embedder.name, self.embedder.embed([text])[0])
+
+    def passage_vector(self, text: str):
+        """A paragraph's vector with its sentence vectors (one batch), when the embedder makes them."""
+        passage = getattr(self.embedder, "passage", None)
+        return passage(text) if passage is not None else self.query_vector(text)
+
+    def backfill_sentences(self, view: NovelView, batch: int = 64) -> Iterator[Event]:
+        """Sentence vectors for paragraphs saved before they existed (the first step after the upgrade; the step's
+        read found them): each batch embedded outside any transaction, then saved in a short one, with a progress
+        event per batch."""
+        missing = view.missing_sentences
+        for start in range(0, len(missing), batch):
+            chunk = missing[start:start + batch]
+            yield Event("progress", f"Preparing retrieval: sentence vectors for {start + len(chunk)} of "
+                                    f"{len(missing)} earlier paragraphs…")
+            values = retrieval.sentence_vectors(self.embedder, [text for _, text in chunk])
+            with self.session_factory() as session, session.begin():
+                for (embedding_id, _), vectors in zip(chunk, values):
+                    embeddings.set_sentence_vectors(session, embedding_id, vectors)
+
+    def retrieval_query(self, plan: str, last: str):
+        """One vector whose cosine with a paragraph ranks it by cos(plan) + LAST_PARAGRAPH_WEIGHT * cos(last)."""
+        parts = [(text, weight) for text, weight in ((plan, 1.0), (last, LAST_PARAGRAPH_WEIGHT))
+                 if text.strip() and weight > 0]
+        if not parts:
+            return None
+        vectors = [(self.query_vector(text.strip()), weight) for text, weight in parts]
+        values = sum(weight * _unit(vector.values) for vector, weight in vectors)
+        return Vector(vectors[0][0].embedder, np.asarray(values, dtype=np.float32))
+
+    def step_inputs(self, view: NovelView, plan: str, mode: str, strategy: str) -> ContextInputs:
+        """The context of the step written from `plan`: lore it triggers, the paragraphs retrieval finds (prompt-only
+        strategy), the memory and the last paragraph."""
+        last = view.paragraphs[-1][1] if view.paragraphs else ""
+        lore: list[LoreItem] = []
+        retrieved: list[RetrievedItem] = []
+        query = self.retrieval_query(plan, last)
+        with self.session_factory() as session, session.begin():
+            for entry in retrieval.triggered_lore(session, view.novel_id, f"{plan}\n{last}\n{view.memory}", query):
+                lore.append(LoreItem(entry.name, entry.body, bool(entry.always_on)))
+            k = int(view.setting("retrieval_top_k"))
+            if strategy == PROMPT_ONLY and query is not None and k > 0 and view.count > 1:
+                last_position = view.paragraphs[-1][0]
+                # The last paragraph is in the context already; during a retry the store still holds the
+                # paragraph being rewritten (last_position + 1), which this view does not contain.
+                exclude = [last_position, last_position + 1]
+                for hit in retrieval.search(session, view.novel_id, query, k, text=plan, exclude_positions=exclude):
+                    retrieved.append(RetrievedItem(hit.paragraph.position, hit.paragraph.text, hit.score,
+                                                   why=hit.why(), sentence=hit.sentence or ""))
+        retrieved.sort(key=lambda item: -item.score)
+        return ContextInputs(
+            premise=view.premise, outline=str(view.settings.get("outline") or ""), style=view.style, lore=lore,
+            memory=view.memory, retrieved=retrieved,
+            last_paragraph=last if strategy == PROMPT_ONLY else "", plan=plan, voice=VOICES[mode],
+            words=int(view.setting("paragraph_words")))
+
+    def opening_inputs(self, view: NovelView, mode: str) -> ContextInputs:
+        """The context of the opening paragraph: the premise, outline, style and the lore the premise triggers."""
+        inputs = ContextInputs(premise=view.premise, outline=str(view.settings.get("outline") or ""),
+                               style=view.style, voice=VOICES[mode], words=int(view.setting("paragraph_words")))
+        with self.session_factory() as session, session.begin():
+            inputs.lore = [LoreItem(e.name, e.body, bool(e.always_on))
+                           for e in retrieval.triggered_lore(session, view.novel_id, view.premise)]
+        return inputs
+
+
+def _read_retry(session, view: NovelView) -> None:
+    """Turn `view` into the inputs of the last step: the manuscript and memory before it, the plan it used."""
+    done = [r for r in revisions.revisions(session, view.novel_id) if r.state == "done"]
+    if not done or done[-1].kind != "step" or not view.paragraphs:
+        raise EngineError("Retry rewrites the last written step, but the last change was not a step "
+                          "(undo the later edits first, or write a new step).")
+    last_position, _ = view.paragraphs[-1]
+    last = store.paragraph_at(session, view.novel_id, last_position)
+    history = store.memory_history(session, view.novel_id)
+    previous = [m for m in history if m.version < view.memory_version]
+    used = session.scalar(select(PlanSet).where(PlanSet.novel_id == view.novel_id,
+                                                PlanSet.paragraph_id == last.id))
+    view.retry_revision_id = done[-1].id
+    view.retry_plan = (used.used_text if used is not None and used.used_text else "")
+    view.retry_plan_index = used.chosen_index if used is not None else None
+    view.plans = list(used.plans) if used is not None else []
+    view.paragraphs = view.paragraphs[:-1]
+    view.memory = previous[-1].text if previous else ""
+    view.memory_version = previous[-1].version if previous else 0
+
+
+def _unit(values):
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(values))
+    return values / norm if norm > 0 else values
