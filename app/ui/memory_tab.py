@@ -370,7 +370,7 @@ def build() -> MemoryTab:
             search_btn = gr.Button("Search", scale=1, elem_id="search_btn")
         search_results = gr.Dataframe(headers=SEARCH_HEADERS, interactive=False, wrap=True,
                                       datatype=["number", "number", "str", "markdown"],
-                                      column_widths=["4em", "6em", "14em", "70%"],
+                                      column_widths=["5%", "8%", "22%", "65%"],
                                       label="Retrieved paragraphs (fused rank score; the matching sentence in "
                                             "bold)",
                                       elem_id="search_results")
