@@ -163,7 +163,7 @@ def save_paragraph_edits(novel_id, table, read_versions: list[dict]) -> dict:
     if not changed:
         new_rows, versions = _paragraph_rows(novel_id)
         return {"paragraph_table": new_rows, "paragraph_versions": versions, "status_md": "No paragraph changed."}
-    engine = services.current().history_engine()
+    engine = services.current().engine()
     # One edit per transaction: each refreshes that paragraph's embedding and drops the model states after it.
     for item, text in changed:
         engine.edit_paragraph(item["id"], text, item["version"])

@@ -16,7 +16,7 @@ CHOICES = 3
 
 
 def _view(novel_id: int) -> tuple[str, list[str]]:
-    view = services.current().history_engine().reader_view(novel_id)
+    view = services.current().engine().reader_view(novel_id)
     body = "".join(f"<p>{html.escape(text)}</p>" for text in view.paragraphs) \
         or "<p><em>The story has not begun.</em></p>"
     return f"<div class='lh-reader'><h2>{html.escape(view.title)}</h2>{body}</div>", list(view.choices)

@@ -70,16 +70,12 @@ class Services:
         return self.parts.models.loaded_generator()
 
     def engine(self) -> Engine:
-        """The writing engine: each step resolves the novel's own model (loading it on first use)."""
+        """The writing engine: each step resolves the novel's own model (loading it on first use); undo, redo,
+        edits and the reader's view load none, so they stay instant on a fresh start."""
         with self._lock:
             if self._engine is None:
                 self._engine = self.parts.engine()
             return self._engine
-
-    def history_engine(self) -> Engine:
-        """The engine for what needs no model (undo, redo, paragraph edits, the reader's view): the same one,
-        which loads no model for these, so they stay instant on a fresh start."""
-        return self.engine()
 
     def cancel_event(self, key: str) -> threading.Event:
         """A fresh cancel flag for the generation `key` (a novel); Stop sets it, the engine checks between tokens."""

@@ -226,7 +226,7 @@ def stop(novel_id) -> str:
 @handler
 def undo(novel_id) -> str:
     novel_id = require_novel(novel_id)
-    if not services.current().history_engine().undo(novel_id):
+    if not services.current().engine().undo(novel_id):
         return "Nothing to undo."
     return "Undone: the paragraph, memory and plans are as they were before the last change."
 
@@ -234,7 +234,7 @@ def undo(novel_id) -> str:
 @handler
 def redo(novel_id) -> str:
     novel_id = require_novel(novel_id)
-    if not services.current().history_engine().redo(novel_id):
+    if not services.current().engine().redo(novel_id):
         return "Nothing to redo."
     return "Redone."
 

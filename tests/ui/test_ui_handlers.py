@@ -231,7 +231,7 @@ def test_context_budget_and_snapshot_settings_reach_the_engine(ui_services):
     values.update(context_tokens=1024, max_new_tokens=100, snapshot_budget_mb=50, snapshot_dtype="bf16")
     _save(novel_id, values, read)
     assert _form(novel_id)[0]["context_tokens"] == 1024
-    engine = ui_services.history_engine()  # no model: its window does not cap the budget
+    engine = ui_services.engine()  # no model loaded: its window does not cap the budget
     view = engine._read(novel_id)
     assert engine._budget(view) == 1024 - 100  # the paragraph is written inside the budget
     policy = engine._snapshot_policy(view)
