@@ -12,8 +12,10 @@ One "Next step" click, from button to database (the wiring behind it: app/wiring
                          app/engine/stages.py paragraph() streams the paragraph, then _finish() runs memory() and
                          plans() (app/engine/parsing.py checks each answer) and _commit() saves the StepDraft
   app/engine/events.py   status_line(event): the one status line the UI, the CLI and the benchmarks show
-  models/service.py      TextGenerator.stream() -> models/generate.py generate(): penalties, sampling, stop, cancel
-  memory/store.py        commit_step(): paragraph, memory, plans and embedding in one transaction
+  models/service.py      TextGenerator.stream() -> models/generate.py generate(): penalties, sampling, cancel; its
+                         stream_until_stop() holds back stop strings (for remote servers too: models/remote.py)
+  memory/store.py        commit_step(): paragraph, memory, plans and embedding in one transaction, each write a
+                         revision (memory/revisions.py record(); the vector: memory/embeddings.py put_embedding())
                          (memory/connection.py: BEGIN IMMEDIATE on SQLite)
 """
 

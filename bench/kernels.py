@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ from datetime import datetime, timezone
 
 import torch
 
+from bench.report import machine, write_result
 from kernels.dry import DryState, apply_dry
 from kernels.penalties import PenaltyState, apply_penalties
 from kernels.ssd import ssd_chunk_scan, ssd_state_step
@@ -444,18 +444,6 @@ def _bench_penalties(run: _GpuRun, result: dict) -> None:
         print(json.dumps(row), flush=True)
 
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average_at_start": os.getloadavg(), "python": sys.version.split()[0],
-            "torch": torch.__version__, "platform": platform.platform()}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results/kernels_cpu.json")
@@ -471,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "command": "python -m bench.kernels " + " ".join(argv if argv is not None else sys.argv[1:]),
         "started_utc": started.isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(torch_threads=torch.get_num_threads(), torch=torch.__version__),
         "cpu": bench_cpu([int(n) for n in args.histories.split(",")], args.tokens, args.baseline_budget_s),
     }
     if torch.cuda.is_available():
@@ -480,11 +468,7 @@ def main(argv: list[str] | None = None) -> None:
         report["gpu"] = {"skipped": "no CUDA device on this machine: scan/step tokens/s, step and penalty bandwidth "
                                     "fractions are left for a run on a GPU"}
     report["wall_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(report, handle, indent=2)
-        handle.write("\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, report)
 
 
 if __name__ == "__main__":

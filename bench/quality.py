@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from app.engine import DEFAULT_PENALTIES
+from bench.report import commit, machine, write_result
 
 PENALTY_CONDITIONS = {
     # Every penalty off (models.sampling.PenaltyParams' own defaults), spelled out: a novel without penalties in
@@ -138,21 +138,6 @@ def aggregate(results: list[dict]) -> dict:
     return by_condition
 
 
-def _commit() -> str | None:
-    """The checked-out commit the engine ran from (`+changes` when tracked files differ from it)."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "app", "models", "memory", "kernels",
-                                "prompts"], cwd=root).returncode != 0
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+changes" if dirty else "")
-
-
 def _summary(runs: list[Run], engine, session_factory, embedder, args, started: float, rounds: int) -> dict:
     results = []
     for run in runs:
@@ -172,8 +157,8 @@ def _summary(runs: list[Run], engine, session_factory, embedder, args, started: 
         "command": "python -m bench.quality " + " ".join(sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": args.commit,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
-                    "load_average_at_start": args.load_at_start, "load_average_now": list(os.getloadavg())},
+        "machine": machine(torch_threads=args.threads, load_average_at_start=args.load_at_start,
+                           load_average_now=list(os.getloadavg())),
         "model": engine.generator.name,
         "strategy": engine.strategy,
         "requested": {"steps": args.steps, "premises": args.premises, "penalties": args.penalties,
@@ -203,7 +188,7 @@ def merge(paths: list[str], out: Path) -> int:
         "by_condition": aggregate(runs),
         "runs": runs,
     }
-    out.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_result(out, merged)
     print(json.dumps(merged["by_condition"], indent=2))
     return 0
 
@@ -225,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="combine finished result files (one per premise "
                         "when runs were split across processes) into --out, and exit")
     args = parser.parse_args(argv)
-    args.commit, args.load_at_start = _commit(), list(os.getloadavg())
+    args.commit = commit("app", "models", "memory", "kernels", "prompts")
+    args.load_at_start = list(os.getloadavg())
     if args.merge:
         return merge(args.merge, Path(args.out))
 
@@ -278,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 _plant_needle(session_factory, embedder, run)
             # Written after every step: a run stopped by the time limit (or killed) keeps what it measured.
             summary = _summary(runs, engine, session_factory, embedder, args, started, rounds - 1)
-            out.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            write_result(out, summary)
             print(f"round {rounds}, {run.premise_id}/{run.condition}: step {run.steps_done} done at "
                   f"{time.perf_counter() - started:.0f}s", flush=True)
             if args.time_limit and time.perf_counter() - started > args.time_limit:
@@ -288,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"time limit reached in round {rounds}", flush=True)
             break
     summary = _summary(runs, engine, session_factory, embedder, args, started, rounds if not stopped else rounds - 1)
-    out.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_result(out, summary)
     print(json.dumps(summary["by_condition"], indent=2), flush=True)
     return 0
 

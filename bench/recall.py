@@ -24,12 +24,9 @@ sentence). Embeddings are cached per text within the run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.report import commit, machine, write_result  # noqa: E402
 from memory import embeddings, retrieval, store  # noqa: E402
 from memory.embeddings import Vector  # noqa: E402
 from memory.db import open_database  # noqa: E402
@@ -439,16 +437,6 @@ def large_latency(workdir: Path, dim: int, fillers: list[str], size: int) -> dic
     return out
 
 
-def _commit() -> str | None:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "memory", "bench"], cwd=REPO).returncode
-        return head + ("+changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "recall.json"))
@@ -491,12 +479,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "recall",
         "command": "python -m bench.recall " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": _commit(),
+        "commit": commit("memory", "bench"),
         "started_utc": started,
         "wall_seconds": round(time.perf_counter() - wall, 1),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "logical_cpus": os.cpu_count(), "torch_threads": args.threads,
-                    "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg())},
+        "machine": machine(torch_threads=args.threads, load_average_at_start=load_at_start,
+                           load_average_at_end=list(os.getloadavg())),
         "embedder": cache.embedder.name,
         "embedding_seconds": round(cache.seconds, 1),
         "facts": len(FACTS),
@@ -504,9 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": rows,
         "large": large,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

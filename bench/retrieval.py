@@ -17,9 +17,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -33,6 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.report import machine, write_result  # noqa: E402
 from memory import retrieval, store  # noqa: E402
 from memory.embeddings import Vector  # noqa: E402
 from memory.db import open_database  # noqa: E402
@@ -193,18 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": f"python -m bench.retrieval --out bench/results/retrieval.json --threads {args.threads}",
         "started_utc": started,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "logical_cpus": os.cpu_count(), "load_average_at_start": load,
-                    "load_average_at_end": os.getloadavg()},
+        "machine": machine(torch_threads=args.threads, load_average_at_start=list(load),
+                           load_average_at_end=list(os.getloadavg())),
         "top_k_latency": {"what": "memory.retrieval.top_k on an SQLite file; cold = vectors read from the "
                                   "database (cache cleared), warm = the novel's matrix cached, after_one_new_paragraph "
                                   "= cache updated with the one vector a step added", "rows": top_k},
         "embedding_per_step": {"what": "seconds to embed the new paragraph only (Longhand) vs every paragraph "
                                        "again (RecurrentGPT), real all-MiniLM-L6-v2 on CPU", **embedding},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from bench.report import machine, write_result
 from models.generate import _dry_breakers
 from models.sampling import (
     PenaltyParams,
@@ -47,18 +47,6 @@ MANUSCRIPT_TOKENS = 4096
 PENALTIES = PenaltyParams(repetition=1.1, presence=0.2, frequency=0.2, range=1024, dry_multiplier=0.8)
 SAMPLING = SamplingParams(temperature=0.8, top_p=0.95, min_p=0.05, seed=0)
 GPU_MANUSCRIPTS = (10_000, 100_000, 500_000)
-
-
-def _machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": os.getloadavg(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
 
 
 def _manuscript_text() -> str:
@@ -286,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": " ".join(["python -m bench.runtime", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": machine(torch_threads=torch.get_num_threads(), torch=torch.__version__,
+                           cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None),
     }
     report["cpu"] = {"skipped": "--skip-cpu"} if args.skip_cpu else cpu_section(args.tokens, threads)
     if torch.cuda.is_available():
@@ -294,8 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         report["gpu"] = {"skipped": "no CUDA device (torch.cuda.is_available() is False): GPU figures need one"}
     report["machine"]["load_average_at_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out, report)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import JSON
 
 from memory import revisions, store
+from memory.errors import StoreError
 from memory.private import private_dir, write_private_atomic
 from memory.schema import (
     ORIGINS,
@@ -68,7 +69,7 @@ NOVEL_FIELDS = ("title", "premise", "style_notes", "settings", "created_at", "up
 NOVEL_PRIVATE = ("uid", "embedding_epoch")
 
 
-class ExchangeError(store.StoreError):
+class ExchangeError(StoreError):
     """An import or export that cannot be done; one line saying what is wrong."""
 
 

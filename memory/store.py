@@ -23,8 +23,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from memory.embeddings import Vector, drop_embeddings, put_embedding
-# StoreError too, though nothing here raises it bare: callers catch all of a store write's errors as store.*Error.
-from memory.errors import ConflictError, NotFoundError, StoreError, ValidationError  # noqa: F401
+from memory.errors import ConflictError, NotFoundError, ValidationError
 from memory.revisions import Changes, lock_novel, record
 from memory.schema import ORIGINS, LoreEntry, Novel, Paragraph, PlanSet, Revision, ShortTermMemory, utcnow
 

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from memory import exchange, store
+from memory.errors import NotFoundError, StoreError
 from memory.private import private_dir, write_private_atomic
 from memory.schema import Novel
 
@@ -27,7 +28,7 @@ _NAME = re.compile(r"^(\d{8}T\d{12})-novel-(\d+)-([\w\-. ]+)\.json$")
 MAX_TRASH_FILE_BYTES = 4 * exchange.MAX_IMPORT_BYTES
 
 
-class TrashError(store.StoreError):
+class TrashError(StoreError):
     """A trash operation that cannot be done; one line saying why (and that nothing was deleted or restored)."""
 
 
@@ -59,7 +60,7 @@ def move_to_trash(session_factory: sessionmaker[Session], trash_dir: Path | str,
         with session_factory() as session, session.begin():
             novel = session.execute(select(Novel).where(Novel.id == novel_id).with_for_update()).scalar_one_or_none()
             if novel is None:
-                raise store.NotFoundError(f"No novel with id {novel_id}: it may have been deleted in another tab.")
+                raise NotFoundError(f"No novel with id {novel_id}: it may have been deleted in another tab.")
             stamp = datetime.now().strftime("%Y%m%dT%H%M%S%f")
             path = trash_dir / f"{stamp}-novel-{novel_id}-{exchange.safe_file_stem(novel.title, 60)}.json"
             data = exchange.dumps(exchange.export_json(session, novel_id)).encode("utf-8")

@@ -87,6 +87,28 @@ class StopFilter:
         return piece + rest
 
 
+def stream_until_stop(texts: Iterator[str], stop: Sequence[str], info: GenerationInfo) -> Iterator[str]:
+    """The new pieces of `texts` (each the whole text so far), never any part of a stop string; ends at the first
+    one (finish_reason "stop"). Stops pulling `texts` then, so a token loop behind it generates no more. A text
+    ending in U+FFFD (a multi-byte character split across tokens) waits for the next one."""
+    stops = StopFilter(stop)
+    text = ""
+    for text in texts:
+        if text.endswith(REPLACEMENT_CHAR):
+            continue
+        piece = stops.update(text)
+        if piece:
+            yield piece
+        if stops.stopped:
+            info.finish_reason = "stop"
+            return
+    piece = stops.flush(text)
+    if stops.stopped:
+        info.finish_reason = "stop"
+    if piece:
+        yield piece
+
+
 def _check(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled("generation cancelled")
@@ -175,12 +197,21 @@ def generate(
             tracker = PenaltyTracker(penalties, history, vocab_size, logits.device, breakers)
         sampler = ChainSampler(backend, state, sampling, generator, tracker)
 
-    eos = set(backend.eos_token_ids)
     room = None
     if not backend.fixed_size_state and backend.context_window > 0:
         room = backend.context_window - getattr(state, "length", len(prompt_ids))
+    texts = _decoded_texts(backend, sampler, logits, tracker, room=room, max_new_tokens=max_new_tokens,
+                           cancel=cancel, info=info)
+    yield from stream_until_stop(texts, stop, info)
+
+
+def _decoded_texts(backend: Backend, sampler, logits: torch.Tensor, tracker: PenaltyTracker | None, *,
+                   room: int | None, max_new_tokens: int, cancel: threading.Event | None,
+                   info: GenerationInfo) -> Iterator[str]:
+    """The token loop: the whole text generated so far after each token, until an end-of-sequence token, the
+    token limit or a full context window (each sets `info.finish_reason`)."""
+    eos = set(backend.eos_token_ids)
     new_ids = info.new_token_ids
-    stops = StopFilter(stop)
     token = None
     while True:
         _check(cancel)
@@ -190,30 +221,14 @@ def generate(
         _check(cancel)
         if token in eos:
             info.finish_reason = "eos"
-            break
+            return
         new_ids.append(token)
         if tracker is not None:
             tracker.append(token)
-
-        text = backend.decode(new_ids)
-        # A multi-byte character split across tokens decodes to U+FFFD until its last byte arrives.
-        if not text.endswith(REPLACEMENT_CHAR):
-            piece = stops.update(text)
-            if piece:
-                yield piece
-            if stops.stopped:
-                info.finish_reason = "stop"
-                return
-
+        yield backend.decode(new_ids)
         if len(new_ids) >= max_new_tokens:
             info.finish_reason = "length"
-            break
+            return
         if room is not None and len(new_ids) >= room:
             info.finish_reason = "context"
-            break
-
-    piece = stops.flush(backend.decode(new_ids))
-    if stops.stopped:
-        info.finish_reason = "stop"
-    if piece:
-        yield piece
+            return

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+
+from models.state_io import pack, unpack
 
 STATE_FORMAT = "longhand-hf-cache/1"
-STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Long prompts are read in chunks so an attention model's activations stay bounded.
 PREFILL_CHUNK = 512
 # Models with no position limit (pure recurrent ones) report this as their context window.
@@ -180,21 +179,10 @@ class TransformersBackend:
         return sum(t.numel() * t.element_size() for t in self._tensors(state).values())
 
     def state_to_bytes(self, state: TransformersState, dtype: str = "fp32") -> bytes:
-        if dtype not in STORAGE_DTYPES:
-            raise ValueError(f"state dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
-        store = STORAGE_DTYPES[dtype]
-        tensors = {}
-        original = {}
-        for key, tensor in self._tensors(state).items():
-            original[key] = str(tensor.dtype).removeprefix("torch.")
-            cast = tensor.to(store) if tensor.is_floating_point() else tensor
-            tensors[key] = cast.detach().to("cpu").contiguous()
+        tensors = self._tensors(state)
         layers = state.cache.layers
-        meta = {
-            "format": STATE_FORMAT,
-            "fingerprint": self.fingerprint,
-            "length": str(state.length),
-            "dtypes": json.dumps(original),
+        extra = {
+            "dtypes": json.dumps({key: str(t.dtype).removeprefix("torch.") for key, t in tensors.items()}),
             "has_previous": json.dumps({
                 i: [bool(layer.has_previous_state[s]) for s in range(layer.number_of_states)]
                 for i, layer in enumerate(layers) if _linear_layer(layer)
@@ -204,15 +192,11 @@ class TransformersBackend:
                 if isinstance(getattr(layer, "cumulative_length", None), int)
             }),
         }
-        return st_save(tensors, metadata=meta)
+        return pack(tensors, format=STATE_FORMAT, fingerprint=self.fingerprint, length=state.length, dtype=dtype,
+                    extra=extra)
 
     def state_from_bytes(self, data: bytes) -> TransformersState:
-        meta = _metadata(data)
-        if meta.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a Longhand state (format {meta.get('format')!r})")
-        if meta.get("fingerprint") != self.fingerprint:
-            raise ValueError("this state was saved by another model or dtype: it cannot be restored here")
-        tensors = st_load(data)
+        tensors, meta = unpack(data, format=STATE_FORMAT, fingerprint=self.fingerprint, kind="Longhand")
         length = int(meta["length"])
         if length and not tensors:
             # What the backend wrote under transformers 5.24 before it knew that release's cache: restoring it
@@ -256,12 +240,3 @@ def _restore_layer(layer, values: dict[str, torch.Tensor]) -> None:
             layer.recurrent_states[int(slot)].copy_(value)
         elif kind not in ("keys", "values"):
             raise ValueError(f"state tensor {name!r} is of no cache layer kind this backend saves")
-
-
-def _metadata(data: bytes) -> dict[str, str]:
-    # safetensors layout: 8-byte little-endian header size, then a JSON header whose "__metadata__" is ours.
-    if len(data) < 8:
-        raise ValueError("state bytes are truncated")
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + size])
-    return header.get("__metadata__", {})

@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 import httpx
 
 from models.errors import Cancelled, GenerationError, ModelLoadError
-from models.generate import GenerationInfo, StopFilter
+from models.generate import GenerationInfo, stream_until_stop
 from models.sampling import PenaltyParams, SamplingParams
 
 CONNECT_TIMEOUT_S = 10.0
@@ -167,7 +167,11 @@ class RemoteBackend:
     def _read_events(self, response: httpx.Response, endpoint: str, stop: Sequence[str],
                      cancel: threading.Event | None, info: GenerationInfo) -> Iterator[str]:
         # Servers apply the stop strings too; filtering here as well keeps the contract when one does not.
-        filter_ = StopFilter(stop)
+        yield from stream_until_stop(self._texts(response, endpoint, cancel, info), stop, info)
+
+    def _texts(self, response: httpx.Response, endpoint: str, cancel: threading.Event | None,
+               info: GenerationInfo) -> Iterator[str]:
+        """The whole text streamed so far after each piece the server sends."""
         text = ""
         try:
             for line in response.iter_lines():
@@ -177,7 +181,7 @@ class RemoteBackend:
                     continue
                 data = line[len("data:"):].strip()
                 if data == "[DONE]":
-                    break
+                    return
                 event = json.loads(data)
                 if "error" in event:
                     raise GenerationError(f"{self.base_url} reported: {str(event['error'])[:200]}")
@@ -187,16 +191,8 @@ class RemoteBackend:
                     if piece:
                         text += piece
                         info.new_token_ids.append(0)
-                        safe = filter_.update(text)
-                        if safe:
-                            yield safe
-                        if filter_.stopped:
-                            info.finish_reason = "stop"
-                            return
+                        yield text
                     if choice.get("finish_reason"):
                         info.finish_reason = choice["finish_reason"]
         except httpx.HTTPError as exc:
             raise GenerationError(f"The stream from {self.base_url} broke: {type(exc).__name__}") from None
-        rest = filter_.flush(text)
-        if rest:
-            yield rest

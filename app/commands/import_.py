@@ -28,7 +28,8 @@ def run(config: Config, args: argparse.Namespace) -> int:
     from app.cli import UserError
     from app.commands.export import find_novel
     from app.engine.settings import check_stored
-    from memory import backup, exchange, store, trash
+    from memory import backup, exchange, trash
+    from memory.errors import StoreError
     from memory.db import open_database
 
     path = Path(args.file)
@@ -72,7 +73,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
         else:
             with session_factory() as session, session.begin():
                 add(session)
-    except store.StoreError as exc:
+    except StoreError as exc:
         raise UserError(str(exc)) from None
     [(novel_id, title)] = imported
     print(f"imported {title!r} as novel {novel_id}")

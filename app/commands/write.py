@@ -45,6 +45,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
     from app.engine.premises import Premise, PremiseError, create_novel, load_premise
     from app.wiring import open_parts
     from memory import store
+    from memory.errors import StoreError
     from models.errors import ModelLoadError
 
     # Bad input fails at once, before minutes of model loading.
@@ -101,7 +102,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
                     store.update_novel_settings(session, novel_id, settings.to_dict())
     except SettingsError as exc:
         raise UserError(f"{exc}.") from None
-    except store.StoreError as exc:
+    except StoreError as exc:
         raise UserError(str(exc)) from None
     if not args.quiet:
         _echo(f"context strategy: {engine.strategy}")
@@ -115,7 +116,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
         if remaining:
             _report(engine.auto_write(novel_id, remaining, cancel=cancel), args.quiet, args.steps - remaining + 1,
                     args.steps, started)
-    except (EngineError, store.StoreError) as exc:
+    except (EngineError, StoreError) as exc:
         raise UserError(str(exc)) from None
     except Cancelled:
         _echo("stopped; every finished step is saved")

@@ -29,7 +29,7 @@ memory (text), plans (.plans), notice (a fallback or repair to show), done (.out
 `status_line(event)` is the one line each means (the UI, the CLI and the benchmarks all show it); `StepProgress`
 folds them. The generators' return value is the StepOutcome too. A step commits only after its last event but
 `done`; `Cancelled` (raised between tokens when `cancel` is set) and `EngineError` (one line) leave the database
-unchanged; `memory.store.ConflictError` means the novel changed in another tab meanwhile. ContextPreview: stage,
+unchanged; `memory.errors.ConflictError` means the novel changed in another tab meanwhile. ContextPreview: stage,
 strategy, sections [Section(name, text, tokens, kept, truncated)], budget, total_tokens, prompt_text (the exact text sent), dropped, plan, manuscript_tokens.
 
 Per-novel settings: `app.engine.settings.NovelSettings` (its fields, defaults and ranges are the one list; stored

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from memory import revisions, store
+from memory.errors import ConflictError
 from models.errors import Cancelled
 
 from app.engine import strategies
@@ -297,7 +298,7 @@ class Engine:
             if draft.retry:
                 done = [r for r in revisions.revisions(session, view.novel_id) if r.state == "done"]
                 if not done or done[-1].id != view.retry_revision_id:
-                    raise store.ConflictError("The novel changed while the step was rewritten; nothing was saved.")
+                    raise ConflictError("The novel changed while the step was rewritten; nothing was saved.")
                 revisions.undo(session, view.novel_id)
             new_title = self._apply_title_outline(session, view, draft)
             result = store.commit_step(session, view.novel_id, draft.paragraph, draft.memory, draft.plans,

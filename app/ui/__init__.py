@@ -21,6 +21,7 @@ from starlette.middleware import Middleware
 from app.config import Config
 from app.offline import ModelSource
 from app.ui.guard import HostOriginGuard, Policy
+from memory.errors import NotFoundError
 from memory.private import private_dir
 
 CSS = """
@@ -74,7 +75,7 @@ def restore_novel(saved: dict | None):
     try:
         with services.current().session() as session:
             store.get_novel(session, int(novel_id))
-    except (store.NotFoundError, ValueError, TypeError):
+    except (NotFoundError, ValueError, TypeError):
         return None
     return int(novel_id)
 

@@ -8,7 +8,7 @@ Tests install their own `Services` with `install(...)` and call the handlers as 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from app.config import Config
 from app.engine import Engine
@@ -34,11 +34,6 @@ class Services:
     @property
     def config(self) -> Config:
         return self.parts.config
-
-    @config.setter
-    def config(self, config: Config) -> None:
-        self.parts.models.config = config
-        self.parts = replace(self.parts, config=config)
 
     @property
     def source(self) -> ModelSource:

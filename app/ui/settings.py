@@ -19,6 +19,7 @@ from app.offline import resolve_model
 from app.ui import services
 from app.ui.common import InputError, bind, components, handler, returns
 from memory import store
+from memory.errors import ConflictError
 from models.backend import STATE_DTYPES
 
 # With no novel open, Save stores the form here (in the data dir) as the settings every new novel starts with.
@@ -107,7 +108,7 @@ def save_settings(novel_id, read: dict | None, form: dict) -> dict:
         current = stored.to_form()
         if read and current != read:
             changed = ", ".join(name.replace("_", " ") for name in FORM_FIELDS if current[name] != read.get(name))
-            raise store.ConflictError(f"The settings were changed elsewhere ({changed}) since this page read them; "
+            raise ConflictError(f"The settings were changed elsewhere ({changed}) since this page read them; "
                                       "nothing was saved: reopen the novel to see them, then make your change again.")
         # The fields the form does not show (the outline, the mode, ...) keep the novel's own values.
         settings = _form(form, stored)

@@ -9,23 +9,19 @@ while the hot loop never re-captures. Snapshots are safetensors bytes (never pic
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import weakref
 from typing import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
-
 from torch import Tensor
 
 from models.mamba2.config import Mamba2Config
 from models.mamba2.model import Model, State
+from models.state_io import pack, unpack
 
 STATE_FORMAT = "longhand-native-mamba2/1"
-STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Prefill reads this many tokens per forward: a multiple of the SSD chunk, and a bound on activation memory.
 PREFILL_CHUNK = 2048
 # The attention cache of a hybrid is allocated once at this length (the context window it serves).
@@ -256,20 +252,11 @@ class NativeBackend:
         return sum(t.numel() * t.element_size() for t in self._live_tensors(state).values())
 
     def state_to_bytes(self, state: State, dtype: str = "fp32") -> bytes:
-        if dtype not in STORAGE_DTYPES:
-            raise ValueError(f"state dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
-        store = STORAGE_DTYPES[dtype]
-        tensors = {key: t.to(store).contiguous().cpu() for key, t in self._live_tensors(state).items()}
-        meta = {"format": STATE_FORMAT, "fingerprint": self.fingerprint, "length": str(state.length)}
-        return st_save(tensors, metadata=meta)
+        return pack(self._live_tensors(state), format=STATE_FORMAT, fingerprint=self.fingerprint,
+                    length=state.length, dtype=dtype)
 
     def state_from_bytes(self, data: bytes) -> State:
-        meta = _metadata(data)
-        if meta.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a native Mamba2 state (format {meta.get('format')!r})")
-        if meta.get("fingerprint") != self.fingerprint:
-            raise ValueError("this state was saved by another model or dtype: it cannot be restored here")
-        tensors = st_load(data)
+        tensors, meta = unpack(data, format=STATE_FORMAT, fingerprint=self.fingerprint, kind="native Mamba2")
         state = self.new_state()
         state.length = int(meta["length"])
         expected = self._live_tensors(state)
@@ -281,14 +268,6 @@ class NativeBackend:
                                  f"expected {list(target.shape)}")
             target.copy_(tensors[key])
         return state
-
-
-def _metadata(data: bytes) -> dict[str, str]:
-    # safetensors layout: 8-byte little-endian header size, then a JSON header whose "__metadata__" is ours.
-    if len(data) < 8:
-        raise ValueError("state bytes are truncated")
-    size = int.from_bytes(data[:8], "little")
-    return json.loads(data[8:8 + size]).get("__metadata__", {})
 
 
 class DeviceSampler:

@@ -10,6 +10,7 @@ import pytest
 
 from app.engine import MANUSCRIPT_STATE, PROMPT_ONLY, Cancelled, ContextTooLargeError, Engine, EngineError
 from memory import store
+from memory.errors import ConflictError
 from models.errors import GenerationError
 from tests.engine.engine_fakes import GOOD, ScriptedGenerator, db_state, run
 
@@ -153,7 +154,7 @@ def test_step_refused_when_the_memory_was_edited_meanwhile(session_factory, embe
         return GOOD["paragraph"]
 
     generator.script["paragraph"] = [edit_memory_while_generating]
-    with pytest.raises(store.ConflictError):
+    with pytest.raises(ConflictError):
         run(engine.step(novel_id, "Mara climbs the tower."))
     state = db_state(session_factory, novel_id)
     assert len(state["paragraphs"]) == 1 and state["memory"][-1][1] == "Edited in another tab."
@@ -202,7 +203,7 @@ def test_edit_paragraph_refreshes_its_embedding(session_factory, embedder, novel
     with session_factory() as session:
         best, _ = retrieval.top_k(session, novel_id, query, 1)[0]
         assert best.id == paragraph_id
-    with pytest.raises(store.ConflictError):
+    with pytest.raises(ConflictError):
         engine.edit_paragraph(paragraph_id, "stale", version)
 
 

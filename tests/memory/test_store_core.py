@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from memory import revisions, store
+from memory.errors import ConflictError, NotFoundError, ValidationError
 from memory.embeddings import Vector
 from memory.schema import Embedding, PlanSet, Revision
 
@@ -56,7 +57,7 @@ def test_create_list_rename_delete(Session):
         store.delete_novel(s, a)
     with Session() as s:
         assert [n.id for n in store.list_novels(s)] == [b]
-        with pytest.raises(store.NotFoundError, match="No novel"):
+        with pytest.raises(NotFoundError, match="No novel"):
             store.get_novel(s, a)
         assert s.scalars(select(Revision).where(Revision.novel_id == a)).all() == []
 
@@ -64,11 +65,11 @@ def test_create_list_rename_delete(Session):
 def test_bad_input_is_refused_with_a_message(Session):
     novel_id = new_novel(Session)
     with Session() as s, s.begin():
-        with pytest.raises(store.ValidationError, match="title must not be empty"):
+        with pytest.raises(ValidationError, match="title must not be empty"):
             store.create_novel(s, "   ")
-        with pytest.raises(store.ValidationError, match="must be text"):
+        with pytest.raises(ValidationError, match="must be text"):
             store.add_paragraph(s, novel_id, 42)
-        with pytest.raises(store.ValidationError, match="origin"):
+        with pytest.raises(ValidationError, match="origin"):
             store.add_paragraph(s, novel_id, "x", origin="dreamed")
 
 
@@ -91,11 +92,11 @@ def test_story_edit_is_compare_and_set_and_undoable(Session):
     after = snapshot(Session, novel_id)
     # A second tab that read the old story is refused, naming what changed, and saves nothing.
     with Session() as s, s.begin():
-        with pytest.raises(store.ConflictError, match="premise and the style notes and the outline were changed"):
+        with pytest.raises(ConflictError, match="premise and the style notes and the outline were changed"):
             store.edit_story(s, novel_id, "Tab two's premise.", "", "", read)
     assert snapshot(Session, novel_id) == after
     with Session() as s, s.begin():
-        with pytest.raises(store.ValidationError, match="premise cannot be empty"):
+        with pytest.raises(ValidationError, match="premise cannot be empty"):
             store.edit_story(s, novel_id, "  ", "", "", store.story(store.get_novel(s, novel_id)))
     with Session() as s, s.begin():
         assert revisions.undo(s, novel_id) is not None
@@ -113,7 +114,7 @@ def test_stale_edit_is_refused_and_newer_text_kept(Session):
     with Session() as s, s.begin():
         store.edit_paragraph(s, paragraph.id, "from tab one", expected_version=1)
     with Session() as s, s.begin():
-        with pytest.raises(store.ConflictError, match="changed elsewhere") as info:
+        with pytest.raises(ConflictError, match="changed elsewhere") as info:
             store.edit_paragraph(s, paragraph.id, "from tab two", expected_version=1)
         assert info.value.current_version == 2
     with Session() as s:
@@ -123,7 +124,7 @@ def test_stale_edit_is_refused_and_newer_text_kept(Session):
     with Session() as s, s.begin():
         store.set_memory(s, novel_id, "memory A", expected_version=1)
     with Session() as s, s.begin():
-        with pytest.raises(store.ConflictError, match="short-term memory was changed"):
+        with pytest.raises(ConflictError, match="short-term memory was changed"):
             store.set_memory(s, novel_id, "memory B", expected_version=1)
     with Session() as s:
         assert store.current_memory(s, novel_id).text == "memory A"
@@ -143,11 +144,11 @@ def test_commit_step_is_one_transaction(Session):
         assert store.current_memory(s, novel_id).version == 2
     before = snapshot(Session, novel_id)
     # A failure after part of the step was written rolls the whole step back.
-    with pytest.raises(store.ValidationError, match="Plan 7 does not exist"):
+    with pytest.raises(ValidationError, match="Plan 7 does not exist"):
         with Session() as s, s.begin():
             store.commit_step(s, novel_id, "Half a step.", "m2", ["x"], 7, "?", vec(2))
     # A step generated from a stale view is refused whole.
-    with pytest.raises(store.ConflictError, match="changed while this step was generated"):
+    with pytest.raises(ConflictError, match="changed while this step was generated"):
         with Session() as s, s.begin():
             store.commit_step(s, novel_id, "Stale.", "m2", ["x"], 0, "a", vec(3), expected_paragraph_count=0)
     assert snapshot(Session, novel_id) == before
@@ -301,7 +302,7 @@ def test_hostile_text_round_trips_unchanged(Session, name):
 def test_lone_surrogates_are_refused(Session):
     novel_id = new_novel(Session)
     with Session() as s, s.begin():
-        with pytest.raises(store.ValidationError, match="invalid Unicode"):
+        with pytest.raises(ValidationError, match="invalid Unicode"):
             store.add_paragraph(s, novel_id, "broken \ud800 text")
 
 

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select, text
 
 from memory import retrieval, revisions, store
+from memory.errors import ValidationError
 from memory.embeddings import Vector
 from memory.schema import Embedding
 
@@ -120,9 +121,9 @@ def test_backfill_fills_old_rows_in_place_and_history_still_undoes(Session, embe
 def test_bad_sentence_vectors_are_refused(Session):
     with Session() as s, s.begin():
         novel_id = store.create_novel(s, "Bad").id
-        with pytest.raises(store.ValidationError, match=r"\[sentences, 4\]"):
+        with pytest.raises(ValidationError, match=r"\[sentences, 4\]"):
             store.add_paragraph(s, novel_id, "x", embedding=Vector("e", np.ones(4), sentences=np.ones((2, 3))))
-        with pytest.raises(store.ValidationError, match="finite"):
+        with pytest.raises(ValidationError, match="finite"):
             store.add_paragraph(s, novel_id, "x", embedding=Vector("e", np.ones(4),
                                                                          sentences=np.zeros((1, 4))))
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from memory import backup, exchange, revisions, store, trash
+from memory.errors import StoreError
 from memory.embeddings import Vector
 
 
@@ -89,10 +90,10 @@ def test_a_failed_delete_leaves_no_stray_copy(database, tmp_path, monkeypatch):
     novel_id = _novel(Session)
 
     def refuse(session, novel_id):
-        raise store.StoreError("the database refused the delete")
+        raise StoreError("the database refused the delete")
 
     monkeypatch.setattr(store, "delete_novel", refuse)
-    with pytest.raises(store.StoreError, match="refused the delete"):
+    with pytest.raises(StoreError, match="refused the delete"):
         trash.move_to_trash(Session, tmp_path / "trash", novel_id)
     assert trash.list_trash(tmp_path / "trash") == []
     with Session() as s:

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 from memory import store
+from memory.errors import ConflictError
 from memory.embeddings import Vector
 from memory.db import make_sessionmaker, make_engine, run_in_transaction
 
@@ -50,7 +51,7 @@ def mixed(url: str, novel_id: int, shared_id: int, count: int, tag: str) -> None
 
                 run_in_transaction(Session, edit)
                 break
-            except store.ConflictError:
+            except ConflictError:
                 continue
     print("done", flush=True)
 

@@ -10,7 +10,8 @@ from dataclasses import replace
 import gradio as gr
 import pytest
 
-from app.ui import library, settings, write
+from app.ui import library, services, settings, write
+from app.wiring import open_parts
 from memory import backup, exchange, store, trash
 from tests.engine.engine_fakes import PREMISE
 
@@ -102,12 +103,17 @@ def test_emptying_the_trash_needs_its_own_confirmation(ui_services):
 # ---------------------------------------------------------------- model servers
 
 
+def _relaunch(config, **changes) -> None:
+    """The app started again over the same data dir with other launch options (`--allow-remote-host` ...)."""
+    services.install(services.Services(open_parts(replace(config, **changes))))
+
+
 def _save_model(novel_id, model: str):
     values, _ = settings.form_values(novel_id)
     return settings.save_settings(novel_id, None, {**values, "model": model})
 
 
-def test_a_remote_server_is_refused_unless_named_at_launch(ui_services):
+def test_a_remote_server_is_refused_unless_named_at_launch(ui_services, ui_config):
     novel_id = library.create_novel(PREMISE, "", "", "default")["novel_id"]
     with pytest.raises(gr.Error, match=r"Refused the model server evil\.example: .*--allow-remote-host evil\.example"):
         _save_model(novel_id, "http://evil.example:8000/v1")
@@ -120,7 +126,7 @@ def test_a_remote_server_is_refused_unless_named_at_launch(ui_services):
                      "http://localhost:11434/v1"):
         message = _save_model(novel_id, loopback)["status_md"]
         assert "saved" in message and settings.form_values(novel_id)[0]["model"] == loopback
-    ui_services.config = replace(ui_services.config, allow_remote_host=("gpu.lan",))
+    _relaunch(ui_config, allow_remote_host=("gpu.lan",))
     _save_model(novel_id, "http://GPU.lan:8000/v1#my-model")
     assert settings.form_values(novel_id)[0]["model"] == "http://GPU.lan:8000/v1#my-model"
     with pytest.raises(gr.Error, match="Refused the model server gpu.lan.evil.example"):
@@ -141,12 +147,12 @@ def test_a_stored_server_not_allowed_now_is_refused_at_step_time(scripted, ui_se
     assert "steps are refused" in write.refresh(novel_id)["receiver_md"]
 
 
-def test_the_write_tab_shows_which_server_receives_the_text(ui_services):
+def test_the_write_tab_shows_which_server_receives_the_text(ui_services, ui_config):
     novel_id = library.create_novel(PREMISE, "", "", "default")["novel_id"]
     assert write.refresh(novel_id)["receiver_md"] == "Text stays on this machine: model **SmolLM2\\-135M\\-Instruct**."
     _save_model(novel_id, "http://127.0.0.1:8000/v1#qwen")
     assert write.refresh(novel_id)["receiver_md"] == "Text is sent to **127.0.0.1:8000** (a server on this machine)."
-    ui_services.config = replace(ui_services.config, allow_remote_host=("gpu.lan",))
+    _relaunch(ui_config, allow_remote_host=("gpu.lan",))
     _save_model(novel_id, "https://user:secret@gpu.lan/v1")
     shown = write.refresh(novel_id)["receiver_md"]
     assert shown == "Text is sent to **gpu.lan** (a server on another machine)." and "secret" not in shown
