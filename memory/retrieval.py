@@ -354,18 +354,23 @@ SENTENCE_WINDOW_WEIGHT = 1.0
 # load average of ~7 on 2 cores: 95 ms two-stage against 529 ms exact (vector scoring alone, quiet: 11 ms
 # against 98 ms). The price: a fact whose paragraph vector ranks below the candidates is lost. Forced with 100
 # candidates on the hard benchmark, fused recall@3 is 0.80 / 0.67 / 0.60 at 300 / 1,000 / 3,000 (a third, a tenth,
-# a thirtieth of the novel) against 0.80 exact; 1,000 of 100,000 is a hundredth, so expect a loss there too.
+# a thirtieth of the novel) against 0.80 exact on raw cosines; centred (CENTER_MIN_SENTENCES) 0.80 / 0.87 / 0.87, the
+# same as exact. 1,000 of 100,000 is a hundredth, so expect a loss there still.
 EXACT_SEARCH_MAX_SENTENCES = 50_000
 TWO_STAGE_CANDIDATES = 1_000
 # Every cosine is taken after subtracting the novel's mean vector (the sentences' for sentences and windows, the
-# paragraphs' for paragraphs; from the cached matrix, so a query costs no extra matmul), once the novel has this many
-# sentence vectors (about 100 paragraphs; a mean of fewer says little). In a novel every paragraph shares its
-# characters, places and tone, and that common direction dominates MiniLM's raw cosines, so paragraphs that are
-# merely "about the story" outrank the one with the fact; centring removes it (as in Mu & Viswanath 2018,
-# "all-but-the-top"; removing the top 1-8 principal directions as well did no better on recall@3). bench/recall.py
-# (same 15 questions, vectors alone, best sentence + 1.0 window + 0.5 paragraph), recall@3 at 300 / 1,000 / 3,000
-# paragraphs: hard 0.87 / 0.80 / 0.80 raw against 0.87 / 0.87 / 0.87 centred; the easy needle 0.73 / 0.73 / 0.73
-# against 0.93 / 0.93 / 0.87. The fused figures are beside FUSION_LEXICAL_WEIGHT.
+# paragraphs' for paragraphs; from values cached with the matrix, so a query costs no extra matmul), once the novel
+# has this many sentence vectors (about 100 paragraphs; a mean of fewer says little). In a novel every paragraph
+# shares its characters, places and tone, and that common direction dominates MiniLM's raw cosines, so paragraphs
+# merely "about the story" outrank the one holding the fact; centring removes it (Mu & Viswanath 2018, "all-but-the-
+# top"; removing the top 1-8 principal directions as well, or whitening, did no better on recall@3). The weights
+# above were chosen on raw cosines and still hold centred (window 0 or 1.0, paragraph 0.25-1.0: the same recall@3).
+# bench/recall.py, same 15 questions, recall@3 at 300 / 1,000 / 3,000 paragraphs, raw -> centred:
+#   hard, fused: 0.80 / 0.80 / 0.80 -> 0.80 / 0.87 / 0.87 (the trader's payment, Q10, rank 6 / 25 -> 3 / 3 at 1,000 / 3,000);
+#   hard, vectors alone: 0.87 / 0.80 / 0.80 -> 0.87 / 0.87 / 0.87; paragraph vector alone 0.53 / 0.53 / 0.47 ->
+#   0.80 / 0.73 / 0.67, which is what the two-stage search picks candidates by: forced two-stage with 100
+#   candidates, fused, 0.80 / 0.67 / 0.60 -> 0.80 / 0.87 / 0.87;
+#   easy needle, fused: 0.73 / 0.73 / 0.73 -> 0.93 / 0.93 / 0.93.
 CENTER_MIN_SENTENCES = 500
 # Reciprocal rank fusion: a paragraph's fused score is sum over rankings of weight / (RRF_K + rank). 60 is the
 # constant of Cormack et al. (2009). The lexical ranking fused in looks only for the query's rare words (in at most
