@@ -50,6 +50,7 @@ LARGE_DEFAULT = "1000,10000,100000"
 KS = (1, 3, 5)
 DEPTH = 50  # ranks beyond this are reported as null
 SEED = 19
+NEVER_CENTER = 10 ** 12  # center_from for the raw-cosine rows
 
 # context: the four other sentences of the fact's paragraph (the fact goes 3rd); question: a paraphrase.
 FACTS = [
@@ -320,6 +321,12 @@ def methods(cache: EmbeddingCache, question: str, last: str, memory: str) -> dic
         # Forced two-stage: only the 100 paragraphs closest by paragraph vector are scored by sentence.
         "fused RRF, two-stage (100 candidates)": {"query_vector": vec(q), "text": question, "method": "fused",
                                                   "exact_up_to": 0, "candidates": 100},
+        # Raw cosines, as before the centring (memory.retrieval.CENTER_MIN_SENTENCES): the same scores otherwise.
+        "raw cosines: best sentence + 1.0 window + 0.5 paragraph": {
+            "query_vector": vec(q), "method": "sentence", "center_from": NEVER_CENTER},
+        "raw cosines: fused RRF": {"query_vector": vec(q), "text": question, "method": "fused",
+                                   "center_from": NEVER_CENTER},
+        "raw cosines: paragraph": {"query_vector": vec(q), "method": "paragraph", "center_from": NEVER_CENTER},
         "lexical (FTS5 bm25)": {"query_vector": None, "text": question, "method": "lexical"},
         **{f"fused RRF (rare words), lexical weight {weight}": {
             "query_vector": vec(q), "text": question, "method": "fused", "lexical_weight": weight}

@@ -108,6 +108,20 @@ _WINDOW_CHUNK = 65_536  # sentence rows per step when computing window norms
 
 
 @dataclass
+class _Centering:
+    """What cosine after subtracting the novel's mean vector needs, computed once per cached matrix, so a query
+    costs no extra matmul: (s - mu) . (q - mu) = s.q - s.mu - (q.mu - |mu|^2), with s.mu and |s - mu| stored."""
+
+    sentence_mean: np.ndarray  # [dim] float32: the mean of the novel's sentence vectors
+    sentence_offsets: np.ndarray  # [M] float32: s . mean
+    sentence_norms: np.ndarray  # [M] float32: |s - mean|
+    window_norms: np.ndarray  # [M] float32: |(s_i - mean) + (s_next - mean)|
+    paragraph_mean: np.ndarray  # [dim] float32: the mean of the paragraph vectors
+    paragraph_offsets: np.ndarray  # [N] float32: p . paragraph_mean
+    paragraph_norms: np.ndarray  # [N] float32: |p - paragraph_mean|
+
+
+@dataclass
 class _Matrix:
     # (embedding_epoch, updated_at) of the novel when loaded: both move on every vector change, and the pair
     # also differs after a restore from a backup puts an older novel row back.
@@ -125,6 +139,7 @@ class _Matrix:
     rows_with_sentences: np.ndarray = field(init=False)  # [N'] int64: the rows that have sentence vectors
     window_next: np.ndarray = field(init=False)  # [M] int64: the next sentence of the same paragraph, else itself
     window_norms: np.ndarray = field(init=False)  # [M] float32: |s_i + s_next|, so cos(q, window) needs no matmul
+    centering: _Centering = field(init=False)  # the novel's mean directions, for scores that leave them out
 
     def __post_init__(self) -> None:
         dim = self.vectors.shape[1]
@@ -145,11 +160,25 @@ class _Matrix:
         last[(self.sentence_starts + counts - 1)[self.rows_with_sentences]] = True
         self.window_next = np.where(last, np.arange(total), np.arange(total) + 1)
         self.window_norms = np.empty(total, dtype=np.float32)
+        sentence_mean = (self.sentences.mean(axis=0) if total else np.zeros(dim)).astype(np.float32)
+        sentence_offsets = np.empty(total, dtype=np.float32)
+        sentence_norms = np.empty(total, dtype=np.float32)
+        centered_window_norms = np.empty(total, dtype=np.float32)
         # In chunks: the sum of a whole novel's pairs would be a second copy of the matrix (768 MB at 100k).
         for start in range(0, total, _WINDOW_CHUNK):
             chunk = slice(start, min(start + _WINDOW_CHUNK, total))
             pairs = self.sentences[chunk] + self.sentences[self.window_next[chunk]]
             self.window_norms[chunk] = np.linalg.norm(pairs, axis=1)
+            centered_window_norms[chunk] = np.linalg.norm(pairs - 2 * sentence_mean, axis=1)
+            sentence_offsets[chunk] = self.sentences[chunk] @ sentence_mean
+            sentence_norms[chunk] = np.linalg.norm(self.sentences[chunk] - sentence_mean, axis=1)
+        paragraph_mean = (self.vectors.mean(axis=0) if self.vectors.shape[0] else np.zeros(dim)).astype(np.float32)
+        self.centering = _Centering(
+            sentence_mean=sentence_mean, sentence_offsets=sentence_offsets, sentence_norms=sentence_norms,
+            window_norms=centered_window_norms, paragraph_mean=paragraph_mean,
+            paragraph_offsets=self.vectors @ paragraph_mean,
+            paragraph_norms=np.linalg.norm(self.vectors - paragraph_mean, axis=1))
+
 
 
 _CACHE: OrderedDict[tuple[str, str, int], _Matrix] = OrderedDict()
@@ -325,9 +354,24 @@ SENTENCE_WINDOW_WEIGHT = 1.0
 # load average of ~7 on 2 cores: 95 ms two-stage against 529 ms exact (vector scoring alone, quiet: 11 ms
 # against 98 ms). The price: a fact whose paragraph vector ranks below the candidates is lost. Forced with 100
 # candidates on the hard benchmark, fused recall@3 is 0.80 / 0.67 / 0.60 at 300 / 1,000 / 3,000 (a third, a tenth,
-# a thirtieth of the novel) against 0.80 exact; 1,000 of 100,000 is a hundredth, so expect a loss there too.
+# a thirtieth of the novel) against 0.80 exact on raw cosines; centred (CENTER_MIN_SENTENCES) 0.80 / 0.87 / 0.87, the
+# same as exact. 1,000 of 100,000 is a hundredth, so expect a loss there still.
 EXACT_SEARCH_MAX_SENTENCES = 50_000
 TWO_STAGE_CANDIDATES = 1_000
+# Every cosine is taken after subtracting the novel's mean vector (the sentences' for sentences and windows, the
+# paragraphs' for paragraphs; from values cached with the matrix, so a query costs no extra matmul), once the novel
+# has this many sentence vectors (about 100 paragraphs; a mean of fewer says little). In a novel every paragraph
+# shares its characters, places and tone, and that common direction dominates MiniLM's raw cosines, so paragraphs
+# merely "about the story" outrank the one holding the fact; centring removes it (Mu & Viswanath 2018, "all-but-the-
+# top"; removing the top 1-8 principal directions as well, or whitening, did no better on recall@3). The weights
+# above were chosen on raw cosines and still hold centred (window 0 or 1.0, paragraph 0.25-1.0: the same recall@3).
+# bench/recall.py, same 15 questions, recall@3 at 300 / 1,000 / 3,000 paragraphs, raw -> centred:
+#   hard, fused: 0.80 / 0.80 / 0.80 -> 0.80 / 0.87 / 0.87 (the trader's payment, Q10, rank 6 / 25 -> 3 / 3 at 1,000 / 3,000);
+#   hard, vectors alone: 0.87 / 0.80 / 0.80 -> 0.87 / 0.87 / 0.87; paragraph vector alone 0.53 / 0.53 / 0.47 ->
+#   0.80 / 0.73 / 0.67, which is what the two-stage search picks candidates by: forced two-stage with 100
+#   candidates, fused, 0.80 / 0.67 / 0.60 -> 0.80 / 0.87 / 0.87;
+#   easy needle, fused: 0.73 / 0.73 / 0.73 -> 0.93 / 0.93 / 0.93.
+CENTER_MIN_SENTENCES = 500
 # Reciprocal rank fusion: a paragraph's fused score is sum over rankings of weight / (RRF_K + rank). 60 is the
 # constant of Cormack et al. (2009). The lexical ranking fused in looks only for the query's rare words (in at most
 # RARE_TERM_MAX_PARAGRAPHS paragraphs of the novel: names, objects mentioned once), so a paraphrase that shares
@@ -367,35 +411,70 @@ class Hit:
         return " + ".join(parts) or "no match"
 
 
-def _sentence_scores(matrix: _Matrix, query: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _centered_shift(query: np.ndarray, mean: np.ndarray) -> tuple[float, float]:
+    """(q.mean - |mean|^2, |q - mean|): what turns s.q into cos(s - mean, q - mean) given s.mean and |s - mean|."""
+    shift = float(query @ mean) - float(mean @ mean)
+    return shift, max(float(np.linalg.norm(query - mean)), 1e-6)
+
+
+def _sentence_cosines(matrix: _Matrix, query: np.ndarray, index: np.ndarray | None,
+                      centered: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per sentence (all of them, or those of `index`): cos(q, s) and cos(q, s + s_next), both after subtracting
+    the novel's mean sentence vector when `centered`; one matrix-vector product."""
+    if index is None:
+        dots = matrix.sentences @ query  # [M]
+        next_of = matrix.window_next
+    else:
+        dots = np.take(matrix.sentences, index, axis=0) @ query  # [M']
+        next_of = np.arange(index.size) + (matrix.window_next[index] - index)
+    if not centered:
+        norms = matrix.window_norms if index is None else matrix.window_norms[index]
+        return dots, (dots + dots[next_of]) / norms
+    centering = matrix.centering
+    shift, query_norm = _centered_shift(query, centering.sentence_mean)
+    pick = (lambda values: values) if index is None else (lambda values: values[index])  # noqa: E731
+    dots = dots - pick(centering.sentence_offsets) - shift  # (s - mean) . (q - mean)
+    sentence = dots / (np.maximum(pick(centering.sentence_norms), 1e-6) * query_norm)
+    window = (dots + dots[next_of]) / (np.maximum(pick(centering.window_norms), 1e-6) * query_norm)
+    return sentence, window
+
+
+def _sentence_scores(matrix: _Matrix, query: np.ndarray, rows: np.ndarray,
+                     centered: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """For each of `rows` (all having sentence vectors): its best sentence and its best window (a sentence with the
     next one, cos(q, s_i + s_next)), from one matrix-vector product over just those rows' sentences."""
     counts = matrix.sentence_counts[rows]
     if rows.size == matrix.rows_with_sentences.size:
         index = None
-        per_sentence = matrix.sentences @ query  # [M]
-        neighbour = per_sentence[matrix.window_next]
-        norms = matrix.window_norms
+        starts = matrix.sentence_starts[rows]
     else:
         # The rows' sentence indices, concatenated: each row's start repeated over its count, plus 0, 1, 2, ...
-        local_starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        index = np.repeat(matrix.sentence_starts[rows] - local_starts, counts) + np.arange(int(counts.sum()))
-        per_sentence = np.take(matrix.sentences, index, axis=0) @ query  # [M']
-        neighbour = per_sentence[np.arange(index.size) + (matrix.window_next[index] - index)]
-        norms = matrix.window_norms[index]
-    window = (per_sentence + neighbour) / norms
-    starts = matrix.sentence_starts[rows] if index is None else np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return np.maximum.reduceat(per_sentence, starts), np.maximum.reduceat(window, starts)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        index = np.repeat(matrix.sentence_starts[rows] - starts, counts) + np.arange(int(counts.sum()))
+    sentence, window = _sentence_cosines(matrix, query, index, centered)
+    return np.maximum.reduceat(sentence, starts), np.maximum.reduceat(window, starts)
+
+
+def _paragraph_cosines(matrix: _Matrix, query: np.ndarray, centered: bool) -> np.ndarray:
+    """[N] cos(q, p), after subtracting the novel's mean paragraph vector when `centered`."""
+    dots = matrix.vectors @ query  # [N]
+    if not centered:
+        return dots
+    centering = matrix.centering
+    shift, query_norm = _centered_shift(query, centering.paragraph_mean)
+    return (dots - centering.paragraph_offsets - shift) / (np.maximum(centering.paragraph_norms, 1e-6) * query_norm)
 
 
 def _vector_scores(matrix: _Matrix, query: np.ndarray, method: str, paragraph_weight: float,
                    window_weight: float = SENTENCE_WINDOW_WEIGHT, exact_up_to: int = EXACT_SEARCH_MAX_SENTENCES,
-                   candidates: int = TWO_STAGE_CANDIDATES, exclude: np.ndarray | None = None) -> np.ndarray:
+                   candidates: int = TWO_STAGE_CANDIDATES, exclude: np.ndarray | None = None,
+                   centered: bool = False) -> np.ndarray:
     """[N] scores: cos(q, paragraph) for "paragraph"; else the best sentence + window_weight * the best window +
     paragraph_weight * cos(q, paragraph) (a row without sentence vectors yet counts its paragraph vector as its one
     sentence and window). Up to `exact_up_to` sentence vectors every row is scored; above, only the `candidates`
-    rows closest by paragraph vector (after `exclude`, a mask of rows never to rank) are, the rest get -inf."""
-    paragraph = matrix.vectors @ query  # [N]
+    rows closest by paragraph vector (after `exclude`, a mask of rows never to rank) are, the rest get -inf.
+    `centered`: every cosine taken after subtracting the novel's mean vector (CENTER_MIN_SENTENCES)."""
+    paragraph = _paragraph_cosines(matrix, query, centered)
     if exclude is not None:
         paragraph[exclude] = -np.inf
     if method == "paragraph":
@@ -409,7 +488,7 @@ def _vector_scores(matrix: _Matrix, query: np.ndarray, method: str, paragraph_we
         kept[chosen] = scores[chosen]
         scores = kept
     if rows.size:
-        best, window = _sentence_scores(matrix, query, rows)
+        best, window = _sentence_scores(matrix, query, rows, centered)
         scores[rows] = best + window_weight * window + paragraph_weight * paragraph[rows]
     if exclude is not None:
         scores[exclude] = -np.inf
@@ -425,13 +504,15 @@ def _best_rows(scores: np.ndarray, k: int) -> np.ndarray:
     return best[np.argsort(-scores[best], kind="stable")]
 
 
-def _best_sentence(matrix: _Matrix, row: int, query: np.ndarray, text: str) -> tuple[str, tuple[int, int]] | None:
+def _best_sentence(matrix: _Matrix, row: int, query: np.ndarray, text: str,
+                   centered: bool = False) -> tuple[str, tuple[int, int]] | None:
     count = int(matrix.sentence_counts[row])
     spans = split_sentences(text)
     if count == 0 or count != len(spans):
         return None
     start = int(matrix.sentence_starts[row])
-    best = int(np.argmax(matrix.sentences[start:start + count] @ query))
+    sentence, _ = _sentence_cosines(matrix, query, np.arange(start, start + count), centered)
+    best = int(np.argmax(sentence))
     return text[spans[best][0]:spans[best][1]], spans[best]
 
 
@@ -439,7 +520,8 @@ def search(session: Session, novel_id: int, query_vector: Vector | None, k: int,
            method: str = "fused", exclude_positions: Iterable[int] = (),
            paragraph_weight: float = SENTENCE_PARAGRAPH_WEIGHT, window_weight: float = SENTENCE_WINDOW_WEIGHT,
            lexical_weight: float = FUSION_LEXICAL_WEIGHT, rrf_k: int = RRF_K,
-           exact_up_to: int = EXACT_SEARCH_MAX_SENTENCES, candidates: int = TWO_STAGE_CANDIDATES) -> list[Hit]:
+           exact_up_to: int = EXACT_SEARCH_MAX_SENTENCES, candidates: int = TWO_STAGE_CANDIDATES,
+           center_from: int = CENTER_MIN_SENTENCES) -> list[Hit]:
     """The k paragraphs that best answer a query, best first, each with why it was chosen.
 
     `query_vector` ranks by vectors ("paragraph": whole-paragraph cosine; "sentence": the best sentence plus
@@ -447,6 +529,8 @@ def search(session: Session, novel_id: int, query_vector: Vector | None, k: int,
     up to `exact_up_to` sentence vectors in the novel, above that only the `candidates` closest by paragraph
     vector); `text` ranks lexically (SQLite FTS5 bm25, PostgreSQL ts_rank);
     "fused" merges the two rankings by reciprocal rank fusion, and falls back to whichever one it has.
+    In a novel with at least `center_from` sentence vectors every cosine is taken after subtracting the novel's
+    mean vector (sentence and paragraph means apart), so what all its paragraphs share stops deciding the ranking.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown retrieval method {method!r}: use one of {', '.join(METHODS)}.")
@@ -458,6 +542,7 @@ def search(session: Session, novel_id: int, query_vector: Vector | None, k: int,
         return []
     vector_hits: dict[int, tuple[int, float, int]] = {}  # paragraph id -> (rank, score, matrix row)
     matrix = query = None
+    centered = False
     if query_vector is not None and method != "lexical":
         query, name = _query(query_vector, None)
         matrix = _load_matrix(session, novel, name, int(query.shape[0]))
@@ -465,8 +550,9 @@ def search(session: Session, novel_id: int, query_vector: Vector | None, k: int,
             mode = "paragraph" if method == "paragraph" else "sentence"
             depth = k if method in ("paragraph", "sentence") else max(k, FUSION_DEPTH)
             excluded = np.isin(matrix.positions, np.asarray(exclude, dtype=np.int64)) if exclude else None
+            centered = matrix.sentences.shape[0] >= center_from
             scores = _vector_scores(matrix, query, mode, paragraph_weight, window_weight, exact_up_to,
-                                    max(candidates, depth), excluded)
+                                    max(candidates, depth), excluded, centered=centered)
             for rank, row in enumerate(_best_rows(scores, depth), 1):
                 vector_hits[int(matrix.paragraph_ids[row])] = (rank, float(scores[row]), int(row))
     lexical_hits: dict[int, tuple[int, float]] = {}
@@ -494,7 +580,7 @@ def search(session: Session, novel_id: int, query_vector: Vector | None, k: int,
         vector = vector_hits.get(pid)
         best = None
         if vector is not None and method != "paragraph":
-            best = _best_sentence(matrix, vector[2], query, paragraph.text)
+            best = _best_sentence(matrix, vector[2], query, paragraph.text, centered)
         hits.append(Hit(paragraph=paragraph, score=score, vector_score=vector[1] if vector else None,
                         vector_rank=vector[0] if vector else None,
                         lexical_rank=lexical_hits[pid][0] if pid in lexical_hits else None,

@@ -28,8 +28,9 @@ VOICES = {
 # words. On bench/recall.py (facts inside paragraphs, paraphrased questions as the plan; bench/results/recall.json)
 # every share of the last paragraph or the memory lowers recall@3 at 1,000 paragraphs: plan alone 0.80 (fused),
 # plus 0.25 last 0.73 (fused) / 0.60 (vectors), plus 0.5 last 0.27, plus 0.25 last and 0.25 memory 0.47; the old
-# score (paragraph vectors, plan + 0.5 last) 0.07. So the last paragraph, which is in the context already, no
-# longer steers what is found.
+# score (paragraph vectors, plan + 0.5 last) 0.07. With centred cosines (memory.retrieval.CENTER_MIN_SENTENCES):
+# plan alone 0.87, plus 0.25 last 0.73 (fused). So the last paragraph, which is in the context already, no longer
+# steers what is found.
 LAST_PARAGRAPH_WEIGHT = 0.0
 
 
