@@ -454,6 +454,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: stable figures on a shared machine; the baseline is 1 thread)")
     args = parser.parse_args(argv)
+    if args.tokens <= WARMUP_TOKENS:
+        # The first WARMUP_TOKENS are untimed, so fewer would leave nothing to measure.
+        parser.error(f"--tokens must be more than {WARMUP_TOKENS} (the untimed warm-up tokens); got {args.tokens}")
     torch.set_num_threads(args.threads)
     started = datetime.now(timezone.utc)
     report = {
