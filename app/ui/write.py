@@ -134,8 +134,8 @@ def _run(novel_id: int, make_events, what: str, *, said_when_done: bool = False)
 
     `make_events(engine, cancel)` starts the engine's generator; the model loads (once per process) after the
     first status line is on screen; the last line says "Saved." (with `said_when_done`, what the engine's last
-    event said: "the memory is up to date" saves nothing). Stop sets the cancel flag; the engine then stops between tokens and commits
-    nothing of the unfinished step.
+    event said: "the memory is up to date" saves nothing). Stop sets the cancel flag; the engine then stops
+    between tokens and commits nothing of the unfinished step.
     """
     svc = services.current()
     key = f"novel-{novel_id}"
