@@ -92,7 +92,7 @@ def test_insert_between_edit_in_place_stale_tab_delete_and_undo(chromium, served
     page.locator("#manuscript .lh-para").nth(0).click()
     _wait_text(_textarea(page, "para_box"), SEED[0], 15_000)
     _textarea(page, "new_paragraph_box").fill(MINE)
-    _wait_text(page.locator("#new_words_md"), "20 words", 10_000)
+    _wait_text(page.locator("#new_words_md"), "19 words", 10_000)
     page.locator("#insert_after_btn").click()
     _wait_paragraphs(page, [SEED[0], MINE, *SEED[1:]])
     _wait_text(page.locator("#counts_md"), "4 paragraphs", 15_000)
