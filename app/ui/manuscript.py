@@ -22,9 +22,8 @@ from app.ui.common import InputError, bind, clean_text, components, handler, req
 # A pasted paragraph is kept whole up to this size (a 1 MB paste included); the page's request limit is 16 MB.
 MAX_PARAGRAPH_CHARS = 2_000_000
 EDITOR_ROLES = ("para_number", "para_box", "para_read", "para_words_md")
-# Counted in the browser as the writer types: no round trip per key, whatever the paragraph's size.
-WORDS_AS_YOU_TYPE = "(text) => { const n = (text || '').split(/\\s+/).filter(Boolean).length; " \
-                    "return `${n.toLocaleString('en')} word${n === 1 ? '' : 's'}`; }"
+# Word counts as the writer types: one request at a time, the last keystroke's text winning, no queue.
+AS_YOU_TYPE = {"queue": False, "trigger_mode": "always_last", "show_progress": "hidden"}
 # The next redraw of the manuscript scrolls to this paragraph (see SCROLL_SCRIPT in app/ui/__init__.py).
 FOCUS_PARAGRAPH = "(n) => { window.lhFocus = n; }"
 
@@ -43,8 +42,9 @@ def manuscript_html(title: str, paragraphs: list[tuple[int, str]], written: set[
     return f"<div class='lh-manuscript'><h2>{html.escape(title)}</h2>{body}</div>"
 
 
-def _words(text: str) -> str:
-    count = word_count(text)
+def words_line(text: str | None) -> str:
+    """The editor's word count line."""
+    count = word_count(text or "")
     return f"{count:,} word{'' if count == 1 else 's'}"
 
 
@@ -74,7 +74,7 @@ def _editor_view(novel_id: int, *, paragraph_id: int | None = None, position: in
                 "position": paragraph.position, "text": paragraph.text}
     return {"para_number": gr.update(value=read["position"], maximum=count), "para_read": read,
             "para_box": gr.update(value=read["text"], label=f"Paragraph {read['position']} of {count}"),
-            "para_words_md": _words(read["text"])}
+            "para_words_md": words_line(read["text"])}
 
 
 def _require_read(read, novel_id: int) -> dict:
@@ -272,8 +272,8 @@ def wire(panel: EditorPanel, novel_state: gr.State, on_novel_changed) -> None:
     roles = components(panel)
     panel.para_number.change(inputs=[novel_state, panel.para_number], **bind(select_paragraph, roles), queue=False)
     panel.para_number.change(None, [panel.para_number], None, js=FOCUS_PARAGRAPH, queue=False)
-    panel.para_box.input(None, [panel.para_box], [panel.para_words_md], js=WORDS_AS_YOU_TYPE, queue=False)
-    panel.new_box.input(None, [panel.new_box], [panel.new_words_md], js=WORDS_AS_YOU_TYPE, queue=False)
+    panel.para_box.change(words_line, [panel.para_box], [panel.para_words_md], **AS_YOU_TYPE)
+    panel.new_box.change(words_line, [panel.new_box], [panel.new_words_md], **AS_YOU_TYPE)
     read = [novel_state, panel.para_read]
     edits = [
         (panel.save_btn, save_paragraph, [novel_state, panel.para_box, panel.para_read]),
