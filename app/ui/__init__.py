@@ -64,6 +64,7 @@ SCRIPT = """
     let target = null;
     if (window.lhFocus) {
       target = box.querySelector(`.lh-para[data-position="${window.lhFocus}"]`);
+      window.lhFocus = null;
     } else if (last.count >= 0 && paragraphs.length > last.count) {
       target = paragraphs[paragraphs.length - 1];
     }
