@@ -9,8 +9,10 @@ One "Next step" click, from button to database (the wiring behind it: app/wiring
                          check_model_allowed refuses a server this launch does not allow; the model loads on first
                          use); _step() builds the context (reading.py step_inputs(), memory/retrieval.py,
                          app/engine/context.py build_context()) and renders prompts/*.txt (app/engine/prompts.py);
-                         app/engine/stages.py paragraph() streams the paragraph, then _finish() runs memory() and
-                         plans() (app/engine/parsing.py checks each answer) and _commit() saves the StepDraft
+                         app/engine/stages.py paragraph() streams the paragraph, then _finish() runs memory() (it
+                         folds in the paragraphs the writer wrote or changed since the memory's last update, which
+                         read() found) and plans() (app/engine/parsing.py checks each answer) and _commit() saves
+                         the StepDraft. The writer's own edits go through app/engine/editing.py instead.
   app/engine/events.py   status_line(event): the one status line the UI, the CLI and the benchmarks show
   models/service.py      TextGenerator.stream() -> models/generate.py generate(): penalties, sampling, cancel; its
                          stream_until_stop() holds back stop strings (for remote servers too: models/remote.py)

@@ -44,6 +44,12 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     return [(m.start(), m.start() + len(m.group().rstrip())) for m in _SENTENCE.finditer(text) if m.group().strip()]
 
 
+# Sentence vectors are kept for a paragraph's first this-many sentences: a pasted 1 MB paragraph (some 28,000
+# sentences) would otherwise take minutes of embedding on two cores. Its later sentences are still found through
+# the paragraph vector and the full-text index; a hit in it is shown without its best sentence.
+MAX_PASSAGE_SENTENCES = 256
+
+
 def sentence_texts(text: str) -> list[str]:
     return [text[start:end] for start, end in split_sentences(text)]
 
@@ -96,7 +102,7 @@ class Embedder:
     def passage(self, text: str) -> Vector:
         """A paragraph's vector and one per sentence, embedded in one batch, ready for add_paragraph /
         edit_paragraph / commit_step."""
-        sentences = sentence_texts(text)
+        sentences = sentence_texts(text)[:MAX_PASSAGE_SENTENCES]
         if len(sentences) <= 1:
             values = self.embed([text])
             return Vector(self.name, values[0], sentences=values if sentences else None)
@@ -725,7 +731,7 @@ def embed_missing(session: Session, novel_id: int, embedder: Embedder, batch: in
 def sentence_vectors(embedder: Embedder, texts: Sequence[str]) -> list[np.ndarray]:
     """Each text's sentence vectors [S, dim] (a text without sentence ending is one sentence), all embedded in
     one batch."""
-    sentences = [sentence_texts(text) or [text] for text in texts]
+    sentences = [sentence_texts(text)[:MAX_PASSAGE_SENTENCES] or [text] for text in texts]
     values = embedder.embed([sentence for group in sentences for sentence in group])
     ends = np.cumsum([len(group) for group in sentences])
     return [values[end - len(group):end] for group, end in zip(sentences, ends)]

@@ -107,6 +107,9 @@ class Changes:
         before = row_to_dict(obj)
         for key, value in values.items():
             setattr(obj, key, value)
+        if "updated_at" in values:
+            # Written even when equal (a move keeps it), so the column's on-update default cannot replace it.
+            flag_modified(obj, "updated_at")
         self.session.flush()
         self._note(obj.__tablename__, obj.id, before, row_to_dict(obj))
 
@@ -231,7 +234,7 @@ def _move(session: Session, novel_id: int, *, forward: bool) -> HistoryStep | No
 def _positions(changes: list[dict[str, Any]]) -> tuple[int, ...]:
     """The paragraph positions a revision wrote or moved (a shift moves every position from its start on)."""
     positions = {int(row["position"]) for change in changes if change["entity"] == "paragraphs"
-                 for row in (change["before"], change["after"]) if row}
+                 for row in (change["before"], change["after"]) if row and int(row["position"]) > 0}
     positions |= {int(change["from"]) for change in changes if change["entity"] == "shift"}
     return tuple(sorted(positions))
 

@@ -15,6 +15,7 @@ the errors in memory.errors.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -241,41 +242,168 @@ def _check_version(kind: str, obj: Any, expected_version: int | None) -> None:
             "apply your change again.", current_version=obj.version)
 
 
-def edit_paragraph(session: Session, paragraph_id: int, text: str, expected_version: int,
-                   embedding: Vector | None = None, origin: str = "edited") -> Paragraph:
-    """Replace a paragraph's text if nobody changed it since `expected_version`; else raise ConflictError.
+def _edited_origin(paragraph: Paragraph, origin: str | None) -> str:
+    """The origin of a paragraph's new text: as asked, else "edited" (a writer's own paragraph stays "written")."""
+    if origin is not None:
+        return _check_origin(origin)
+    return "written" if paragraph.origin == "written" else "edited"
 
-    The old embedding is removed unless a new one is given (retrieval never uses a vector of stale text).
-    """
-    text = _check_text(text, "A paragraph")
+
+def _locked_paragraph(session: Session, paragraph_id: int, expected_version: int) -> Paragraph:
+    """The paragraph, its novel locked and its row re-read, if it is still `expected_version`."""
     paragraph = get_paragraph(session, paragraph_id)
     lock_novel(session, paragraph.novel_id)
     session.refresh(paragraph)
     _check_version("paragraph", paragraph, expected_version)
-    changes = Changes(session, paragraph.novel_id)
-    changes.update(paragraph, text=text, words=_word_count(text), origin=_check_origin(origin),
-                   version=paragraph.version + 1, updated_at=utcnow())
+    return paragraph
+
+
+def _rewrite(changes: Changes, paragraph: Paragraph, text: str, origin: str, embedding: Vector | None) -> None:
+    """A paragraph's new text as part of `changes`: version bumped, the vector of the old text replaced or removed."""
+    changes.update(paragraph, text=text, words=_word_count(text), origin=origin, version=paragraph.version + 1,
+                   updated_at=utcnow())
     drop_embeddings(changes, paragraph_id=paragraph.id, keep=embedding.embedder if embedding else None)
     if embedding is not None:
         put_embedding(changes, paragraph.novel_id, vector=embedding, paragraph_id=paragraph.id)
+
+
+def edit_paragraph(session: Session, paragraph_id: int, text: str, expected_version: int,
+                   embedding: Vector | None = None, origin: str | None = None) -> Paragraph:
+    """Replace a paragraph's text if nobody changed it since `expected_version`; else raise ConflictError.
+
+    The old embedding is removed unless a new one is given (retrieval never uses a vector of stale text). The
+    origin becomes `origin`, by default "edited" (a writer's own paragraph stays "written").
+    """
+    text = _check_text(text, "A paragraph")
+    paragraph = _locked_paragraph(session, paragraph_id, expected_version)
+    changes = Changes(session, paragraph.novel_id)
+    _rewrite(changes, paragraph, text, _edited_origin(paragraph, origin), embedding)
     record(session, changes, "paragraph.edit", f"edited paragraph {paragraph.position}")
     return paragraph
 
 
-def delete_paragraph(session: Session, paragraph_id: int, expected_version: int) -> None:
-    paragraph = get_paragraph(session, paragraph_id)
-    novel_id = paragraph.novel_id
-    lock_novel(session, novel_id)
-    session.refresh(paragraph)
-    _check_version("paragraph", paragraph, expected_version)
+def _remove(changes: Changes, paragraph: Paragraph) -> int:
+    """Delete a paragraph (its vectors; plan sets written from it keep their plans) and close the gap; returns
+    the position it had."""
     position = paragraph.position
-    changes = Changes(session, novel_id)
-    for plan_set in session.scalars(select(PlanSet).where(PlanSet.paragraph_id == paragraph.id)):
+    for plan_set in changes.session.scalars(select(PlanSet).where(PlanSet.paragraph_id == paragraph.id)):
         changes.update(plan_set, paragraph_id=None)
     drop_embeddings(changes, paragraph_id=paragraph.id)
     changes.delete(paragraph)
     changes.shift(position + 1, -1)
+    return position
+
+
+def delete_paragraph(session: Session, paragraph_id: int, expected_version: int) -> None:
+    paragraph = _locked_paragraph(session, paragraph_id, expected_version)
+    changes = Changes(session, paragraph.novel_id)
+    position = _remove(changes, paragraph)
     record(session, changes, "paragraph.delete", f"deleted paragraph {position}")
+
+
+def insert_paragraph(session: Session, novel_id: int, text: str, *, before_id: int | None = None,
+                     after_id: int | None = None, origin: str = "written",
+                     embedding: Vector | None = None) -> Paragraph:
+    """Insert a paragraph just before or just after another one, found by id (so a view whose positions moved
+    meanwhile still inserts where the writer meant), or at the end when neither is given."""
+    if before_id is not None and after_id is not None:
+        raise ValidationError("Insert a paragraph before one paragraph or after one, not both.")
+    anchor_id = before_id if before_id is not None else after_id
+    position = None
+    if anchor_id is not None:
+        anchor = get_paragraph(session, anchor_id)
+        if anchor.novel_id != novel_id:
+            raise ValidationError(f"Paragraph {anchor_id} belongs to another novel.")
+        position = anchor.position if before_id is not None else anchor.position + 1
+    return add_paragraph(session, novel_id, text, origin=origin, position=position, embedding=embedding)
+
+
+def move_paragraph(session: Session, paragraph_id: int, expected_version: int, offset: int) -> Paragraph:
+    """Swap a paragraph with the one above (offset -1) or below (+1). A move is not an edit: texts, versions and
+    edit times stay as they were."""
+    if offset not in (-1, 1):
+        raise ValidationError(f"A paragraph moves one place up (-1) or down (+1), not {offset}.")
+    paragraph = _locked_paragraph(session, paragraph_id, expected_version)
+    position = paragraph.position
+    neighbour = paragraph_at(session, paragraph.novel_id, position + offset)
+    if neighbour is None:
+        where = "first" if offset < 0 else "last"
+        raise ValidationError(f"Paragraph {position} is the {where} one: it cannot move further "
+                              f"{'up' if offset < 0 else 'down'}.")
+    changes = Changes(session, paragraph.novel_id)
+    # Through a free position: UNIQUE(novel_id, position) holds after every statement.
+    changes.update(paragraph, position=-position, updated_at=paragraph.updated_at)
+    changes.update(neighbour, position=position, updated_at=neighbour.updated_at)
+    changes.update(paragraph, position=position + offset, updated_at=paragraph.updated_at)
+    record(session, changes, "paragraph.move", f"moved paragraph {position} {'up' if offset < 0 else 'down'}")
+    return paragraph
+
+
+BLANK_LINE = re.compile(r"\n[ \t]*\n\s*")
+
+
+def split_parts(text: str) -> list[str]:
+    """A paragraph's text cut at its blank lines, each part stripped, empty parts left out."""
+    return [part.strip() for part in BLANK_LINE.split(text) if part.strip()]
+
+
+def split_paragraph(session: Session, paragraph_id: int, expected_version: int,
+                    embeddings: list[Vector] | None = None) -> list[Paragraph]:
+    """Cut a paragraph at its blank lines: the first part stays in its place (an edit), each further part becomes
+    a new paragraph after it. `embeddings`, if given, holds one vector per part of `split_parts(text)`."""
+    paragraph = _locked_paragraph(session, paragraph_id, expected_version)
+    parts = split_parts(paragraph.text)
+    if len(parts) < 2:
+        raise ValidationError(f"Paragraph {paragraph.position} has no blank line to split at: put an empty line "
+                              "where it should be cut, save, then split.")
+    if embeddings is not None and len(embeddings) != len(parts):
+        raise ValidationError(f"Splitting paragraph {paragraph.position} needs {len(parts)} vectors, "
+                              f"got {len(embeddings)}.")
+    vectors = list(embeddings) if embeddings is not None else [None] * len(parts)
+    origin = _edited_origin(paragraph, None)
+    changes = Changes(session, paragraph.novel_id)
+    _rewrite(changes, paragraph, parts[0], origin, vectors[0])
+    made = [paragraph]
+    for offset, (part, vector) in enumerate(zip(parts[1:], vectors[1:]), start=1):
+        added = _add_paragraph(changes, paragraph.novel_id, part, origin, paragraph.position + offset)
+        if vector is not None:
+            put_embedding(changes, paragraph.novel_id, vector=vector, paragraph_id=added.id)
+        made.append(added)
+    record(session, changes, "paragraph.split", f"split paragraph {paragraph.position} in {len(parts)}")
+    return made
+
+
+def merged_text(first: str, second: str) -> str:
+    """Two paragraphs as one: the second follows the first after a space."""
+    return f"{first.rstrip()} {second.lstrip()}"
+
+
+def merge_paragraphs(session: Session, paragraph_id: int, expected_version: int, next_expected_version: int,
+                     embedding: Vector | None = None) -> Paragraph:
+    """Join a paragraph with the one after it (both still at the versions the writer saw): the first gets the
+    joined text (`merged_text`), the second is removed. `embedding` is the vector of the joined text."""
+    paragraph = _locked_paragraph(session, paragraph_id, expected_version)
+    following = paragraph_at(session, paragraph.novel_id, paragraph.position + 1)
+    if following is None:
+        raise ValidationError(f"Paragraph {paragraph.position} is the last one: there is nothing to merge it with.")
+    session.refresh(following)
+    _check_version("paragraph", following, next_expected_version)
+    text = merged_text(paragraph.text, following.text)
+    changes = Changes(session, paragraph.novel_id)
+    _remove(changes, following)
+    _rewrite(changes, paragraph, text, _edited_origin(paragraph, None), embedding)
+    record(session, changes, "paragraph.merge", f"merged paragraphs {paragraph.position} and "
+                                                f"{paragraph.position + 1}")
+    return paragraph
+
+
+def paragraphs_changed_since(session: Session, novel_id: int, since: datetime | None) -> list[Paragraph]:
+    """The paragraphs written or edited after `since` (every paragraph when it is None), in manuscript order. A
+    move keeps a paragraph's edit time; an undo restores it."""
+    query = select(Paragraph).where(Paragraph.novel_id == novel_id)
+    if since is not None:
+        query = query.where(Paragraph.updated_at > since)
+    return list(session.scalars(query.order_by(Paragraph.position)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -297,7 +425,7 @@ def _memory_version(session: Session, novel_id: int) -> int:
 
 
 def set_memory(session: Session, novel_id: int, text: str, expected_version: int,
-               origin: str = "written") -> ShortTermMemory:
+               origin: str = "written", cause: str = "edited the short-term memory") -> ShortTermMemory:
     """Save a new version of the running summary if the current one is still `expected_version`."""
     lock_novel(session, novel_id)
     current = _memory_version(session, novel_id)
@@ -310,7 +438,7 @@ def set_memory(session: Session, novel_id: int, text: str, expected_version: int
     memory = ShortTermMemory(novel_id=novel_id, version=current + 1, text=_check_text(text, "The memory"),
                              origin=origin)
     changes.insert(memory)
-    record(session, changes, "memory.set", "edited the short-term memory")
+    record(session, changes, "memory.set", cause)
     return memory
 
 

@@ -4,7 +4,8 @@ Inside: core.py (`Engine`: the orchestration of start, step, retry, auto, choose
 `StepDraft`), reading.py (what a step reads from the store: the view, the context inputs, the retrieval query),
 stages.py (the model stages: title and outline, paragraph, memory, plans, choice), context.py (the prompt within
 its token budget), parsing.py and text.py (checking each answer), prompts.py, settings.py, events.py, strategies.py
-(the manuscript-state strategy), premises.py and errors.py (`EngineError`).
+(the manuscript-state strategy), editing.py (the writer's manuscript edits), premises.py and errors.py
+(`EngineError`).
 
 The UI, the CLI (`python -m app write`) and the tests all drive this one API:
 
@@ -19,7 +20,11 @@ The UI, the CLI (`python -m app write`) and the tests all drive this one API:
     engine.choose(novel_id, choice, *, cancel=None)                 -> Iterator[Event]  (interactive fiction)
     engine.reader_view(novel_id)                                    -> ReaderView(title, paragraphs, choices)
     engine.inspect_context(novel_id, plan=None, *, mode=None)       -> ContextPreview (generates nothing)
-    engine.edit_paragraph(paragraph_id, text, expected_version)     -> Paragraph (re-embedded, snapshots dropped)
+    engine.edit_paragraph(paragraph_id, text, expected_version)     -> EditOutcome (re-embedded, snapshots dropped)
+    engine.editor.edit / add / delete / move / split / merge(...)   -> EditOutcome (the writer's manuscript edits,
+                                                                       app/engine/editing.py; one revision each)
+    engine.update_memory(novel_id, *, cancel=None)                  -> Iterator[Event]  (memory catches up with
+                                                                       every paragraph changed since its update)
     engine.undo(novel_id) / engine.redo(novel_id)                   -> bool (also drops stale snapshots)
     engine.set_mode(novel_id, "write" | "interactive");  engine.strategy -> "prompt-only" | "manuscript-state"
 

@@ -22,6 +22,7 @@ from models.errors import Cancelled
 
 from app.engine import strategies
 from app.engine.context import MANUSCRIPT_STATE, PROMPT_ONLY, ContextPreview, build_context
+from app.engine.editing import EditOutcome, ManuscriptEditor
 from app.engine.errors import EngineError
 from app.engine.events import Event
 from app.engine.prompts import PROMPTS_DIR, PromptLibrary
@@ -387,15 +388,47 @@ class Engine:
         with self.session_factory() as session, session.begin():
             store.update_novel_settings(session, novel_id, {"mode": mode})
 
-    def edit_paragraph(self, paragraph_id: int, text: str, expected_version: int):
+    @property
+    def editor(self) -> ManuscriptEditor:
+        """The writer's manuscript edits (app/engine/editing.py): edit, add, delete, move, split, merge."""
+        return ManuscriptEditor(self.session_factory, self.reader, self.snapshot_store)
+
+    def edit_paragraph(self, paragraph_id: int, text: str, expected_version: int) -> EditOutcome:
         """Replace a paragraph's text (refused with ConflictError if it changed since `expected_version`): its
         embedding is refreshed in the same transaction and the model-state snapshots from it on are dropped."""
-        embedding = self.reader.passage_vector(text)
+        return self.editor.edit(paragraph_id, text, expected_version)
+
+    def update_memory(self, novel_id: int, *, cancel: threading.Event | None = None) -> Iterator[Event]:
+        """Fold every paragraph written or changed since the memory was last updated into it, streaming the new
+        memory as it is written; saved as one undoable memory version, refused when the memory or those
+        paragraphs changed meanwhile. Nothing to fold in: says so and saves nothing."""
+        view = self._read(novel_id)
+        if not view.pending:
+            yield Event("done", "The memory is up to date: no paragraph was written or changed since its last "
+                                "update.")
+            return None
+        engine = self._for_novel(view)
+        positions = ", ".join(str(position) for position, _ in view.pending)
+        notices = list(view.notices)
+        yield Event("progress", f"Updating the memory from paragraph{'s' if len(view.pending) > 1 else ''} "
+                                f"{positions}…")
+        memory = yield from engine.stages.catch_up(view, [text for _, text in view.pending], cancel, notices)
+        for notice in notices:
+            yield Event("notice", notice)
+        _check_cancel(cancel)
         with self.session_factory() as session, session.begin():
-            paragraph = store.edit_paragraph(session, paragraph_id, text, expected_version, embedding=embedding)
-            novel_id, position = paragraph.novel_id, paragraph.position
-        self._invalidate_snapshots(novel_id, position)
-        return paragraph
+            current = store.current_memory(session, novel_id)
+            if current is not None and current.version == view.memory_version:
+                now = [(p.id, p.version) for p in store.paragraphs_changed_since(session, novel_id,
+                                                                                 current.created_at)]
+                if now != view.pending_versions:
+                    raise store.ConflictError("The manuscript changed while the memory was updated; nothing was "
+                                              "saved: update the memory again.")
+            store.set_memory(session, novel_id, memory, view.memory_version, origin="generated",
+                             cause=f"updated the memory from paragraphs {positions}")
+        yield Event("memory", memory)
+        yield Event("done", f"Memory updated from paragraph{'s' if len(view.pending) > 1 else ''} {positions}.")
+        return memory
 
     def undo(self, novel_id: int) -> bool:
         """Undo the last change (a whole step, or an edit), restoring paragraph, memory and plans exactly."""

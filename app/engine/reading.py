@@ -55,6 +55,11 @@ class NovelView:
     notices: list[str] = field(default_factory=list)
     # (embedding id, paragraph text) of paragraphs saved before sentence vectors existed: the step fills them in.
     missing_sentences: list[tuple[int, str]] = field(default_factory=list)
+    # (position, text) of the paragraphs written or edited since the memory was last updated (the writer's own,
+    # an edit, an import): the memory stage folds them in before the new paragraph.
+    pending: list[tuple[int, str]] = field(default_factory=list)
+    # The paragraphs of `pending` as (id, version), so a commit can tell they are still what the memory read.
+    pending_versions: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -91,8 +96,10 @@ class StoreReader:
                 view.missing_sentences = [
                     (embedding.id, paragraph.text) for embedding, paragraph
                     in embeddings.embeddings_missing_sentences(session, novel_id, self.embedder.name)]
+            since = memory.created_at if memory is not None else None
             if for_retry:
-                _read_retry(session, view)
+                since = _read_retry(session, view)
+            _read_pending(session, view, since)
             return view
 
     def query_vector(self, text: str):
@@ -166,8 +173,17 @@ class StoreReader:
         return inputs
 
 
-def _read_retry(session, view: NovelView) -> None:
-    """Turn `view` into the inputs of the last step: the manuscript and memory before it, the plan it used."""
+def _read_pending(session, view: NovelView, since) -> None:
+    """The paragraphs of `view` written or edited after `since` (when the memory it holds was made)."""
+    positions = {position for position, _ in view.paragraphs}
+    changed = [p for p in store.paragraphs_changed_since(session, view.novel_id, since) if p.position in positions]
+    view.pending = [(p.position, p.text) for p in changed]
+    view.pending_versions = [(p.id, p.version) for p in changed]
+
+
+def _read_retry(session, view: NovelView):
+    """Turn `view` into the inputs of the last step: the manuscript and memory before it, the plan it used.
+    Returns when that memory was made."""
     done = [r for r in revisions.revisions(session, view.novel_id) if r.state == "done"]
     if not done or done[-1].kind != "step" or not view.paragraphs:
         raise EngineError("Retry rewrites the last written step, but the last change was not a step "
@@ -185,6 +201,7 @@ def _read_retry(session, view: NovelView) -> None:
     view.paragraphs = view.paragraphs[:-1]
     view.memory = previous[-1].text if previous else ""
     view.memory_version = previous[-1].version if previous else 0
+    return previous[-1].created_at if previous else None
 
 
 def _unit(values):

@@ -34,6 +34,44 @@ FALLBACK_PLANS = [
     "Reveal something unexpected about a character or the place.",
 ]
 CHOICE_TOKENS = 6
+# How much text one memory update reads at once: the memory prompt (old summary, the text, the instructions) stays
+# well inside the smallest context window we run (SmolLM2-135M, 8k tokens) with room for the answer.
+MEMORY_CHUNK_WORDS = 600
+# How much of the writer's changed text a step's memory stage folds in before the new paragraph (four chunks: a
+# step stays a step); Update memory now reads all of it.
+MAX_STEP_CATCH_UP_WORDS = 4 * MEMORY_CHUNK_WORDS
+
+
+def memory_chunks(texts: list[str], max_words: int) -> list[str]:
+    """`texts` joined (a blank line apart) into chunks of at most `max_words` words, each text whole unless it is
+    longer than that (then only its first `max_words` words)."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for text in texts:
+        text = limit_words(text, max_words) if len(text.split()) > max_words else text
+        words = len(text.split())
+        if current and size + words > max_words:
+            chunks.append("\n\n".join(current))
+            current, size = [], 0
+        current.append(text)
+        size += words
+    if current:
+        chunks.append("\n\n".join(current))
+    return chunks
+
+
+def _latest_within(texts: list[str], max_words: int) -> list[str]:
+    """The last texts of `texts` whose words add up to at most `max_words` (at least the last one)."""
+    kept: list[str] = []
+    size = 0
+    for text in reversed(texts):
+        words = min(len(text.split()), MEMORY_CHUNK_WORDS)
+        if kept and size + words > max_words:
+            break
+        kept.insert(0, text)
+        size += words
+    return kept
 
 
 @dataclass
@@ -143,20 +181,58 @@ class ModelStages:
         return raw
 
     def memory(self, view: NovelView, paragraph: str, cancel, notices: list[str]) -> str:
+        """The memory after a step: it folds in the paragraphs changed since it was last updated (`view.pending`,
+        the latest MAX_STEP_CATCH_UP_WORDS of them), then the new paragraph."""
+        pending = [text for _, text in view.pending]
+        kept = _latest_within(pending, MAX_STEP_CATCH_UP_WORDS)
+        if len(kept) < len(pending):
+            notices.append(f"The memory read the last {len(kept)} of the {len(pending)} paragraphs changed since "
+                           "it was updated; use Update memory now for all of them.")
+        events = self.catch_up(view, [*kept, paragraph], cancel, notices)
+        while True:
+            try:
+                next(events)
+            except StopIteration as finished:
+                return finished.value
+
+    def catch_up(self, view: NovelView, texts: list[str], cancel, notices: list[str]) -> Iterator[Event]:
+        """Fold `texts` into the memory, a chunk of at most MEMORY_CHUNK_WORDS words at a time (a longer paragraph
+        is read up to that length), streaming each answer as token events (a reset before the next chunk);
+        returns the memory. A chunk with no usable answer keeps the memory so far (a notice says so)."""
+        memory = view.memory
+        chunks = memory_chunks(texts, MEMORY_CHUNK_WORDS)
+        if any(len(text.split()) > MEMORY_CHUNK_WORDS for text in texts):
+            notices.append(f"A paragraph longer than {MEMORY_CHUNK_WORDS} words was summarized from its first "
+                           f"{MEMORY_CHUNK_WORDS} words.")
+        for number, chunk in enumerate(chunks, start=1):
+            if len(chunks) > 1:
+                yield Event("progress", f"Updating the memory: part {number} of {len(chunks)}…")
+            memory = yield from self._fold(view, memory, chunk, cancel, notices)
+        return memory
+
+    def _fold(self, view: NovelView, memory: str, text: str, cancel, notices: list[str]) -> Iterator[Event]:
+        """One chunk folded into `memory` (bounded tries), streamed; returns the new memory."""
         max_words = int(view.setting("memory_words"))
-        rendered = self.prompts.render("memory", memory=view.memory, paragraph=paragraph, max_words=max_words)
+        rendered = self.prompts.render("memory", memory=memory, paragraph=text, max_words=max_words)
         problem = ""
         for attempt in range(self.attempts(view)):
-            parsed = parse_memory(self._complete(rendered, view, attempt, int(max_words * 1.6) + 16, cancel),
-                                  max_words)
+            yield Event("reset", "Updating the memory…" if not attempt else f"Retrying the memory ({problem}).")
+            prompt = self.generator.render_chat(rendered.messages) + rendered.answer_prefix
+            raw = rendered.answer_prefix
+            for piece in self.generator.stream(prompt, sampling=self._sampling(view, attempt, temperature_cap=0.7),
+                                               max_new_tokens=int(max_words * 1.6) + 16, cancel=cancel):
+                raw += piece
+                yield Event("token", piece)
+            parsed = parse_memory(raw, max_words)
             if parsed.ok:
+                yield Event("memory", parsed.value)
                 return parsed.value
             problem = parsed.problem
-        if view.memory.strip():
+        if memory.strip():
             notices.append(f"The model gave no usable memory in {self.attempts(view)} tries ({problem}): "
                            "the previous memory was kept; edit it in the Memory tab if it needs the new events.")
-            return view.memory
-        fallback = limit_words(" ".join(sentences(paragraph)[:3]), max_words)
+            return memory
+        fallback = limit_words(" ".join(sentences(text)[:3]), max_words)
         notices.append(f"The model gave no usable memory in {self.attempts(view)} tries ({problem}): the memory "
                        "starts as the paragraph's first sentences; edit it in the Memory tab.")
         return fallback

@@ -1,6 +1,6 @@
 """The Gradio app: `build_app(...)` assembles the tabs, `launch(...)` serves it on 127.0.0.1 by default.
 
-One module per tab (library, write, memory_tab, context, settings, reader, story_chart), each with `build()` and
+One module per tab (library, write with its manuscript editor, memory_tab, context, settings, reader, story_chart), each with `build()` and
 `wire()` over plain handler functions. The open novel's id lives in a `gr.State` and, so that a reload restores it,
 in the browser's localStorage (`gr.BrowserState`). Nothing of the data dir is served: Gradio gets its contents as
 blocked paths (all but Gradio's own upload and cache folder, `<data dir>/gradio`, which it serves from), and an
@@ -31,6 +31,56 @@ CSS = """
 .lh-num { display: inline-block; min-width: 2em; color: var(--body-text-color-subdued); font-size: 0.8em;
           font-variant-numeric: tabular-nums; }
 #reader_story { font-size: 1.08em; line-height: 1.6; }
+.lh-para { cursor: pointer; border-radius: 4px; }
+.lh-para:hover { background: var(--background-fill-secondary); }
+.lh-written { border-left: 3px solid var(--color-accent); padding-left: 0.4em; }
+.lh-focus { background: var(--color-accent-soft); }
+"""
+# The Write tab's keyboard and flow, in the page (no round trip): Ctrl+Enter (or Cmd+Enter) in the instruction box
+# runs Next step; a click on a paragraph chooses it in the editor; and each redraw of the manuscript scrolls to the
+# paragraph just edited (window.lhFocus, set when the editor's number changes), to a new last paragraph after a
+# step, or else back to where the writer was (a redraw replaces the manuscript's element, which would jump to the top).
+SCRIPT = """
+<script>
+(() => {
+  document.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey) && event.target.closest('#instruction_box')) {
+      event.preventDefault();
+      document.querySelector('#next_step_btn')?.click();
+    }
+  });
+  document.addEventListener('click', (event) => {
+    const paragraph = event.target.closest('#manuscript .lh-para');
+    const input = document.querySelector('#para_number input');
+    if (!paragraph || !input) return;
+    input.value = paragraph.dataset.position;
+    input.dispatchEvent(new Event('input', {bubbles: true}));
+    input.dispatchEvent(new Event('change', {bubbles: true}));
+  });
+  let last = {box: null, count: -1, scroll: 0};
+  const place = () => {
+    const box = document.querySelector('#manuscript .lh-manuscript');
+    if (!box || box === last.box) return;
+    const paragraphs = box.querySelectorAll('.lh-para');
+    let target = null;
+    if (window.lhFocus) {
+      target = box.querySelector(`.lh-para[data-position="${window.lhFocus}"]`);
+      window.lhFocus = null;
+    } else if (last.count >= 0 && paragraphs.length > last.count) {
+      target = paragraphs[paragraphs.length - 1];
+    }
+    if (target) {
+      box.scrollTop += target.getBoundingClientRect().top - box.getBoundingClientRect().top - 24;
+      target.classList.add('lh-focus');
+    } else {
+      box.scrollTop = last.scroll;
+    }
+    last = {box: box, count: paragraphs.length, scroll: box.scrollTop};
+    box.addEventListener('scroll', () => { if (last.box === box) last.scroll = box.scrollTop; });
+  };
+  new MutationObserver(place).observe(document.documentElement, {childList: true, subtree: true});
+})();
+</script>
 """
 UPLOAD_LIMIT = "10mb"
 # All files and fields of one request together: one file at the limit, with room for the form around it.
@@ -98,7 +148,7 @@ def build_app(config: Config, source: ModelSource, installed=None):
     """The whole app. `installed` (a `services.Services`) lets tests share one store and model with handlers."""
     import gradio as gr
 
-    from app.ui import context, library, memory_tab, reader, services, settings, story_chart, write
+    from app.ui import context, library, manuscript, memory_tab, reader, services, settings, story_chart, write
     from app.ui.common import GENERATION, bind, components, handler, outputs, to_components
     from app.wiring import open_parts
 
@@ -150,7 +200,8 @@ def build_app(config: Config, source: ModelSource, installed=None):
         def on_novel_changed(dependency):
             """After an event that may have changed the open novel or its text: remember it, redraw every tab."""
             return dependency.then(remember_novel, [novel_state], [browser], queue=False) \
-                .then(refresh_all, [novel_state], all_outputs)
+                .then(refresh_all, [novel_state], all_outputs) \
+                .then(**manuscript.reselect_event(write_tab.editor, novel_state))
 
         library.wire(library_tab, novel_state, on_novel_changed)
         write.wire(write_tab, novel_state, on_novel_changed)
@@ -171,7 +222,8 @@ def build_app(config: Config, source: ModelSource, installed=None):
                                      **GENERATION))
 
         # A reload: the browser still knows which novel was open.
-        demo.load(restore_novel, [browser], [novel_state]).then(refresh_all, [novel_state], all_outputs)
+        demo.load(restore_novel, [browser], [novel_state]).then(refresh_all, [novel_state], all_outputs) \
+            .then(**manuscript.reselect_event(write_tab.editor, novel_state))
     return demo
 
 
@@ -237,6 +289,7 @@ def launch_options(config: Config, policy: Policy | None = None) -> dict:
         "mcp_server": False,
         "ssr_mode": False,
         "css": CSS,
+        "head": SCRIPT,
         "footer_links": ["gradio", "settings"],
     }
 

@@ -1,6 +1,7 @@
-"""The Write tab: the numbered manuscript, the next paragraph streaming in, the three plans, and the step buttons.
+"""The Write tab: the numbered manuscript and its editor (app/ui/manuscript.py), the next paragraph streaming in, the
+three plans, and the step buttons.
 
-Next step, Retry, Undo, Redo, Auto-write N and Stop. Streaming handlers are generators that yield the growing
+Next step (Ctrl+Enter in the instruction box), Retry, Undo, Redo, Auto-write N, Stop and Update memory now. Streaming handlers are generators that yield the growing
 draft; the engine commits a step only when it is complete, so Stop (or closing the page) saves nothing half-written.
 """
 
@@ -15,7 +16,7 @@ import gradio as gr
 
 from app.config import ConfigError, check_model_allowed, is_loopback, model_host
 from app.offline import DEFAULT_LM_NAME
-from app.ui import services
+from app.ui import manuscript, services
 from app.engine import Cancelled
 from app.engine.events import StepProgress
 from app.ui.common import (
@@ -30,6 +31,7 @@ from app.ui.common import (
     returns,
     word_count,
 )
+from app.ui.manuscript import EditorPanel, manuscript_html
 from app.ui.settings import load_settings
 
 CUSTOM_PLAN = "(my own instruction)"
@@ -44,9 +46,11 @@ def _novel_view(novel_id: int) -> dict:
 
     with services.current().session() as session:
         novel = store.get_novel(session, novel_id)
-        paragraphs = [(p.position, p.text) for p in store.paragraphs(session, novel_id)]
+        rows = store.paragraphs(session, novel_id)
+        paragraphs = [(p.position, p.text) for p in rows]
+        written = {p.position for p in rows if p.origin == "written"}
         plans = pending_plans(session, novel_id)
-        return {"title": novel.title, "paragraphs": paragraphs, "plans": plans,
+        return {"title": novel.title, "paragraphs": paragraphs, "written": written, "plans": plans,
                 "can_undo": revisions.can_undo(session, novel_id),
                 "can_redo": revisions.can_redo(session, novel_id)}
 
@@ -59,16 +63,6 @@ def pending_plans(session, novel_id: int) -> list[str]:
     if plan_set is None or plan_set.paragraph_id is not None:
         return []
     return list(plan_set.plans)
-
-
-def manuscript_html(title: str, paragraphs: list[tuple[int, str]]) -> str:
-    """The manuscript with paragraph numbers; the text is escaped, so whatever a paragraph holds shows literally."""
-    if not paragraphs:
-        return f"<div class='lh-manuscript'><h2>{html.escape(title)}</h2><p><em>No paragraphs yet.</em></p></div>"
-    body = "".join(
-        f"<p class='lh-para' data-position='{position}'><span class='lh-num'>{position}</span> "
-        f"{html.escape(text)}</p>" for position, text in paragraphs)
-    return f"<div class='lh-manuscript'><h2>{html.escape(title)}</h2>{body}</div>"
 
 
 def receiver_line(model: str) -> str:
@@ -114,7 +108,7 @@ def refresh(novel_id):
     plans = view["plans"]
     settings, _ = load_settings(int(novel_id))
     return {
-        "manuscript_html": manuscript_html(view["title"], view["paragraphs"]),
+        "manuscript_html": manuscript_html(view["title"], view["paragraphs"], view["written"]),
         "plan_radio": gr.update(choices=[(plan, plan) for plan in plans], value=plans[0] if plans else None),
         "instruction_box": plans[0] if plans else "",
         "counts_md": counts_line(view["paragraphs"]),
@@ -135,12 +129,13 @@ def _frame(progress: StepProgress) -> dict:
 
 
 @returns("draft_box", "status_md")
-def _run(novel_id: int, make_events, what: str):
+def _run(novel_id: int, make_events, what: str, *, said_when_done: bool = False):
     """Drive one engine generator, yielding the draft and the status line as the paragraph grows.
 
     `make_events(engine, cancel)` starts the engine's generator; the model loads (once per process) after the
-    first status line is on screen. Stop sets the cancel flag; the engine then stops between tokens and commits
-    nothing of the unfinished step.
+    first status line is on screen; the last line says "Saved." (with `said_when_done`, what the engine's last
+    event said: "the memory is up to date" saves nothing). Stop sets the cancel flag; the engine then stops
+    between tokens and commits nothing of the unfinished step.
     """
     svc = services.current()
     key = f"novel-{novel_id}"
@@ -156,7 +151,8 @@ def _run(novel_id: int, make_events, what: str):
             if event.kind == "notice":
                 gr.Warning(html.escape(event.text))
             yield _frame(progress)
-        progress.status = "Saved." + "".join(f" Note: {notice}" for notice in progress.notices)
+        done = progress.status if said_when_done else "Saved."
+        progress.status = done + "".join(f" Note: {notice}" for notice in progress.notices)
         yield _frame(progress)
     except Cancelled:
         progress.status = "Stopped. Nothing of the unfinished paragraph was saved."
@@ -216,6 +212,16 @@ def auto_write(novel_id, steps, progress=gr.Progress()):
 
 
 @handler
+@returns("draft_box", "status_md")
+def update_memory(novel_id):
+    """Fold every paragraph written or changed since the memory's last update into it, streaming the new memory
+    into the draft box; one undoable change (Undo restores the memory before it)."""
+    novel_id = require_novel(novel_id)
+    yield from _run(novel_id, lambda engine, cancel: engine.update_memory(novel_id, cancel=cancel),
+                    "updating the memory", said_when_done=True)
+
+
+@handler
 def stop(novel_id) -> str:
     novel_id = require_novel(novel_id)
     if services.current().cancel(f"novel-{novel_id}"):
@@ -258,6 +264,8 @@ class WriteTab:
     auto_steps: gr.Number
     auto_write_btn: gr.Button
     stop_btn: gr.Button
+    update_memory_btn: gr.Button
+    editor: EditorPanel  # the manuscript editor (app/ui/manuscript.py), its own roles
 
 
 def build() -> WriteTab:
@@ -265,14 +273,16 @@ def build() -> WriteTab:
         with gr.Column(scale=3):
             counts_md = gr.Markdown("", elem_id="counts_md")
             receiver_md = gr.Markdown("", elem_id="receiver_md")
-            manuscript = gr.HTML(manuscript_html("No novel open", []), elem_id="manuscript")
+            manuscript_box = gr.HTML(manuscript_html("No novel open", []), elem_id="manuscript")
             draft_box = gr.Textbox(label="Next paragraph (streaming)", lines=6, max_lines=20, interactive=False,
                                    elem_id="draft_box", autoscroll=True)
             status_md = gr.Markdown("", elem_id="write_status")
+            editor = manuscript.build()
         with gr.Column(scale=2):
             plan_radio = gr.Radio([], label="Plans for the next paragraph", elem_id="plan_radio",
                                   info="pick one; it is copied below, where you may rewrite it")
-            instruction_box = gr.Textbox(label="Instruction for the next paragraph", lines=4, elem_id="instruction_box")
+            instruction_box = gr.Textbox(label="Instruction for the next paragraph", lines=4, elem_id="instruction_box",
+                                         info="Ctrl+Enter runs Next step")
             with gr.Row():
                 next_step_btn = gr.Button("Next step", variant="primary", elem_id="next_step_btn")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop_btn")
@@ -284,8 +294,12 @@ def build() -> WriteTab:
                 auto_steps = gr.Number(value=3, precision=0, minimum=1, maximum=100, label="Auto-write steps",
                                        elem_id="auto_steps")
                 auto_write_btn = gr.Button("Auto-write N", elem_id="auto_write_btn")
-    return WriteTab(manuscript, counts_md, receiver_md, draft_box, status_md, plan_radio, instruction_box, next_step_btn,
-                    retry_btn, undo_btn, redo_btn, auto_steps, auto_write_btn, stop_btn)
+            update_memory_btn = gr.Button("Update memory now", elem_id="update_memory_btn")
+    return WriteTab(manuscript_html=manuscript_box, counts_md=counts_md, receiver_md=receiver_md, draft_box=draft_box,
+                    status_md=status_md, plan_radio=plan_radio, instruction_box=instruction_box,
+                    next_step_btn=next_step_btn, retry_btn=retry_btn, undo_btn=undo_btn, redo_btn=redo_btn,
+                    auto_steps=auto_steps, auto_write_btn=auto_write_btn, stop_btn=stop_btn,
+                    update_memory_btn=update_memory_btn, editor=editor)
 
 
 def wire(tab: WriteTab, novel_state: gr.State, on_novel_changed) -> None:
@@ -296,9 +310,11 @@ def wire(tab: WriteTab, novel_state: gr.State, on_novel_changed) -> None:
         tab.retry_btn.click(inputs=[novel_state], **bind(retry, roles), **GENERATION),
         tab.auto_write_btn.click(inputs=[novel_state, tab.auto_steps], **bind(auto_write, roles),
                                  **{**GENERATION, "show_progress": "minimal"}, show_progress_on=[tab.status_md]),
+        tab.update_memory_btn.click(inputs=[novel_state], **bind(update_memory, roles), **GENERATION),
     ]
     for dependency in running:
         on_novel_changed(dependency)
     on_novel_changed(tab.undo_btn.click(undo, [novel_state], [tab.status_md]))
     on_novel_changed(tab.redo_btn.click(redo, [novel_state], [tab.status_md]))
     tab.stop_btn.click(stop, [novel_state], [tab.status_md], queue=False)
+    manuscript.wire(tab.editor, novel_state, on_novel_changed)

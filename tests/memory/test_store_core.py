@@ -109,7 +109,7 @@ def test_story_edit_is_compare_and_set_and_undoable(Session):
 def test_stale_edit_is_refused_and_newer_text_kept(Session):
     novel_id = new_novel(Session)
     with Session() as s, s.begin():
-        paragraph = store.add_paragraph(s, novel_id, "original")
+        paragraph = store.add_paragraph(s, novel_id, "original", origin="generated")
     # Two tabs load version 1; the first saves, the second is stale.
     with Session() as s, s.begin():
         store.edit_paragraph(s, paragraph.id, "from tab one", expected_version=1)
