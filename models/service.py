@@ -6,6 +6,7 @@ A source is anything with `kind` ("gguf", "folder" or "remote"), `location` (a p
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from models.sampling import PenaltyParams, SamplingParams
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 Prompt = Union[str, Sequence[Message]]
+GGUF_BACKENDS = ("auto", "llama.cpp", "transformers")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class TextGenerator:
     def render_chat(self, messages: Sequence[Message]) -> str:
         """The prompt text for `messages`, through the model's chat template when it has one."""
         template = getattr(self._backend, "chat_template", None)
+        if template and hasattr(self._backend, "render_chat"):
+            # llama.cpp: the GGUF's own template, rendered by llama-cpp-python's jinja formatter.
+            return self._backend.render_chat(list(messages))
         if template:
             return self._backend.tokenizer.apply_chat_template(
                 list(messages), tokenize=False, add_generation_prompt=True
@@ -140,11 +145,15 @@ def load_generator(
     cache_dir: str | Path,
     trust_remote_code: bool = False,
     threads: int | None = None,
+    gguf_backend: str = "auto",
 ) -> TextGenerator:
     """Load `source` (kind, location, name) or raise `ModelLoadError` with one line saying what to do.
 
     `threads` sets torch's CPU thread count for the process (on a machine shared with other busy processes one
     thread can decode many times faster than OpenMP's default, which spins waiting for cores it cannot get).
+    `gguf_backend` ("auto", "llama.cpp" or "transformers") says how a .gguf runs: "auto" takes llama.cpp on the
+    CPU when llama-cpp-python is installed and falls back to transformers with a one-line notice
+    (`load_report.notice`) when it is not.
     """
     kind, location, name = source.kind, str(source.location), source.name
     if threads is not None:
@@ -158,7 +167,15 @@ def load_generator(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     report = LoadReport(source_path=location, loaded_from=location)
-    if kind == "gguf":
+    if kind == "gguf" and _use_llamacpp(gguf_backend, torch_device, report):
+        from models.llamacpp_backend import load_llamacpp_backend
+        from models.loading import _identity
+
+        started = time.perf_counter()
+        backend = load_llamacpp_backend(Path(location), name=name, threads=threads or torch.get_num_threads(),
+                                        identity=_identity(Path(location)))
+        report.seconds, report.backend = time.perf_counter() - started, "llama.cpp"
+    elif kind == "gguf":
         backend = load_gguf_backend(
             Path(location), name=name, device=torch_device, dtype=torch_dtype, cache_dir=Path(cache_dir),
             report=report,
@@ -179,3 +196,26 @@ def load_generator(
     else:
         raise ModelLoadError(f"Unknown model kind {kind!r}: expected gguf, folder or remote.")
     return TextGenerator(backend, report)
+
+
+def _use_llamacpp(choice: str, device: torch.device, report: LoadReport) -> bool:
+    """Whether a GGUF runs through llama.cpp; when "auto" cannot, `report.notice` says why in one line."""
+    if choice not in GGUF_BACKENDS:
+        raise ModelLoadError(f"Unknown GGUF backend {choice!r}: use one of {', '.join(GGUF_BACKENDS)}.")
+    if choice == "transformers":
+        return False
+    from models.llamacpp_backend import available
+
+    problem = available()
+    if choice == "llama.cpp":
+        if problem:
+            raise ModelLoadError(f"{problem}: install it (`make setup` compiles it) or pass --gguf-backend "
+                                 "transformers.")
+        return True
+    if device.type != "cpu":
+        return False  # the installed llama-cpp-python is a CPU build; transformers runs the GGUF on the GPU
+    if problem:
+        report.notice = f"{problem}; running the GGUF through transformers instead (slower)."
+        print(f"longhand: {report.notice}", file=sys.stderr)
+        return False
+    return True
