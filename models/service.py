@@ -24,6 +24,7 @@ from models.sampling import PenaltyParams, SamplingParams
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 Prompt = Union[str, Sequence[Message]]
 GGUF_BACKENDS = ("auto", "llama.cpp", "transformers")
+CHATS_KEPT = 16
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class TextGenerator:
         self._history_text = ""
         self._history_ids: list[int] = []
         self._history_lock = threading.Lock()
+        self._chats: dict[str, list] = {}  # remote only: rendered transcript -> the messages it came from
 
     @property
     def backend(self):
@@ -74,7 +76,14 @@ class TextGenerator:
             )
         # No template (a base model): a plain transcript that ends where the assistant's answer starts.
         lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-        return "\n\n".join(lines + ["Assistant:"])
+        transcript = "\n\n".join(lines + ["Assistant:"])
+        if not self._backend.supports_state:
+            # A server whose template we cannot read: `stream` sends these messages to its chat endpoint instead.
+            with self._history_lock:
+                self._chats[transcript] = list(messages)
+                while len(self._chats) > CHATS_KEPT:
+                    self._chats.pop(next(iter(self._chats)))
+        return transcript
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         """Token ids for a raw prompt string, or for chat messages rendered through the template."""
@@ -113,6 +122,12 @@ class TextGenerator:
         if not self._backend.supports_state:
             if state is not None:
                 raise ValueError(f"{self.name} is a remote model: it keeps no state to continue from")
+            messages_or_prompt, prefix = self._as_chat(messages_or_prompt)
+            if prefix:
+                yield from _without_prefix(self._backend.stream(
+                    messages_or_prompt, sampling=sampling, penalties=penalties, max_new_tokens=max_new_tokens,
+                    stop=stop, cancel=cancel, info=info), prefix)
+                return
             yield from self._backend.stream(
                 messages_or_prompt, sampling=sampling, penalties=penalties, max_new_tokens=max_new_tokens,
                 stop=stop, cancel=cancel, info=info,
@@ -124,6 +139,24 @@ class TextGenerator:
             max_new_tokens=max_new_tokens, stop=stop, cancel=cancel, state=state, penalty_history_ids=history,
             info=info,
         )
+
+    def _as_chat(self, prompt: Prompt) -> tuple[Prompt, str]:
+        """A transcript `render_chat` made for a remote server (plus an answer prefix such as the plans' "1.")
+        becomes its messages again, the prefix asked for in the last one: the chat endpoint applies the server's
+        own template, where `/v1/completions` would apply none. Returns (prompt, prefix to strip from the answer)."""
+        if not isinstance(prompt, str):
+            return prompt, ""
+        with self._history_lock:
+            found = next(((t, m) for t, m in self._chats.items() if prompt.startswith(t)), None)
+        if found is None:
+            return prompt, ""
+        transcript, messages = found
+        prefix = prompt[len(transcript):].strip()
+        if not prefix:
+            return messages, ""
+        last = dict(messages[-1])
+        last["content"] = f"{last['content']}\n\nStart your answer with \"{prefix}\"."
+        return messages[:-1] + [last], prefix
 
     def complete(self, messages_or_prompt: Prompt, **kwargs) -> str:
         """The whole continuation as one string (`stream` joined)."""
@@ -196,6 +229,23 @@ def load_generator(
     else:
         raise ModelLoadError(f"Unknown model kind {kind!r}: expected gguf, folder or remote.")
     return TextGenerator(backend, report)
+
+
+def _without_prefix(pieces: Iterator[str], prefix: str) -> Iterator[str]:
+    """The streamed answer without the `prefix` it was asked to start with (the caller puts the prefix back)."""
+    head = ""
+    for piece in pieces:
+        if head is None:
+            yield piece
+            continue
+        head += piece
+        if len(head.lstrip()) < len(prefix) and prefix.startswith(head.lstrip()):
+            continue  # could still be the prefix
+        text = head.lstrip()
+        yield " " + (text[len(prefix):].lstrip() if text.startswith(prefix) else text)
+        head = None
+    if head:
+        yield head
 
 
 def _use_llamacpp(choice: str, device: torch.device, report: LoadReport) -> bool:
