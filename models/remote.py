@@ -121,6 +121,12 @@ class RemoteBackend:
 
     # Text --------------------------------------------------------------------------------------------------
 
+    def render_chat(self, messages) -> str:
+        """`messages` through the served model's own chat template (only when `chat_template` is set)."""
+        if self._template is None:
+            raise ValueError(f"{self.base_url} serves {self.model!r}, whose chat template is not known here")
+        return self._template(list(messages))
+
     def encode(self, text: str) -> list[int]:
         # Only used for counting: one pseudo-token per CHARS_PER_TOKEN characters.
         return [0] * ((len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
