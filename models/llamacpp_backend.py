@@ -134,7 +134,7 @@ class LlamaCppBackend:
                     n_threads_batch=threads, logits_all=False, verbose=False,
                 )
         except (ValueError, RuntimeError, OSError) as exc:
-            raise ModelLoadError(f"llama.cpp could not load {Path(path).name} ({type(exc).__name__}: "
+            raise ModelLoadError(f"llama.cpp could not load the GGUF file {Path(path).name} ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''}).") from None
         self.threads = threads
         self.recurrent = bool(self.llm._is_recurrent)

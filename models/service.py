@@ -6,6 +6,7 @@ A source is anything with `kind` ("gguf", "folder" or "remote"), `location` (a p
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -205,7 +206,7 @@ def load_generator(
         from models.loading import _identity
 
         started = time.perf_counter()
-        backend = load_llamacpp_backend(Path(location), name=name, threads=threads or torch.get_num_threads(),
+        backend = load_llamacpp_backend(Path(location), name=name, threads=threads or _llamacpp_threads(),
                                         identity=_identity(Path(location)))
         report.seconds, report.backend = time.perf_counter() - started, "llama.cpp"
     elif kind == "gguf":
@@ -246,6 +247,12 @@ def _without_prefix(pieces: Iterator[str], prefix: str) -> Iterator[str]:
         head = None
     if head:
         yield head
+
+
+def _llamacpp_threads() -> int:
+    """Half the cores, at least one: llama.cpp's threads spin-wait for each other, and on a machine whose cores are
+    busy with other work two threads decoded 20x slower than one (bench/results/llamacpp.json)."""
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 def _use_llamacpp(choice: str, device: torch.device, report: LoadReport) -> bool:
