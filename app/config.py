@@ -16,6 +16,9 @@ from urllib.parse import urlsplit
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# How a .gguf runs: llama.cpp (quantized, several times faster on a CPU) or transformers (dequantized); "auto" takes
+# llama.cpp on the CPU when llama-cpp-python is installed (bench/results/llamacpp.json).
+GGUF_BACKENDS = ("auto", "llama.cpp", "transformers")
 DEFAULT_MODEL = "default"
 DEFAULT_EMBEDDER = "default"
 
@@ -39,6 +42,7 @@ class Config:
     embedder: str = DEFAULT_EMBEDDER  # "default" or a local sentence-transformers folder
     device: str = "auto"
     dtype: str = "auto"
+    gguf_backend: str = "auto"
     host: str = "127.0.0.1"
     port: int = 7860
     allow_download: bool = False
@@ -136,6 +140,7 @@ SETTINGS = {
     "embedder": ("LONGHAND_EMBEDDER", _parse_str),
     "device": ("LONGHAND_DEVICE", _parse_choice(DEVICES)),
     "dtype": ("LONGHAND_DTYPE", _parse_choice(DTYPES)),
+    "gguf_backend": ("LONGHAND_GGUF_BACKEND", _parse_choice(GGUF_BACKENDS)),
     "host": ("LONGHAND_HOST", _parse_str),
     "port": ("LONGHAND_PORT", _parse_port),
     "allow_download": ("LONGHAND_ALLOW_DOWNLOAD", _parse_bool),
@@ -157,6 +162,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--embedder", help="'default' (all-MiniLM-L6-v2, offline) or a local folder")
     group.add_argument("--device", help=f"one of {', '.join(DEVICES)}")
     group.add_argument("--dtype", help=f"one of {', '.join(DTYPES)}")
+    group.add_argument("--gguf-backend", help=f"how a .gguf runs: one of {', '.join(GGUF_BACKENDS)} (auto: llama.cpp "
+                       "on the CPU when it is installed, else transformers)")
     group.add_argument("--host", help="address to listen on (default 127.0.0.1, this machine only)")
     group.add_argument("--port", help="port to listen on (default 7860)")
     group.add_argument("--allow-download", action="store_const", const=True,

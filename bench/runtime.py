@@ -95,12 +95,13 @@ def cpu_section(n_tokens: int, threads: list[int]) -> dict:
     source = ModelSpec("gguf", str(default_lm_path()), DEFAULT_LM_NAME)
     with tempfile.TemporaryDirectory(prefix="longhand-bench-") as cache:
         started = time.perf_counter()
-        first = load_generator(source, device="cpu", dtype="float32", cache_dir=cache)
+        first = load_generator(source, device="cpu", dtype="float32", cache_dir=cache, gguf_backend="transformers")
         first_load_s = time.perf_counter() - started
         assert first.load_report.converted
         del first
         started = time.perf_counter()
-        generator = load_generator(source, device="cpu", dtype="float32", cache_dir=cache)
+        generator = load_generator(source, device="cpu", dtype="float32", cache_dir=cache,
+                                   gguf_backend="transformers")
         cached_load_s = time.perf_counter() - started
         assert not generator.load_report.converted
 

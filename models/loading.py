@@ -43,6 +43,8 @@ class LoadReport:
     loaded_from: str
     converted: bool = False  # True when this load dequantized a GGUF and wrote the safetensors cache
     seconds: float = 0.0
+    backend: str = "transformers"  # "transformers", "llama.cpp" or "native": what runs the model
+    notice: str = ""  # one line the UI shows when the load fell back (llama.cpp missing: transformers instead)
 
 
 def resolve_device(device: str) -> torch.device:

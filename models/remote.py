@@ -5,12 +5,19 @@ its own chat template). A server keeps no state we can read, so there are no sna
 the OpenAI set (top_k, min_p, repetition_penalty, DRY) are sent when switched on; a strict server that refuses
 unknown fields gets the request again without them (remembered for later requests).
 A location may name the model after a '#': `http://127.0.0.1:8000/v1#my-model`.
+
+Chat prompts: a server lists no chat template, so when the model id it serves is a local .gguf file or model folder
+(what `python -m llama_cpp.server --model PATH` and `transformers serve PATH` report) that model's own template
+renders the prompt here and the answer prefix (the plans' "1.") follows it on `/v1/completions`. For any other
+server, models/service.py sends the messages to `/v1/chat/completions` (the server applies its template) and asks
+for the answer prefix in the last message (`chat_with_prefix`).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import httpx
@@ -24,6 +31,43 @@ CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 300.0
 FALLBACK_CONTEXT = 8192
 CHARS_PER_TOKEN = 4
+
+
+def _served_template(model: str):
+    """A function rendering chat messages through the template of the local model the server names, or None."""
+    path = Path(model)
+    try:
+        if path.is_file() and path.suffix == ".gguf":
+            return _gguf_template(path)
+        if path.is_dir() and (path / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            if not getattr(tokenizer, "chat_template", None):
+                return None
+            return lambda messages: tokenizer.apply_chat_template(messages, tokenize=False,
+                                                                  add_generation_prompt=True)
+    except (OSError, ValueError, ImportError):
+        return None  # not a model we can read: the chat endpoint applies the server's template
+    return None
+
+
+def _gguf_template(path: Path):
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)  # metadata only: under a second
+    template = vocab.metadata.get("tokenizer.chat_template")
+    if not template:
+        return None
+
+    def token(name: str) -> str:
+        index = vocab.metadata.get(name)
+        return vocab.detokenize([int(index)], special=True).decode("utf-8", "replace") if index is not None else ""
+
+    formatter = Jinja2ChatFormatter(template=template, eos_token=token("tokenizer.ggml.eos_token_id"),
+                                    bos_token=token("tokenizer.ggml.bos_token_id"), add_generation_prompt=True)
+    return lambda messages: formatter(messages=messages).prompt
 
 
 def _split_location(location: str) -> tuple[str, str | None]:
@@ -52,6 +96,8 @@ class RemoteBackend:
         )
         self.model = model or from_location or self._first_model()
         self.fingerprint = f"remote:{self.base_url}#{self.model}"
+        self._template = _served_template(self.model)
+        self.chat_template = "served model's own" if self._template is not None else None
         self.context_window = FALLBACK_CONTEXT
         self._send_extensions = True
         self._lock = threading.Lock()
@@ -74,6 +120,12 @@ class RemoteBackend:
         return str(models[0]["id"])
 
     # Text --------------------------------------------------------------------------------------------------
+
+    def render_chat(self, messages) -> str:
+        """`messages` through the served model's own chat template (only when `chat_template` is set)."""
+        if self._template is None:
+            raise ValueError(f"{self.base_url} serves {self.model!r}, whose chat template is not known here")
+        return self._template(list(messages))
 
     def encode(self, text: str) -> list[int]:
         # Only used for counting: one pseudo-token per CHARS_PER_TOKEN characters.

@@ -6,6 +6,8 @@ A source is anything with `kind` ("gguf", "folder" or "remote"), `location` (a p
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from models.sampling import PenaltyParams, SamplingParams
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 Prompt = Union[str, Sequence[Message]]
+GGUF_BACKENDS = ("auto", "llama.cpp", "transformers")
+CHATS_KEPT = 16
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class TextGenerator:
         self._history_text = ""
         self._history_ids: list[int] = []
         self._history_lock = threading.Lock()
+        self._chats: dict[str, list] = {}  # remote only: rendered transcript -> the messages it came from
 
     @property
     def backend(self):
@@ -63,13 +68,23 @@ class TextGenerator:
     def render_chat(self, messages: Sequence[Message]) -> str:
         """The prompt text for `messages`, through the model's chat template when it has one."""
         template = getattr(self._backend, "chat_template", None)
+        if template and hasattr(self._backend, "render_chat"):
+            # llama.cpp: the GGUF's own template, rendered by llama-cpp-python's jinja formatter.
+            return self._backend.render_chat(list(messages))
         if template:
             return self._backend.tokenizer.apply_chat_template(
                 list(messages), tokenize=False, add_generation_prompt=True
             )
         # No template (a base model): a plain transcript that ends where the assistant's answer starts.
         lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-        return "\n\n".join(lines + ["Assistant:"])
+        transcript = "\n\n".join(lines + ["Assistant:"])
+        if not self._backend.supports_state:
+            # A server whose template we cannot read: `stream` sends these messages to its chat endpoint instead.
+            with self._history_lock:
+                self._chats[transcript] = list(messages)
+                while len(self._chats) > CHATS_KEPT:
+                    self._chats.pop(next(iter(self._chats)))
+        return transcript
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         """Token ids for a raw prompt string, or for chat messages rendered through the template."""
@@ -108,6 +123,12 @@ class TextGenerator:
         if not self._backend.supports_state:
             if state is not None:
                 raise ValueError(f"{self.name} is a remote model: it keeps no state to continue from")
+            messages_or_prompt, prefix = self._as_chat(messages_or_prompt)
+            if prefix:
+                yield from _without_prefix(self._backend.stream(
+                    messages_or_prompt, sampling=sampling, penalties=penalties, max_new_tokens=max_new_tokens,
+                    stop=stop, cancel=cancel, info=info), prefix)
+                return
             yield from self._backend.stream(
                 messages_or_prompt, sampling=sampling, penalties=penalties, max_new_tokens=max_new_tokens,
                 stop=stop, cancel=cancel, info=info,
@@ -119,6 +140,24 @@ class TextGenerator:
             max_new_tokens=max_new_tokens, stop=stop, cancel=cancel, state=state, penalty_history_ids=history,
             info=info,
         )
+
+    def _as_chat(self, prompt: Prompt) -> tuple[Prompt, str]:
+        """A transcript `render_chat` made for a remote server (plus an answer prefix such as the plans' "1.")
+        becomes its messages again, the prefix asked for in the last one: the chat endpoint applies the server's
+        own template, where `/v1/completions` would apply none. Returns (prompt, prefix to strip from the answer)."""
+        if not isinstance(prompt, str):
+            return prompt, ""
+        with self._history_lock:
+            found = next(((t, m) for t, m in self._chats.items() if prompt.startswith(t)), None)
+        if found is None:
+            return prompt, ""
+        transcript, messages = found
+        prefix = prompt[len(transcript):].strip()
+        if not prefix:
+            return messages, ""
+        last = dict(messages[-1])
+        last["content"] = f"{last['content']}\n\nStart your answer with \"{prefix}\"."
+        return messages[:-1] + [last], prefix
 
     def complete(self, messages_or_prompt: Prompt, **kwargs) -> str:
         """The whole continuation as one string (`stream` joined)."""
@@ -140,11 +179,15 @@ def load_generator(
     cache_dir: str | Path,
     trust_remote_code: bool = False,
     threads: int | None = None,
+    gguf_backend: str = "auto",
 ) -> TextGenerator:
     """Load `source` (kind, location, name) or raise `ModelLoadError` with one line saying what to do.
 
     `threads` sets torch's CPU thread count for the process (on a machine shared with other busy processes one
     thread can decode many times faster than OpenMP's default, which spins waiting for cores it cannot get).
+    `gguf_backend` ("auto", "llama.cpp" or "transformers") says how a .gguf runs: "auto" takes llama.cpp on the
+    CPU when llama-cpp-python is installed and falls back to transformers with a one-line notice
+    (`load_report.notice`) when it is not.
     """
     kind, location, name = source.kind, str(source.location), source.name
     if threads is not None:
@@ -158,7 +201,15 @@ def load_generator(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     report = LoadReport(source_path=location, loaded_from=location)
-    if kind == "gguf":
+    if kind == "gguf" and _use_llamacpp(gguf_backend, torch_device, report):
+        from models.llamacpp_backend import load_llamacpp_backend
+        from models.loading import _identity
+
+        started = time.perf_counter()
+        backend = load_llamacpp_backend(Path(location), name=name, threads=threads or _llamacpp_threads(),
+                                        identity=_identity(Path(location)))
+        report.seconds, report.backend = time.perf_counter() - started, "llama.cpp"
+    elif kind == "gguf":
         backend = load_gguf_backend(
             Path(location), name=name, device=torch_device, dtype=torch_dtype, cache_dir=Path(cache_dir),
             report=report,
@@ -179,3 +230,49 @@ def load_generator(
     else:
         raise ModelLoadError(f"Unknown model kind {kind!r}: expected gguf, folder or remote.")
     return TextGenerator(backend, report)
+
+
+def _without_prefix(pieces: Iterator[str], prefix: str) -> Iterator[str]:
+    """The streamed answer without the `prefix` it was asked to start with (the caller puts the prefix back)."""
+    head = ""
+    for piece in pieces:
+        if head is None:
+            yield piece
+            continue
+        head += piece
+        if len(head.lstrip()) < len(prefix) and prefix.startswith(head.lstrip()):
+            continue  # could still be the prefix
+        text = head.lstrip()
+        yield " " + (text[len(prefix):].lstrip() if text.startswith(prefix) else text)
+        head = None
+    if head:
+        yield head
+
+
+def _llamacpp_threads() -> int:
+    """Half the cores, at least one: llama.cpp's threads spin-wait for each other, and on a machine whose cores are
+    busy with other work two threads decoded 20x slower than one (bench/results/llamacpp.json)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def _use_llamacpp(choice: str, device: torch.device, report: LoadReport) -> bool:
+    """Whether a GGUF runs through llama.cpp; when "auto" cannot, `report.notice` says why in one line."""
+    if choice not in GGUF_BACKENDS:
+        raise ModelLoadError(f"Unknown GGUF backend {choice!r}: use one of {', '.join(GGUF_BACKENDS)}.")
+    if choice == "transformers":
+        return False
+    from models.llamacpp_backend import available
+
+    problem = available()
+    if choice == "llama.cpp":
+        if problem:
+            raise ModelLoadError(f"{problem}: install it (`make setup` compiles it) or pass --gguf-backend "
+                                 "transformers.")
+        return True
+    if device.type != "cpu":
+        return False  # the installed llama-cpp-python is a CPU build; transformers runs the GGUF on the GPU
+    if problem:
+        report.notice = f"{problem}; running the GGUF through transformers instead (slower)."
+        print(f"longhand: {report.notice}", file=sys.stderr)
+        return False
+    return True

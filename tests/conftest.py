@@ -65,4 +65,7 @@ def default_generator(tmp_path_factory):
     from models.service import ModelSpec, load_generator
 
     source = ModelSpec("gguf", str(default_lm_path()), DEFAULT_LM_NAME)
-    return load_generator(source, device="cpu", dtype="float32", cache_dir=tmp_path_factory.mktemp("lm-cache"))
+    # The transformers path, as the tests written for it expect (its folder is what `transformers serve` serves);
+    # tests/models/test_llamacpp_backend.py runs the same GGUF through llama.cpp, the app's default on a CPU.
+    return load_generator(source, device="cpu", dtype="float32", cache_dir=tmp_path_factory.mktemp("lm-cache"),
+                          gguf_backend="transformers")

@@ -127,11 +127,14 @@ class Engine:
 
     @property
     def strategy(self) -> str:
-        """`manuscript-state` when the model keeps a fixed-size state and snapshots can be stored, else
-        `prompt-only`."""
+        """`manuscript-state` when snapshots can be stored and the model's state is worth snapshotting: a
+        fixed-size state (Mamba2 family, any backend) or a backend that says so (`snapshot_state`: llama.cpp's
+        hybrid GGUFs, whose recurrent part cannot be re-read from a cut-back cache); else `prompt-only`.
+        app/engine/strategies.py documents which family gets which."""
         backend = getattr(self.generator, "backend", None)
+        wants_snapshots = getattr(backend, "fixed_size_state", False) or getattr(backend, "snapshot_state", False)
         if (self.snapshot_store is not None and getattr(self.generator, "supports_state", False)
-                and getattr(backend, "fixed_size_state", False)):
+                and wants_snapshots):
             return MANUSCRIPT_STATE
         return PROMPT_ONLY
 

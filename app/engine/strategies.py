@@ -1,4 +1,14 @@
-"""The manuscript-state context strategy, for models whose state has a fixed size (Mamba2 family).
+"""The manuscript-state context strategy, for models whose state has a fixed size (Mamba2 family) and hybrids
+run by llama.cpp.
+
+Which strategy each family gets (Engine.strategy):
+  attention-only (SmolLM2, Llama, Qwen...), any backend           prompt-only (llama.cpp reuses the prompts' shared
+                                                                   KV prefix within a step instead)
+  recurrent (Mamba2, RWKV): transformers, native or llama.cpp     manuscript-state, fixed-size snapshots
+  hybrid (Bamba, Granite-4.0-H, Jamba...): llama.cpp GGUF         manuscript-state; the snapshots' KV part grows with
+                                                                   the manuscript, so SnapshotPolicy's byte budget
+                                                                   thins out which are kept
+  hybrid: transformers or native folder                           prompt-only (as before)
 
 The model's state after reading the manuscript up to paragraph k is kept as a snapshot (memory.snapshots stores
 them; models.snapshots decides which to keep under a disk budget and reads from the nearest one). A step restores
