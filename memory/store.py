@@ -26,9 +26,21 @@ from memory.embeddings import Vector, drop_embeddings, put_embedding
 # StoreError too, though nothing here raises it bare: callers catch all of a store write's errors as store.*Error.
 from memory.errors import ConflictError, NotFoundError, StoreError, ValidationError  # noqa: F401
 from memory.revisions import Changes, lock_novel, record
-from memory.schema import ORIGINS, LoreEntry, Novel, Paragraph, PlanSet, Revision, ShortTermMemory, utcnow
+from memory.schema import (
+    ORIGINS,
+    Chapter,
+    ChapterSummary,
+    LoreEntry,
+    Novel,
+    Paragraph,
+    PlanSet,
+    Revision,
+    ShortTermMemory,
+    utcnow,
+)
 
 MAX_TITLE_CHARS = 500
+FIRST_CHAPTER_TITLE = "Chapter 1"
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,8 @@ def create_novel(session: Session, title: str, premise: str = "", style_notes: s
     changes = Changes(session, novel.id)
     changes.insert(ShortTermMemory(novel_id=novel.id, version=1, text=_check_text(memory_text, "The memory"),
                                    origin="written"))
+    changes.insert(Chapter(novel_id=novel.id, position=1, title=FIRST_CHAPTER_TITLE, closed=False,
+                           summary_stale=False, version=1))
     record(session, changes, "novel.create", "created the novel")
     return novel
 
@@ -205,11 +219,13 @@ def paragraph_count(session: Session, novel_id: int) -> int:
 
 
 def add_paragraph(session: Session, novel_id: int, text: str, origin: str = "written", position: int | None = None,
-                  embedding: Vector | None = None) -> Paragraph:
-    """Append a paragraph, or insert it at `position` (1-based), moving later ones down."""
+                  embedding: Vector | None = None, chapter_id: int | None = None) -> Paragraph:
+    """Append a paragraph, or insert it at `position` (1-based), moving later ones down; with `chapter_id`,
+    append it to the end of that chapter."""
     lock_novel(session, novel_id)
     changes = Changes(session, novel_id)
-    paragraph = _add_paragraph(changes, novel_id, _check_text(text, "A paragraph"), _check_origin(origin), position)
+    paragraph = _add_paragraph(changes, novel_id, _check_text(text, "A paragraph"), _check_origin(origin), position,
+                               chapter_id)
     if embedding is not None:
         put_embedding(changes, novel_id, vector=embedding, paragraph_id=paragraph.id)
     where = "at the end" if position is None else f"at position {paragraph.position}"
@@ -217,18 +233,78 @@ def add_paragraph(session: Session, novel_id: int, text: str, origin: str = "wri
     return paragraph
 
 
-def _add_paragraph(changes: Changes, novel_id: int, text: str, origin: str, position: int | None) -> Paragraph:
-    count = paragraph_count(changes.session, novel_id)
+def _add_paragraph(changes: Changes, novel_id: int, text: str, origin: str, position: int | None,
+                   chapter_id: int | None = None) -> Paragraph:
+    """Insert a paragraph at `position` (None: the end) in the chapter the place falls in: appended, the last
+    chapter; inserted before paragraph p, p's chapter. With `chapter_id` (and no position) it goes at the end of
+    that chapter."""
+    session = changes.session
+    count = paragraph_count(session, novel_id)
+    if chapter_id is not None and position is None:
+        chapter = _chapter_of_novel(session, novel_id, chapter_id)
+        position = chapter_end(session, chapter) + 1
+    elif position is not None and position < 1:
+        raise ValidationError(f"Paragraph positions start at 1, got {position}.")
     if position is None or position > count:
         position = count + 1
-    elif position < 1:
-        raise ValidationError(f"Paragraph positions start at 1, got {position}.")
+        chapter = chapter if chapter_id is not None else last_chapter(session, novel_id)
     else:
+        if chapter_id is None:
+            chapter = paragraph_at(session, novel_id, position).chapter
         changes.shift(position, +1)
-    paragraph = Paragraph(novel_id=novel_id, position=position, text=text, words=_word_count(text), origin=origin,
-                          version=1)
+    paragraph = Paragraph(novel_id=novel_id, chapter_id=chapter.id, position=position, text=text,
+                          words=_word_count(text), origin=origin, version=1)
     changes.insert(paragraph)
+    mark_summary_stale(changes, chapter.id)
     return paragraph
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapters as paragraphs see them (the chapter operations themselves are in memory.chapters).
+
+def chapters(session: Session, novel_id: int) -> list[Chapter]:
+    """A novel's chapters in book order."""
+    return list(session.scalars(select(Chapter).where(Chapter.novel_id == novel_id)
+                                .order_by(Chapter.position, Chapter.id)))
+
+
+def last_chapter(session: Session, novel_id: int) -> Chapter:
+    """The chapter new steps write into: the last one in book order."""
+    chapter = session.scalar(select(Chapter).where(Chapter.novel_id == novel_id)
+                             .order_by(Chapter.position.desc(), Chapter.id.desc()).limit(1))
+    if chapter is None:
+        raise NotFoundError(f"Novel {novel_id} has no chapter; every novel keeps at least one.")
+    return chapter
+
+
+def _chapter_of_novel(session: Session, novel_id: int, chapter_id: int) -> Chapter:
+    chapter = session.get(Chapter, chapter_id)
+    if chapter is None or chapter.novel_id != novel_id:
+        raise NotFoundError(f"No chapter with id {chapter_id} in this novel: it may have been deleted in another "
+                            "tab.")
+    return chapter
+
+
+def chapter_end(session: Session, chapter: Chapter) -> int:
+    """The position of the last paragraph in `chapter` or any chapter before it (0 when there is none), i.e.
+    where a paragraph appended to `chapter` goes after."""
+    before = select(Chapter.id).where(Chapter.novel_id == chapter.novel_id, Chapter.position <= chapter.position)
+    return int(session.scalar(select(func.coalesce(func.max(Paragraph.position), 0))
+                              .where(Paragraph.chapter_id.in_(before))) or 0)
+
+
+def mark_summary_stale(changes: Changes, chapter_id: int | None) -> None:
+    """A closed chapter whose text changed after its summary was written: mark the summary stale (part of the
+    same revision, so undoing the edit undoes the mark)."""
+    if chapter_id is None:
+        return
+    chapter = changes.session.get(Chapter, chapter_id)
+    if chapter is None or not chapter.closed or chapter.summary_stale:
+        return
+    has_summary = changes.session.scalar(select(func.count(ChapterSummary.id))
+                                         .where(ChapterSummary.chapter_id == chapter_id))
+    if has_summary:
+        changes.update(chapter, summary_stale=True)
 
 
 def _check_version(kind: str, obj: Any, expected_version: int | None) -> None:
@@ -259,6 +335,7 @@ def edit_paragraph(session: Session, paragraph_id: int, text: str, expected_vers
     drop_embeddings(changes, paragraph_id=paragraph.id, keep=embedding.embedder if embedding else None)
     if embedding is not None:
         put_embedding(changes, paragraph.novel_id, vector=embedding, paragraph_id=paragraph.id)
+    mark_summary_stale(changes, paragraph.chapter_id)
     record(session, changes, "paragraph.edit", f"edited paragraph {paragraph.position}")
     return paragraph
 
@@ -274,6 +351,7 @@ def delete_paragraph(session: Session, paragraph_id: int, expected_version: int)
     for plan_set in session.scalars(select(PlanSet).where(PlanSet.paragraph_id == paragraph.id)):
         changes.update(plan_set, paragraph_id=None)
     drop_embeddings(changes, paragraph_id=paragraph.id)
+    mark_summary_stale(changes, paragraph.chapter_id)
     changes.delete(paragraph)
     changes.shift(position + 1, -1)
     record(session, changes, "paragraph.delete", f"deleted paragraph {position}")
