@@ -28,6 +28,7 @@ from app.engine.reading import NovelView, StoreReader
 from app.engine.settings import MODES
 from app.engine.stages import FALLBACK_PLANS, ModelStages
 from app.engine.strategies import ManuscriptState
+from app.engine.summaries import Summarizer
 
 __all__ = ["Engine", "EngineError", "ReaderView", "StepDraft", "StepOutcome"]
 
@@ -372,6 +373,13 @@ class Engine:
             yield Event("notice", notice, done=done, total=steps)
         yield Event("progress", f"Step {done + 1} of {steps}: {plan_text}", done=done, total=steps)
         return (yield from self._step(view, plan_text, index, cancel, self._mode(view, mode)))
+
+    # ----------------------------------------------------------------------------------------------- chapters
+
+    def summarizer(self, novel_id: int) -> Summarizer:
+        """Chapter summaries and the synopsis (app/engine/summaries.py) with the novel's own model."""
+        engine = self._for_novel(self._read(novel_id))
+        return Summarizer(self.session_factory, engine.generator, self.prompts, self.reader)
 
     def choose(self, novel_id: int, choice: int, *, cancel: threading.Event | None = None) -> Iterator[Event]:
         """Interactive fiction: the reader picks choice `choice` (0-based); it becomes the next plan."""
