@@ -15,6 +15,8 @@ STAGE_MARKERS = {
     "choose": "Which idea makes",
     "opening": "Write the first paragraph",
     "paragraph": "Write the next paragraph",
+    "chapter_summary": "Summarize this chapter",
+    "synopsis": "Write a synopsis",
 }
 
 GOOD = {
@@ -28,6 +30,8 @@ GOOD = {
     "plans": " Mara lights the lamp anyway and waits.\n2. A boat appears in the storm without lights.\n"
              "3. Mara searches the logbook for her own handwriting.",
     "choose": " 2",
+    "chapter_summary": "Mara finds a note in her own hand and climbs to the lamp room, where the warning waits.",
+    "synopsis": "Mara, the keeper of Skerry, finds a warning in her own hand and must decide about the lamp.",
 }
 
 
