@@ -50,6 +50,7 @@ class NovelSummary:
     words: int
     paragraphs: int
     last_edited: datetime
+    chapters: int = 1
 
 
 @dataclass(frozen=True)
@@ -118,17 +119,20 @@ def get_novel(session: Session, novel_id: int) -> Novel:
 
 
 def list_novels(session: Session) -> list[NovelSummary]:
-    """Every novel with its word and paragraph counts, most recently edited first."""
+    """Every novel with its word, paragraph and chapter counts, most recently edited first."""
     counts = (select(Paragraph.novel_id, func.count(Paragraph.id).label("n"),
                      func.coalesce(func.sum(Paragraph.words), 0).label("w"))
               .group_by(Paragraph.novel_id).subquery())
+    chapter_counts = (select(Chapter.novel_id, func.count(Chapter.id).label("c"))
+                      .group_by(Chapter.novel_id).subquery())
     rows = session.execute(
-        select(Novel.id, Novel.title, Novel.updated_at, counts.c.n, counts.c.w)
+        select(Novel.id, Novel.title, Novel.updated_at, counts.c.n, counts.c.w, chapter_counts.c.c)
         .outerjoin(counts, counts.c.novel_id == Novel.id)
+        .outerjoin(chapter_counts, chapter_counts.c.novel_id == Novel.id)
         .order_by(Novel.updated_at.desc(), Novel.id.desc())
     ).all()
     return [NovelSummary(id=r.id, title=r.title, words=int(r.w or 0), paragraphs=int(r.n or 0),
-                         last_edited=r.updated_at) for r in rows]
+                         last_edited=r.updated_at, chapters=int(r.c or 0)) for r in rows]
 
 
 def rename_novel(session: Session, novel_id: int, title: str) -> Novel:
