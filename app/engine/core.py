@@ -359,6 +359,40 @@ class Engine:
                 event.done, event.total = (done + 1 if event.kind == "done" else done), steps
                 yield event
 
+    def write_chapters(self, novel_id: int, through_chapter: int, paragraphs_per_chapter: int, *,
+                       cancel: threading.Event | None = None, mode: str | None = None) -> Iterator[Event]:
+        """Auto-write until the end of chapter `through_chapter` (its position in the book): steps go into the open
+        chapter; one that holds `paragraphs_per_chapter` paragraphs is closed (its summary and the synopsis
+        written, a notice when that fails) and the next one opens. Every step and close is committed on its own."""
+        if through_chapter < 1 or paragraphs_per_chapter < 1:
+            raise EngineError("Write until a chapter number of 1 or more, with at least one paragraph a chapter.")
+        view = self._read(novel_id)
+        if view.open_chapter is None or view.open_chapter.position > through_chapter:
+            raise EngineError(f"Chapter {through_chapter} is already closed: the open chapter is number "
+                              f"{view.open_chapter.position if view.open_chapter else '?'}.")
+        done = 0
+        while True:
+            _check_cancel(cancel)
+            view = self._read(novel_id)
+            chapter = view.open_chapter
+            left = (through_chapter - chapter.position + 1) * paragraphs_per_chapter - len(chapter.paragraph_positions)
+            if len(chapter.paragraph_positions) >= paragraphs_per_chapter:
+                yield Event("progress", f"Closing {chapter.title!r}: writing its summary…", done=done,
+                            total=done + max(left, 0))
+                for outcome in self.summarizer(novel_id).close_chapter(novel_id, chapter.id, cancel=cancel):
+                    if outcome.notice:
+                        yield Event("notice", outcome.notice, done=done, total=done + max(left, 0))
+                if chapter.position >= through_chapter:
+                    return done
+                continue
+            engine = self._for_novel(view)
+            events = engine._start(view, cancel, mode, None) if not view.paragraphs else \
+                engine._auto_step(view, cancel, mode, done, done + left)
+            for event in events:
+                event.done, event.total = (done + 1 if event.kind == "done" else done), done + left
+                yield event
+            done += 1
+
     def _auto_step(self, view: NovelView, cancel, mode: str | None, done: int, steps: int) -> Iterator[Event]:
         """One auto-write step: the model picks a pending plan (or the scene continues), then the step."""
         notices: list[str] = []

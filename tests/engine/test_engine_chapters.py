@@ -178,3 +178,18 @@ def test_the_default_model_summarizes_a_chapter_or_says_why_not(session_factory,
         assert (current is not None) == outcomes[0].saved
         if current is not None:
             assert current.origin == "generated" and current.text.strip()
+
+
+def test_auto_write_until_the_end_of_chapter_two_closes_chapters_as_it_goes(session_factory, embedder, novel_id):
+    generator = ScriptedGenerator()
+    engine = engine_for(session_factory, embedder, generator)
+    run(engine.write_chapters(novel_id, 2, 2))
+    with session_factory() as s:
+        book = store.chapters(s, novel_id)
+        assert [(c.title, c.closed) for c in book] == [("Chapter 1", True), ("Chapter 2", True), ("Chapter 3", False)]
+        assert [len(chapters.chapter_paragraphs(s, c.id)) for c in book] == [2, 2, 0]
+        assert all(chapters.current_summary(s, c.id) is not None for c in book[:2])
+        assert chapters.current_synopsis(s, novel_id).version == 2
+    # Asking again for a chapter already closed is refused.
+    with pytest.raises(Exception, match="already closed"):
+        run(engine.write_chapters(novel_id, 2, 2))
