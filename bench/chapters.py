@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="longhand-chapters-"))
     config = Config(data_dir=work, database_url=f"sqlite:///{work / 'chapters.db'}", device="cpu", dtype="float32")
     parts = open_parts(config, models_dir=default_data_dir() / "models")
-    session_factory, embedder = parts.session_factory, parts.embedder()
+    session_factory = parts.session_factory
     engine = parts.engine(parts.models.generator())
     book = synthesize(args.chapters, args.paragraphs, args.seed)
 

@@ -20,6 +20,7 @@ from memory import revisions, store
 from models.errors import Cancelled
 
 from app.engine import strategies
+from app.engine.chapter_outline import ChapterOutliner, chapter_plan
 from app.engine.context import MANUSCRIPT_STATE, PROMPT_ONLY, ContextPreview, build_context
 from app.engine.errors import EngineError
 from app.engine.events import Event
@@ -386,8 +387,14 @@ class Engine:
                     return done
                 continue
             engine = self._for_novel(view)
-            events = engine._start(view, cancel, mode, None) if not view.paragraphs else \
-                engine._auto_step(view, cancel, mode, done, done + left)
+            plan = chapter_plan(str(view.settings.get("outline") or ""), chapter.position)
+            if not view.paragraphs:
+                events = engine._start(view, cancel, mode, None)
+            elif plan and not chapter.paragraph_positions:
+                # A chapter's first step follows its line of the outline by chapter.
+                events = engine._step(view, plan, None, cancel, self._mode(view, mode))
+            else:
+                events = engine._auto_step(view, cancel, mode, done, done + left)
             for event in events:
                 event.done, event.total = (done + 1 if event.kind == "done" else done), done + left
                 yield event
@@ -414,6 +421,11 @@ class Engine:
         """Chapter summaries and the synopsis (app/engine/summaries.py) with the novel's own model."""
         engine = self._for_novel(self._read(novel_id))
         return Summarizer(self.session_factory, engine.generator, self.prompts, self.reader)
+
+    def chapter_outliner(self, novel_id: int) -> ChapterOutliner:
+        """The outline by chapter (app/engine/chapter_outline.py) with the novel's own model."""
+        engine = self._for_novel(self._read(novel_id))
+        return ChapterOutliner(self.session_factory, engine.generator, self.prompts, self.reader)
 
     def choose(self, novel_id: int, choice: int, *, cancel: threading.Event | None = None) -> Iterator[Event]:
         """Interactive fiction: the reader picks choice `choice` (0-based); it becomes the next plan."""

@@ -193,3 +193,22 @@ def test_auto_write_until_the_end_of_chapter_two_closes_chapters_as_it_goes(sess
     # Asking again for a chapter already closed is refused.
     with pytest.raises(Exception, match="already closed"):
         run(engine.write_chapters(novel_id, 2, 2))
+
+
+def test_the_outline_by_chapter_is_saved_and_steers_each_chapters_first_step(session_factory, embedder, novel_id):
+    from app.engine.chapter_outline import parse_chapter_outline
+
+    assert parse_chapter_outline("Chapter 1: a\nnoise\n2. b\nChapter 4: skipped", 5) == ["a", "b"]
+    generator = ScriptedGenerator()
+    engine = engine_for(session_factory, embedder, generator)
+    lines = engine.chapter_outliner(novel_id).propose(novel_id, 3)
+    assert lines[1] == "Mara rows to the reef to find who wrote it."
+    with session_factory() as s:
+        assert store.story(store.get_novel(s, novel_id))["outline"].splitlines()[1].startswith("Chapter 2: Mara rows")
+    run(engine.write_chapters(novel_id, 2, 1))
+    plans = [call.prompt for call in generator.calls_for("paragraph")]
+    assert any("Plan for the next paragraph: Mara rows to the reef to find who wrote it." in p for p in plans)
+    # No usable answer: the outline is kept and the writer is told.
+    generator.script["chapter_outline"] = ["nothing useful"]
+    with pytest.raises(Exception, match="no usable outline"):
+        engine.chapter_outliner(novel_id).propose(novel_id, 3)
