@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paragraphs", type=int, default=30, help="per chapter")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--chapter-words", type=int, default=1200,
+                        help="the most words of a chapter a summary prompt holds (the middle is cut first)")
+    parser.add_argument("--attempts", type=int, default=3, help="tries per summary (the novel's max_attempts)")
     parser.add_argument("--out", default="bench/results/chapters.json")
     args = parser.parse_args(argv)
     load_at_start = list(os.getloadavg())
@@ -122,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     with session_factory() as s, s.begin():
-        novel_id = store.create_novel(s, "The Skerry Chronicle", premise="Islanders keep their secrets.").id
+        novel_id = store.create_novel(s, "The Skerry Chronicle", premise="Islanders keep their secrets.",
+                                      settings={"max_attempts": args.attempts, "sampling": {"seed": args.seed}}).id
     for index, paragraphs in enumerate(book):
         vectors = [engine.reader.passage_vector(text) for text in paragraphs]
         with session_factory() as s, s.begin():
@@ -133,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                 book_store.close_chapter(s, chapter.id)
     built = time.monotonic() - started
 
+    print(f"manuscript built and embedded in {built:.0f}s", flush=True)
     summarizer = engine.summarizer(novel_id)
+    summarizer.max_chapter_words = args.chapter_words
     summary_seconds = []
     outcomes = []
     with session_factory() as s:
@@ -142,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         outcomes.append(summarizer.summarize_chapter(novel_id, chapter_id))
         summary_seconds.append(time.monotonic() - t0)
+        print(f"chapter {len(outcomes)}: {summary_seconds[-1]:.0f}s saved={outcomes[-1].saved}", flush=True)
     t0 = time.monotonic()
     synopsis = summarizer.rebuild_synopsis(novel_id)
     synopsis_seconds = time.monotonic() - t0
@@ -185,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
                     "load_average_at_start": load_at_start, "load_average_now": list(os.getloadavg())},
         "model": engine.generator.name,
+        "requested": {"chapter_words": args.chapter_words, "attempts": args.attempts, "seed": args.seed},
         "manuscript": {"chapters": args.chapters, "paragraphs": args.chapters * args.paragraphs,
                        "facts": len(FACTS), "facts_in_chapters": [1, 2], "asked_in_chapter": args.chapters},
         "context_budget": budget,

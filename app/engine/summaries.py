@@ -64,6 +64,7 @@ class Summarizer:
     generator: object
     prompts: PromptLibrary
     reader: StoreReader
+    max_chapter_words: int = MAX_CHAPTER_WORDS
 
     def _generate(self, view: NovelView, rendered, max_new_tokens: int, cancel, attempt: int) -> str:
         prompt = self.generator.render_chat(rendered.messages) + rendered.answer_prefix
@@ -112,7 +113,7 @@ class Summarizer:
         if not texts:
             return SummaryOutcome(what, False, old_text, old_version,
                                   f"{what.capitalize()} was not written: the chapter has no paragraphs yet.")
-        source = fit_chapter_text(texts)
+        source = fit_chapter_text(texts, self.max_chapter_words)
         rendered = self.prompts.render("chapter_summary", title=title, text=source, max_words=SUMMARY_WORDS)
         text, problem = self._write(view, rendered, "\n\n".join(texts), SUMMARY_WORDS, SUMMARY_TOKENS, cancel)
         if text is None:
