@@ -1,7 +1,8 @@
 """Import and export of novels: the manuscript as Markdown, plain text or EPUB, and a full-fidelity JSON document.
 
-The JSON format ("longhand-novel", version 1) holds everything a novel is: its settings, paragraphs, every
-short-term memory version, plan sets, lore, embeddings and the whole undo/redo history. Database ids are replaced by
+The JSON format ("longhand-novel", version 2) holds everything a novel is: its settings, chapters, paragraphs, every
+version of the short-term memory, of each chapter summary and of the synopsis, plan sets, lore, embeddings and the
+whole undo/redo history. A version-1 file (before chapters) is read as one chapter holding every paragraph. Database ids are replaced by
 export-local ones (1, 2, ... per table, in creation order), so exporting, importing and exporting again gives the
 same document. State snapshots are not exported: they are a cache a model rebuilds by re-reading the manuscript.
 
@@ -28,11 +29,13 @@ from sqlalchemy import Boolean, DateTime, Integer, LargeBinary, String, Text, fu
 from sqlalchemy.orm import Session
 from sqlalchemy.types import JSON
 
-from memory import revisions, store
+from memory import chapters, revisions, store
 from memory.errors import StoreError
 from memory.private import private_dir, write_private_atomic
 from memory.schema import (
     ORIGINS,
+    Chapter,
+    ChapterSummary,
     Embedding,
     LoreEntry,
     Novel,
@@ -42,17 +45,21 @@ from memory.schema import (
     SafeJSON,
     SafeText,
     ShortTermMemory,
+    Synopsis,
 )
 
 FORMAT = "longhand-novel"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_IMPORT_BYTES = 256 * 1024 * 1024
 EXPORT_FORMATS = ("md", "txt", "epub", "json")
 REVISION_STATES = ("done", "undone", "dropped")
 
 # Child tables in insertion order (parents first). The novel itself is the "novel" object.
 TABLES: dict[str, type] = {
+    "chapters": Chapter,
     "paragraphs": Paragraph,
+    "chapter_summaries": ChapterSummary,
+    "synopses": Synopsis,
     "lore_entries": LoreEntry,
     "short_term_memories": ShortTermMemory,
     "plan_sets": PlanSet,
@@ -60,7 +67,11 @@ TABLES: dict[str, type] = {
     "revisions": Revision,
 }
 # Foreign-key fields and the table they point into ("novels" always maps to the one novel, local id 1).
-REFERENCES = {"novel_id": "novels", "paragraph_id": "paragraphs", "lore_entry_id": "lore_entries"}
+REFERENCES = {"novel_id": "novels", "paragraph_id": "paragraphs", "lore_entry_id": "lore_entries",
+              "chapter_id": "chapters"}
+# Tables a version-1 file does not have (see `_upgrade_v1`).
+ADDED_IN_V2 = ("chapters", "chapter_summaries", "synopses")
+V1_CHAPTER_TITLE = "Chapter 1"
 # Nullable fields added after FORMAT_VERSION 1 was first written: a file without them is still valid (they
 # are derived, and memory.retrieval fills them in on first use).
 ADDED_LATER = {("embeddings", "sentence_vectors")}
@@ -96,6 +107,9 @@ def _collect_ids(rows: dict[str, list[dict]], revision_rows: list[dict]) -> dict
         for change in revision["changes"]:
             if change["entity"] == "shift":
                 continue
+            if change["entity"] == "positions":
+                ids["paragraphs"].update(int(pid) for pid in change["before"])
+                continue
             if change["entity"] in ids:
                 ids[change["entity"]].add(change["id"])
             note_row(change["entity"], change["before"])
@@ -123,6 +137,11 @@ def _remap_changes(changes: list[dict], maps: dict[str, dict[int, int]]) -> list
     for change in changes:
         if change["entity"] == "shift":
             out.append(dict(change))
+            continue
+        if change["entity"] == "positions":
+            out.append({"entity": "positions", **{side: {str(maps["paragraphs"][int(pid)]): position
+                                                         for pid, position in change[side].items()}
+                                                  for side in ("before", "after")}})
             continue
         entity = change["entity"]
         out.append({
@@ -165,19 +184,34 @@ def dumps(document: dict[str, Any]) -> str:
     return json.dumps(document, ensure_ascii=False, indent=1, sort_keys=True)
 
 
+def _chapters_with_text(session: Session, novel_id: int) -> list[tuple[Chapter, list[Paragraph]]]:
+    members: dict[int, list[Paragraph]] = {}
+    for paragraph in store.paragraphs(session, novel_id):
+        members.setdefault(paragraph.chapter_id, []).append(paragraph)
+    return [(chapter, members.get(chapter.id, [])) for chapter in store.chapters(session, novel_id)]
+
+
 def export_markdown(session: Session, novel_id: int) -> str:
+    """`# Title`, the premise as a quote, then `## Chapter title` before each chapter's paragraphs."""
     novel = store.get_novel(session, novel_id)
     parts = [f"# {_one_line(novel.title)}"]
     if novel.premise.strip():
         parts.append("\n".join(f"> {line}" if line else ">" for line in novel.premise.strip().splitlines()))
-    parts += [p.text for p in store.paragraphs(session, novel_id)]
+    for chapter, members in _chapters_with_text(session, novel_id):
+        parts.append(f"## {_one_line(chapter.title)}")
+        parts += [p.text for p in members]
     return "\n\n".join(parts) + "\n"
 
 
 def export_text(session: Session, novel_id: int) -> str:
+    """The title underlined with '=', each chapter title underlined with '-', then its paragraphs."""
     novel = store.get_novel(session, novel_id)
     title = _one_line(novel.title)
-    parts = [title + "\n" + "=" * max(3, len(title))] + [p.text for p in store.paragraphs(session, novel_id)]
+    parts = [title + "\n" + "=" * max(3, len(title))]
+    for chapter, members in _chapters_with_text(session, novel_id):
+        heading = _one_line(chapter.title)
+        parts.append(heading + "\n" + "-" * max(3, len(heading)))
+        parts += [p.text for p in members]
     return "\n\n".join(parts) + "\n"
 
 
@@ -190,7 +224,8 @@ def _xml_text(value: str) -> str:
 
 
 def export_epub(session: Session, novel_id: int) -> bytes:
-    from ebooklib import epub
+    """One XHTML document per chapter, in the spine and in the table of contents (NCX and nav)."""
+    from ebooklib import epub  # optional dependency: only an EPUB export needs it
 
     novel = store.get_novel(session, novel_id)
     title = _one_line(novel.title)
@@ -198,16 +233,20 @@ def export_epub(session: Session, novel_id: int) -> bytes:
     book.set_identifier(f"longhand-{novel.uid}")
     book.set_title(title)
     book.set_language("en")
-    body = "".join(
-        "<p>" + "<br/>".join(_xml_text(line) for line in p.text.splitlines()) + "</p>\n"
-        for p in store.paragraphs(session, novel_id))
-    chapter = epub.EpubHtml(title=title, file_name="manuscript.xhtml", lang="en")
-    chapter.content = f"<h1>{_xml_text(title)}</h1>\n{body}"
-    book.add_item(chapter)
-    book.toc = [chapter]
+    documents = []
+    for index, (chapter, members) in enumerate(_chapters_with_text(session, novel_id), start=1):
+        heading = _one_line(chapter.title)
+        body = "".join("<p>" + "<br/>".join(_xml_text(line) for line in p.text.splitlines()) + "</p>\n"
+                       for p in members)
+        document = epub.EpubHtml(title=heading, file_name=f"chapter-{index:03d}.xhtml", lang="en",
+                                 uid=f"chapter-{index:03d}")
+        document.content = f"<h1>{_xml_text(heading)}</h1>\n{body}"
+        book.add_item(document)
+        documents.append(document)
+    book.toc = documents
     book.add_item(epub.EpubNcx())
     book.add_item(epub.EpubNav())
-    book.spine = ["nav", chapter]
+    book.spine = ["nav", *documents]
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "book.epub"
         epub.write_epub(str(target), book)
@@ -439,6 +478,8 @@ def validate(document: Any, name: str = "the file", *, check_settings: SettingsC
     if version > FORMAT_VERSION:
         raise ExchangeError(f"{name} was written by a newer Longhand (format version {version}; this one reads up "
                             f"to {FORMAT_VERSION}): upgrade Longhand to import it.")
+    if version == 1:
+        _upgrade_v1(name, document)
     expected = {"format", "version", "novel", *TABLES}
     unknown = sorted(set(document) - expected)
     if unknown:
@@ -477,6 +518,32 @@ def validate(document: Any, name: str = "the file", *, check_settings: SettingsC
     _check_revisions(name, document)
 
 
+def _upgrade_v1(name: str, document: dict) -> None:
+    """A version-1 file, written before chapters: in place, give it one chapter holding every paragraph (and the
+    paragraph rows in its history the same chapter), as migration 0005 does to a database."""
+    present = [table for table in ADDED_IN_V2 if table in document]
+    if present:
+        _fail(name, "the top level", f"is format version 1 but has {', '.join(map(repr, present))}")
+    if not isinstance(document.get("paragraphs"), list) or not isinstance(document.get("revisions"), list):
+        return  # the checks that follow say what is wrong
+    novel = document.get("novel") if isinstance(document.get("novel"), dict) else {}
+    stamp = novel.get("created_at") or "2000-01-01T00:00:00"
+    document["chapters"] = [{"id": 1, "novel_id": 1, "position": 1, "title": V1_CHAPTER_TITLE, "closed": False,
+                             "summary_stale": False, "version": 1, "created_at": stamp, "updated_at": stamp}]
+    document["chapter_summaries"] = []
+    document["synopses"] = []
+    for row in document["paragraphs"]:
+        if isinstance(row, dict):
+            row["chapter_id"] = 1
+    for revision in document["revisions"]:
+        for change in (revision.get("changes") or []) if isinstance(revision, dict) else []:
+            if isinstance(change, dict) and change.get("entity") == "paragraphs":
+                for side in ("before", "after"):
+                    if isinstance(change.get(side), dict):
+                        change[side]["chapter_id"] = 1
+    document["version"] = FORMAT_VERSION
+
+
 def _check_live_references(name: str, document: dict, ids: dict[str, set[int]]) -> None:
     for entity in TABLES:
         for index, row in enumerate(document[entity]):
@@ -500,6 +567,16 @@ def _check_story(name: str, document: dict) -> None:
             _fail(name, f"paragraphs[{index}].origin", f"must be one of {', '.join(ORIGINS)}")
         if row["version"] < 1:
             _fail(name, f"paragraphs[{index}].version", "must be at least 1")
+    if not document["chapters"]:
+        _fail(name, "chapters", "must hold at least one chapter")
+    chapter_rank = {row["id"]: (row["position"], row["id"]) for row in document["chapters"]}
+    ranks = []
+    for index, row in enumerate(sorted(document["paragraphs"], key=lambda r: r["position"])):
+        if row["chapter_id"] is None:
+            _fail(name, f"paragraph at position {row['position']}", "belongs to no chapter")
+        ranks.append(chapter_rank[row["chapter_id"]])
+    if ranks != sorted(ranks):
+        _fail(name, "paragraphs", "must read chapter by chapter (a chapter's paragraphs together, in chapter order)")
     versions = [m["version"] for m in document["short_term_memories"]]
     if len(set(versions)) != len(versions):
         _fail(name, "short_term_memories", "repeat a version number")
@@ -518,6 +595,14 @@ def _check_revisions(name: str, document: dict) -> None:
             if not isinstance(change, dict):
                 _fail(name, at, f"must be an object, not {_type_name(change)}")
             entity = change.get("entity")
+            if entity == "positions":
+                if set(change) != {"entity", "before", "after"} or not all(
+                        isinstance(change[side], dict) and set(change[side]) == set(change["before"])
+                        and all(isinstance(k, str) and k.isdigit() and isinstance(v, int) and not isinstance(v, bool)
+                                for k, v in change[side].items()) for side in ("before", "after")):
+                    _fail(name, at, "must be a move of paragraphs: 'before' and 'after' mapping the same paragraph "
+                                    "ids to whole-number positions")
+                continue
             if entity == "shift":
                 if set(change) != {"entity", "from", "delta"} or not all(
                         isinstance(change[k], int) and not isinstance(change[k], bool) for k in ("from", "delta")):
@@ -592,17 +677,50 @@ def import_json(session: Session, document: dict[str, Any], *, title: str | None
     return novel
 
 
+_HEADING = re.compile(r"^(#{1,6}) +(\S.*)$")
+
+
+def _heading(block: str) -> tuple[int, str] | None:
+    match = _HEADING.match(block) if "\n" not in block else None
+    return (len(match.group(1)), match.group(2).strip()) if match else None
+
+
 def import_manuscript(session: Session, content: str, title: str) -> Novel:
-    """A new novel from plain text or Markdown: paragraphs are separated by blank lines; a leading '# Title'
-    line becomes the title when none is given."""
+    """A new novel from plain text or Markdown: paragraphs are separated by blank lines; headings make chapters.
+
+    The chapter headings are the top-level ones (`#`), except that a single leading `#` heading followed by
+    deeper ones (`##`, as Longhand's own Markdown export writes) is the book's title and those are the chapters. A
+    leading title heading names the novel when no title is given, and a quote right under it is the premise; text
+    before the first chapter heading goes into a first chapter of its own."""
     content = content.replace("\r\n", "\n").replace("\r", "\n")
     blocks = [b.strip("\n") for b in re.split(r"\n\s*\n", content) if b.strip()]
-    if blocks and blocks[0].startswith("# ") and "\n" not in blocks[0]:
-        title = title or blocks[0][2:].strip()
+    levels = [h[0] for h in map(_heading, blocks) if h]
+    book_title = ""
+    if blocks and _heading(blocks[0]) and levels.count(levels[0]) == 1 and (
+            len(levels) == 1 or min(levels[1:]) > levels[0]):
+        book_title = _heading(blocks[0])[1]
         blocks = blocks[1:]
-    novel = store.create_novel(session, title or "Imported novel")
+        levels = levels[1:]
+    premise = ""
+    if book_title and blocks and all(line.startswith(">") for line in blocks[0].splitlines()):
+        # The premise, as export_markdown quotes it under the title.
+        premise = "\n".join(line[1:].removeprefix(" ") for line in blocks[0].splitlines())
+        blocks = blocks[1:]
+    novel = store.create_novel(session, title or book_title or "Imported novel", premise=premise)
+    chapter_level = min(levels) if levels else None
+    chapter = store.last_chapter(session, novel.id)
+    written = 0
     for block in blocks:
-        store.add_paragraph(session, novel.id, block, origin="imported")
+        heading = _heading(block)
+        if heading and heading[0] == chapter_level:
+            if written or chapter.title != store.FIRST_CHAPTER_TITLE or chapter.version != 1:
+                chapter = chapters.add_chapter(session, novel.id, heading[1])
+            else:
+                chapter = chapters.rename_chapter(session, chapter.id, heading[1], expected_version=chapter.version)
+            written = 0
+            continue
+        store.add_paragraph(session, novel.id, block, origin="imported", chapter_id=chapter.id)
+        written += 1
     return novel
 
 

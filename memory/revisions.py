@@ -123,6 +123,40 @@ class Changes:
         shift_positions(self.session, self.novel_id, start, delta)
         self.items.append({"entity": "shift", "from": start, "delta": delta})
 
+    def reposition(self, moves: dict[int, int]) -> None:
+        """Give paragraphs new positions at once (`{paragraph id: new position}`), e.g. a chapter moved as a
+        block; recorded as one `positions` change with every old and new position."""
+        self.session.flush()
+        before = {pid: pos for pid, pos in _positions_of(self.session, list(moves)).items() if moves[pid] != pos}
+        if not before:
+            return
+        after = {pid: moves[pid] for pid in before}
+        set_positions(self.session, self.novel_id, after)
+        # JSON object keys are text; ids are kept as text on both sides so a round trip through JSON is exact.
+        self.items.append({"entity": "positions", "before": {str(k): v for k, v in before.items()},
+                           "after": {str(k): v for k, v in after.items()}})
+
+
+def _positions_of(session: Session, paragraph_ids: list[int]) -> dict[int, int]:
+    rows = session.execute(select(Paragraph.id, Paragraph.position).where(Paragraph.id.in_(paragraph_ids))).all()
+    return {int(row.id): int(row.position) for row in rows}
+
+
+def set_positions(session: Session, novel_id: int, positions: dict[int, int]) -> None:
+    """Move paragraphs to the given positions without tripping UNIQUE(novel_id, position) midway (first to
+    negative places, then to the final ones); like a shift, a move is not an edit (`updated_at` kept)."""
+    session.flush()
+    for paragraph_id, position in positions.items():
+        session.execute(update(Paragraph).where(Paragraph.id == paragraph_id)
+                        .values(position=-position, updated_at=Paragraph.updated_at)
+                        .execution_options(synchronize_session=False))
+    session.execute(update(Paragraph).where(Paragraph.novel_id == novel_id, Paragraph.position < 0)
+                    .values(position=-Paragraph.position, updated_at=Paragraph.updated_at)
+                    .execution_options(synchronize_session=False))
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, Paragraph) and obj.novel_id == novel_id:
+            session.expire(obj, ["position"])
+
 
 def shift_positions(session: Session, novel_id: int, start: int, delta: int) -> None:
     """Add `delta` to every paragraph position >= start, without tripping UNIQUE(novel_id, position) midway.
@@ -236,6 +270,8 @@ def _positions(changes: list[dict[str, Any]]) -> tuple[int, ...]:
     positions = {int(row["position"]) for change in changes if change["entity"] == "paragraphs"
                  for row in (change["before"], change["after"]) if row and int(row["position"]) > 0}
     positions |= {int(change["from"]) for change in changes if change["entity"] == "shift"}
+    positions |= {int(position) for change in changes if change["entity"] == "positions"
+                  for side in ("before", "after") for position in change[side].values()}
     return tuple(sorted(positions))
 
 
@@ -248,6 +284,9 @@ def _apply(session: Session, novel_id: int, changes: list[dict[str, Any]], *, fo
                 shift_positions(session, novel_id, start, delta)
             else:
                 shift_positions(session, novel_id, start + delta, -delta)
+            continue
+        if change["entity"] == "positions":
+            _apply_positions(session, novel_id, change, forward=forward, cause=cause)
             continue
         entity = change["entity"]
         model = MODELS[entity]
@@ -274,3 +313,14 @@ def _apply(session: Session, novel_id: int, changes: list[dict[str, Any]], *, fo
         session.flush()
         embeddings = embeddings or entity == "embeddings"
     return embeddings
+
+
+def _apply_positions(session: Session, novel_id: int, change: dict[str, Any], *, forward: bool, cause: str) -> None:
+    expect, target = (change["before"], change["after"]) if forward else (change["after"], change["before"])
+    ids = [int(pid) for pid in expect]
+    current = _positions_of(session, ids)
+    if current != {int(pid): int(pos) for pid, pos in expect.items()}:
+        verb = "redo" if forward else "undo"
+        raise ConflictError(f"Cannot {verb} {cause!r}: the paragraphs it moved were moved again in a way the "
+                            "history does not explain; nothing was changed.")
+    set_positions(session, novel_id, {int(pid): int(pos) for pid, pos in target.items()})

@@ -146,6 +146,8 @@ class Novel(Base):
     created_at: Mapped[created]
     updated_at: Mapped[updated]
 
+    chapters: Mapped[list[Chapter]] = relationship(
+        back_populates="novel", order_by="Chapter.position", cascade="all, delete-orphan", passive_deletes=True)
     paragraphs: Mapped[list[Paragraph]] = relationship(
         back_populates="novel", order_by="Paragraph.position", cascade="all, delete-orphan", passive_deletes=True)
     memories: Mapped[list[ShortTermMemory]] = relationship(
@@ -161,6 +163,37 @@ class Novel(Base):
         back_populates="novel", cascade="all, delete-orphan", passive_deletes=True)
 
 
+class Chapter(Base):
+    """A chapter: a title, a place in the book, and whether the writer closed it (its summary is then written).
+
+    Its paragraphs are contiguous in the manuscript: every paragraph of chapter k comes before every paragraph of
+    chapter k+1 (memory.store keeps this when it moves or reorders), so `Paragraph.position` stays the one reading
+    order the engine, retrieval and the recurrent-state snapshots use. `position` is not UNIQUE, so a reorder can
+    be recorded (and undone) row by row. `summary_stale` is set when a paragraph of a closed chapter changes after
+    its summary was written.
+    """
+
+    __tablename__ = "chapters"
+    __table_args__ = (Index("ix_chapters_novel_position", "novel_id", "position"), AUTOINCREMENT)
+
+    id: Mapped[intpk]
+    novel_id: Mapped[novel_fk]
+    position: Mapped[int]  # 1-based order in the book
+    title: Mapped[text_col]
+    closed: Mapped[bool] = mapped_column(Boolean, default=False)
+    summary_stale: Mapped[bool] = mapped_column(Boolean, default=False)
+    version: Mapped[int] = mapped_column(Integer, default=1)  # optimistic concurrency for renames
+    created_at: Mapped[created]
+    updated_at: Mapped[updated]
+
+    novel: Mapped[Novel] = relationship(back_populates="chapters")
+    paragraphs: Mapped[list[Paragraph]] = relationship(
+        back_populates="chapter", order_by="Paragraph.position", passive_deletes=True)
+    summaries: Mapped[list[ChapterSummary]] = relationship(
+        back_populates="chapter", order_by="ChapterSummary.version", cascade="all, delete-orphan",
+        passive_deletes=True)
+
+
 class Paragraph(Base):
     __tablename__ = "paragraphs"
     __table_args__ = (
@@ -171,6 +204,11 @@ class Paragraph(Base):
 
     id: Mapped[intpk]
     novel_id: Mapped[novel_fk]
+    # Nullable, and without ON DELETE, only because SQLite cannot add a NOT NULL foreign key to an existing table
+    # without rebuilding it (which would cascade-delete its embeddings), and SQLAlchemy does not read back the
+    # options of a key added by ALTER TABLE. memory.store sets it on every paragraph it writes and deletes a
+    # chapter's paragraphs itself; a novel's delete cascades to both through novel_id.
+    chapter_id: Mapped[int | None] = mapped_column(ForeignKey("chapters.id"), nullable=True, index=True)
     position: Mapped[int]  # 1-based order in the manuscript
     text: Mapped[text_col]
     words: Mapped[int] = mapped_column(Integer, default=0)  # len(text.split()), kept for the library's totals
@@ -180,6 +218,7 @@ class Paragraph(Base):
     updated_at: Mapped[updated]
 
     novel: Mapped[Novel] = relationship(back_populates="paragraphs")
+    chapter: Mapped[Chapter | None] = relationship(back_populates="paragraphs")
     embeddings: Mapped[list[Embedding]] = relationship(
         back_populates="paragraph", cascade="all, delete-orphan", passive_deletes=True)
 
@@ -198,6 +237,39 @@ class ShortTermMemory(Base):
     created_at: Mapped[created]
 
     novel: Mapped[Novel] = relationship(back_populates="memories")
+
+
+class ChapterSummary(Base):
+    """One version of a chapter's summary; the highest version is the current one (history and restore as for
+    the short-term memory)."""
+
+    __tablename__ = "chapter_summaries"
+    __table_args__ = (UniqueConstraint("chapter_id", "version"), AUTOINCREMENT)
+
+    id: Mapped[intpk]
+    novel_id: Mapped[novel_fk]
+    chapter_id: Mapped[int] = mapped_column(ForeignKey("chapters.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int]
+    text: Mapped[text_col]
+    origin: Mapped[str] = mapped_column(String(16), default="written")
+    created_at: Mapped[created]
+
+    chapter: Mapped[Chapter] = relationship(back_populates="summaries")
+
+
+class Synopsis(Base):
+    """One version of the synopsis of the whole book so far, rebuilt from the chapter summaries or written by hand;
+    the highest version is the current one."""
+
+    __tablename__ = "synopses"
+    __table_args__ = (UniqueConstraint("novel_id", "version"), AUTOINCREMENT)
+
+    id: Mapped[intpk]
+    novel_id: Mapped[novel_fk]
+    version: Mapped[int]
+    text: Mapped[text_col]
+    origin: Mapped[str] = mapped_column(String(16), default="written")
+    created_at: Mapped[created]
 
 
 class PlanSet(Base):
@@ -245,9 +317,10 @@ class LoreEntry(Base):
 class Revision(Base):
     """One user-visible action: an ordered list of row changes (before/after), undoable and redoable as a unit.
 
-    `changes` holds `{"entity": table, "id": pk, "before": row|None, "after": row|None}` and
-    `{"entity": "shift", "from": position, "delta": ±1}` entries. `state` is "done", "undone" (redoable) or
-    "dropped" (undone, then superseded by a new action).
+    `changes` holds `{"entity": table, "id": pk, "before": row|None, "after": row|None}`,
+    `{"entity": "shift", "from": position, "delta": ±n}` and `{"entity": "positions", "before": {paragraph id:
+    position}, "after": {...}}` (paragraphs moved at once, e.g. a chapter reordered) entries. `state` is "done",
+    "undone" (redoable) or "dropped" (undone, then superseded by a new action).
     """
 
     __tablename__ = "revisions"
@@ -323,7 +396,8 @@ class Embedding(Base):
     lore_entry: Mapped[LoreEntry | None] = relationship(back_populates="embeddings")
 
 
-TABLES_IN_ORDER = (Novel, Paragraph, ShortTermMemory, PlanSet, LoreEntry, Revision, StateSnapshot, Embedding)
+TABLES_IN_ORDER = (Novel, Chapter, Paragraph, ChapterSummary, Synopsis, ShortTermMemory, PlanSet, LoreEntry,
+                   Revision, StateSnapshot, Embedding)
 
 
 # Full-text indexes over paragraph text, made by migration 0003 (they are not ORM tables). SQLite: an FTS5 table

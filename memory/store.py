@@ -26,9 +26,21 @@ from sqlalchemy.orm import Session
 from memory.embeddings import Vector, drop_embeddings, put_embedding
 from memory.errors import ConflictError, NotFoundError, ValidationError
 from memory.revisions import Changes, lock_novel, record
-from memory.schema import ORIGINS, LoreEntry, Novel, Paragraph, PlanSet, Revision, ShortTermMemory, utcnow
+from memory.schema import (
+    ORIGINS,
+    Chapter,
+    ChapterSummary,
+    LoreEntry,
+    Novel,
+    Paragraph,
+    PlanSet,
+    Revision,
+    ShortTermMemory,
+    utcnow,
+)
 
 MAX_TITLE_CHARS = 500
+FIRST_CHAPTER_TITLE = "Chapter 1"
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,7 @@ class NovelSummary:
     words: int
     paragraphs: int
     last_edited: datetime
+    chapters: int = 1
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,8 @@ def create_novel(session: Session, title: str, premise: str = "", style_notes: s
     changes = Changes(session, novel.id)
     changes.insert(ShortTermMemory(novel_id=novel.id, version=1, text=_check_text(memory_text, "The memory"),
                                    origin="written"))
+    changes.insert(Chapter(novel_id=novel.id, position=1, title=FIRST_CHAPTER_TITLE, closed=False,
+                           summary_stale=False, version=1))
     record(session, changes, "novel.create", "created the novel")
     return novel
 
@@ -104,17 +119,20 @@ def get_novel(session: Session, novel_id: int) -> Novel:
 
 
 def list_novels(session: Session) -> list[NovelSummary]:
-    """Every novel with its word and paragraph counts, most recently edited first."""
+    """Every novel with its word, paragraph and chapter counts, most recently edited first."""
     counts = (select(Paragraph.novel_id, func.count(Paragraph.id).label("n"),
                      func.coalesce(func.sum(Paragraph.words), 0).label("w"))
               .group_by(Paragraph.novel_id).subquery())
+    chapter_counts = (select(Chapter.novel_id, func.count(Chapter.id).label("c"))
+                      .group_by(Chapter.novel_id).subquery())
     rows = session.execute(
-        select(Novel.id, Novel.title, Novel.updated_at, counts.c.n, counts.c.w)
+        select(Novel.id, Novel.title, Novel.updated_at, counts.c.n, counts.c.w, chapter_counts.c.c)
         .outerjoin(counts, counts.c.novel_id == Novel.id)
+        .outerjoin(chapter_counts, chapter_counts.c.novel_id == Novel.id)
         .order_by(Novel.updated_at.desc(), Novel.id.desc())
     ).all()
     return [NovelSummary(id=r.id, title=r.title, words=int(r.w or 0), paragraphs=int(r.n or 0),
-                         last_edited=r.updated_at) for r in rows]
+                         last_edited=r.updated_at, chapters=int(r.c or 0)) for r in rows]
 
 
 def rename_novel(session: Session, novel_id: int, title: str) -> Novel:
@@ -205,11 +223,13 @@ def paragraph_count(session: Session, novel_id: int) -> int:
 
 
 def add_paragraph(session: Session, novel_id: int, text: str, origin: str = "written", position: int | None = None,
-                  embedding: Vector | None = None) -> Paragraph:
-    """Append a paragraph, or insert it at `position` (1-based), moving later ones down."""
+                  embedding: Vector | None = None, chapter_id: int | None = None) -> Paragraph:
+    """Append a paragraph, or insert it at `position` (1-based), moving later ones down; with `chapter_id`,
+    append it to the end of that chapter."""
     lock_novel(session, novel_id)
     changes = Changes(session, novel_id)
-    paragraph = _add_paragraph(changes, novel_id, _check_text(text, "A paragraph"), _check_origin(origin), position)
+    paragraph = _add_paragraph(changes, novel_id, _check_text(text, "A paragraph"), _check_origin(origin), position,
+                               chapter_id)
     if embedding is not None:
         put_embedding(changes, novel_id, vector=embedding, paragraph_id=paragraph.id)
     where = "at the end" if position is None else f"at position {paragraph.position}"
@@ -217,18 +237,78 @@ def add_paragraph(session: Session, novel_id: int, text: str, origin: str = "wri
     return paragraph
 
 
-def _add_paragraph(changes: Changes, novel_id: int, text: str, origin: str, position: int | None) -> Paragraph:
-    count = paragraph_count(changes.session, novel_id)
+def _add_paragraph(changes: Changes, novel_id: int, text: str, origin: str, position: int | None,
+                   chapter_id: int | None = None) -> Paragraph:
+    """Insert a paragraph at `position` (None: the end) in the chapter the place falls in: appended, the last
+    chapter; inserted before paragraph p, p's chapter. With `chapter_id` it goes into that chapter: at `position`
+    (the caller's anchor, e.g. just after a paragraph of that chapter), or at the chapter's end."""
+    session = changes.session
+    count = paragraph_count(session, novel_id)
+    if position is not None and position < 1:
+        raise ValidationError(f"Paragraph positions start at 1, got {position}.")
+    chapter = _chapter_of_novel(session, novel_id, chapter_id) if chapter_id is not None else None
+    if chapter is not None and position is None:
+        position = chapter_end(session, chapter) + 1
     if position is None or position > count:
         position = count + 1
-    elif position < 1:
-        raise ValidationError(f"Paragraph positions start at 1, got {position}.")
+        chapter = chapter if chapter is not None else last_chapter(session, novel_id)
     else:
+        if chapter is None:
+            chapter = paragraph_at(session, novel_id, position).chapter
         changes.shift(position, +1)
-    paragraph = Paragraph(novel_id=novel_id, position=position, text=text, words=_word_count(text), origin=origin,
-                          version=1)
+    paragraph = Paragraph(novel_id=novel_id, chapter_id=chapter.id, position=position, text=text,
+                          words=_word_count(text), origin=origin, version=1)
     changes.insert(paragraph)
+    mark_summary_stale(changes, chapter.id)
     return paragraph
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapters as paragraphs see them (the chapter operations themselves are in memory.chapters).
+
+def chapters(session: Session, novel_id: int) -> list[Chapter]:
+    """A novel's chapters in book order."""
+    return list(session.scalars(select(Chapter).where(Chapter.novel_id == novel_id)
+                                .order_by(Chapter.position, Chapter.id)))
+
+
+def last_chapter(session: Session, novel_id: int) -> Chapter:
+    """The chapter new steps write into: the last one in book order."""
+    chapter = session.scalar(select(Chapter).where(Chapter.novel_id == novel_id)
+                             .order_by(Chapter.position.desc(), Chapter.id.desc()).limit(1))
+    if chapter is None:
+        raise NotFoundError(f"Novel {novel_id} has no chapter; every novel keeps at least one.")
+    return chapter
+
+
+def _chapter_of_novel(session: Session, novel_id: int, chapter_id: int) -> Chapter:
+    chapter = session.get(Chapter, chapter_id)
+    if chapter is None or chapter.novel_id != novel_id:
+        raise NotFoundError(f"No chapter with id {chapter_id} in this novel: it may have been deleted in another "
+                            "tab.")
+    return chapter
+
+
+def chapter_end(session: Session, chapter: Chapter) -> int:
+    """The position of the last paragraph in `chapter` or any chapter before it (0 when there is none), i.e.
+    where a paragraph appended to `chapter` goes after."""
+    before = select(Chapter.id).where(Chapter.novel_id == chapter.novel_id, Chapter.position <= chapter.position)
+    return int(session.scalar(select(func.coalesce(func.max(Paragraph.position), 0))
+                              .where(Paragraph.chapter_id.in_(before))) or 0)
+
+
+def mark_summary_stale(changes: Changes, chapter_id: int | None) -> None:
+    """A closed chapter whose text changed after its summary was written: mark the summary stale (part of the
+    same revision, so undoing the edit undoes the mark)."""
+    if chapter_id is None:
+        return
+    chapter = changes.session.get(Chapter, chapter_id)
+    if chapter is None or not chapter.closed or chapter.summary_stale:
+        return
+    has_summary = changes.session.scalar(select(func.count(ChapterSummary.id))
+                                         .where(ChapterSummary.chapter_id == chapter_id))
+    if has_summary:
+        changes.update(chapter, summary_stale=True)
 
 
 def _check_version(kind: str, obj: Any, expected_version: int | None) -> None:
@@ -265,6 +345,7 @@ def _rewrite(changes: Changes, paragraph: Paragraph, text: str, origin: str, emb
     drop_embeddings(changes, paragraph_id=paragraph.id, keep=embedding.embedder if embedding else None)
     if embedding is not None:
         put_embedding(changes, paragraph.novel_id, vector=embedding, paragraph_id=paragraph.id)
+    mark_summary_stale(changes, paragraph.chapter_id)
 
 
 def edit_paragraph(session: Session, paragraph_id: int, text: str, expected_version: int,
@@ -289,6 +370,7 @@ def _remove(changes: Changes, paragraph: Paragraph) -> int:
     for plan_set in changes.session.scalars(select(PlanSet).where(PlanSet.paragraph_id == paragraph.id)):
         changes.update(plan_set, paragraph_id=None)
     drop_embeddings(changes, paragraph_id=paragraph.id)
+    mark_summary_stale(changes, paragraph.chapter_id)
     changes.delete(paragraph)
     changes.shift(position + 1, -1)
     return position
@@ -309,13 +391,16 @@ def insert_paragraph(session: Session, novel_id: int, text: str, *, before_id: i
     if before_id is not None and after_id is not None:
         raise ValidationError("Insert a paragraph before one paragraph or after one, not both.")
     anchor_id = before_id if before_id is not None else after_id
-    position = None
+    position, chapter_id = None, None
     if anchor_id is not None:
         anchor = get_paragraph(session, anchor_id)
         if anchor.novel_id != novel_id:
             raise ValidationError(f"Paragraph {anchor_id} belongs to another novel.")
         position = anchor.position if before_id is not None else anchor.position + 1
-    return add_paragraph(session, novel_id, text, origin=origin, position=position, embedding=embedding)
+        # The new paragraph joins the anchor's chapter (after a chapter's last paragraph is still that chapter).
+        chapter_id = anchor.chapter_id
+    return add_paragraph(session, novel_id, text, origin=origin, position=position, embedding=embedding,
+                         chapter_id=chapter_id)
 
 
 def move_paragraph(session: Session, paragraph_id: int, expected_version: int, offset: int) -> Paragraph:
@@ -331,6 +416,15 @@ def move_paragraph(session: Session, paragraph_id: int, expected_version: int, o
         raise ValidationError(f"Paragraph {position} is the {where} one: it cannot move further "
                               f"{'up' if offset < 0 else 'down'}.")
     changes = Changes(session, paragraph.novel_id)
+    if neighbour.chapter_id != paragraph.chapter_id:
+        # A chapter's paragraphs stay together: across a chapter boundary the paragraph keeps its place in the
+        # manuscript and changes chapter (down from a chapter's end: the next chapter's first paragraph).
+        mark_summary_stale(changes, paragraph.chapter_id)
+        mark_summary_stale(changes, neighbour.chapter_id)
+        changes.update(paragraph, chapter_id=neighbour.chapter_id, updated_at=paragraph.updated_at)
+        record(session, changes, "paragraph.move",
+               f"moved paragraph {position} into the chapter {neighbour.chapter.title!r}")
+        return paragraph
     # Through a free position: UNIQUE(novel_id, position) holds after every statement.
     changes.update(paragraph, position=-position, updated_at=paragraph.updated_at)
     changes.update(neighbour, position=position, updated_at=neighbour.updated_at)
@@ -365,7 +459,8 @@ def split_paragraph(session: Session, paragraph_id: int, expected_version: int,
     _rewrite(changes, paragraph, parts[0], origin, vectors[0])
     made = [paragraph]
     for offset, (part, vector) in enumerate(zip(parts[1:], vectors[1:]), start=1):
-        added = _add_paragraph(changes, paragraph.novel_id, part, origin, paragraph.position + offset)
+        added = _add_paragraph(changes, paragraph.novel_id, part, origin, paragraph.position + offset,
+                               chapter_id=paragraph.chapter_id)
         if vector is not None:
             put_embedding(changes, paragraph.novel_id, vector=vector, paragraph_id=added.id)
         made.append(added)

@@ -2,9 +2,13 @@
 dropped when it does not fit the budget.
 
 The same function builds the prompt the engine sends and the preview the inspector shows, so the preview is the
-exact text. Truncation drops the least important sections first (retrieved passages, lowest score first; then
-triggered lore; the outline; the style notes; always-on lore), then shortens the last paragraph (keeping its end),
-the memory and the premise; the instruction and the plan are never cut.
+exact text. The memory comes in three tiers (issue 15): the synopsis of the book so far, the summaries of the closed
+chapters most relevant to the plan, the open chapter's summary so far, and the short-term memory.
+
+Truncation order (TRUNCATION_ORDER, tested): drop retrieved passages (lowest score first), triggered lore, the
+outline, the style notes, chapter summaries (least relevant first), always-on lore; then shorten (halve, then drop
+below MIN_KEEP_WORDS) the last paragraph (keeping its end), the memory, the open chapter's summary, the synopsis and
+the premise. The instruction and the plan are never cut.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ PROMPT_ONLY = "prompt-only"
 MANUSCRIPT_STATE = "manuscript-state"
 
 # Sections in the order the inspector lists them; slots not listed here (voice, words) belong to the instruction.
-SECTION_ORDER = ("instruction", "premise", "outline", "style", "bible", "memory", "retrieved", "last_paragraph",
-                 "plan")
+SECTION_ORDER = ("instruction", "premise", "outline", "style", "bible", "synopsis", "chapters", "chapter_so_far",
+                 "memory", "retrieved", "last_paragraph", "plan")
+# What `_Fitter.drop_one` removes first, then shortens; the instruction and the plan are not in it: never cut.
+TRUNCATION_ORDER = ("retrieved", "triggered lore", "outline", "style", "chapters", "always-on lore",
+                    "last_paragraph", "memory", "chapter_so_far", "synopsis", "premise")
 MIN_KEEP_WORDS = 20
 
 
@@ -43,6 +50,17 @@ class RetrievedItem:
 
 
 @dataclass
+class ChapterSummaryItem:
+    """A closed chapter's summary, with how relevant it is to the plan (higher first kept)."""
+
+    position: int
+    title: str
+    text: str
+    score: float = 0.0
+    stale: bool = False
+
+
+@dataclass
 class ContextInputs:
     """Everything a paragraph prompt can hold, as plain values read in one short transaction."""
 
@@ -56,6 +74,9 @@ class ContextInputs:
     plan: str = ""
     voice: str = ""
     words: int = 120
+    synopsis: str = ""
+    chapters: list[ChapterSummaryItem] = field(default_factory=list)  # in book order
+    chapter_so_far: str = ""  # the open chapter's summary so far
 
 
 @dataclass
@@ -96,6 +117,10 @@ def _retrieved_text(items: list[RetrievedItem]) -> str:
     return "\n".join(f"(paragraph {item.position}) {item.text}" for item in items)
 
 
+def _chapters_text(items: list[ChapterSummaryItem]) -> str:
+    return "\n".join(f"- {item.title}: {item.text}" for item in sorted(items, key=lambda i: i.position))
+
+
 def _head_words(text: str, count: int) -> str:
     return " ".join(text.split()[:count])
 
@@ -117,13 +142,18 @@ class _Fitter:
         self.plan = inputs.plan
         self.voice = inputs.voice
         self.words = inputs.words
+        self.synopsis = inputs.synopsis
+        self.chapters = list(inputs.chapters)
+        self.chapter_so_far = inputs.chapter_so_far
         self.dropped: list[str] = []
         self.truncated: set[str] = set()
 
     def slots(self) -> dict[str, object]:
         return {"premise": self.premise, "outline": self.outline, "style": self.style,
                 "bible": _bible_text(self.lore), "memory": self.memory, "retrieved": _retrieved_text(self.retrieved),
-                "last_paragraph": self.last_paragraph, "plan": self.plan, "voice": self.voice, "words": self.words}
+                "last_paragraph": self.last_paragraph, "plan": self.plan, "voice": self.voice, "words": self.words,
+                "synopsis": self.synopsis, "chapters": _chapters_text(self.chapters),
+                "chapter_so_far": self.chapter_so_far}
 
     def _shorten(self, name: str, keep_end: bool) -> bool:
         text = getattr(self, name)
@@ -156,11 +186,17 @@ class _Fitter:
                 setattr(self, name, "")
                 self.dropped.append(name)
                 return True
+        if self.chapters:
+            least = min(range(len(self.chapters)), key=lambda i: (self.chapters[i].score, -self.chapters[i].position))
+            item = self.chapters.pop(least)
+            self.dropped.append(f"summary of {item.title!r}")
+            return True
         if self.lore:
             item = self.lore.pop()
             self.dropped.append(f"lore entry {item.name!r} (always on)")
             return True
         return (self._shorten("last_paragraph", keep_end=True) or self._shorten("memory", keep_end=False)
+                or self._shorten("chapter_so_far", keep_end=False) or self._shorten("synopsis", keep_end=False)
                 or self._shorten("premise", keep_end=False))
 
 

@@ -21,6 +21,7 @@ from memory.errors import ConflictError
 from models.errors import Cancelled
 
 from app.engine import strategies
+from app.engine.chapter_outline import ChapterOutliner, chapter_plan
 from app.engine.context import MANUSCRIPT_STATE, PROMPT_ONLY, ContextPreview, build_context
 from app.engine.editing import EditOutcome, ManuscriptEditor
 from app.engine.errors import EngineError
@@ -30,6 +31,7 @@ from app.engine.reading import NovelView, StoreReader
 from app.engine.settings import MODES
 from app.engine.stages import FALLBACK_PLANS, ModelStages
 from app.engine.strategies import ManuscriptState
+from app.engine.summaries import Summarizer
 
 __all__ = ["Engine", "EngineError", "ReaderView", "StepDraft", "StepOutcome"]
 
@@ -363,6 +365,46 @@ class Engine:
                 event.done, event.total = (done + 1 if event.kind == "done" else done), steps
                 yield event
 
+    def write_chapters(self, novel_id: int, through_chapter: int, paragraphs_per_chapter: int, *,
+                       cancel: threading.Event | None = None, mode: str | None = None) -> Iterator[Event]:
+        """Auto-write until the end of chapter `through_chapter` (its position in the book): steps go into the open
+        chapter; one that holds `paragraphs_per_chapter` paragraphs is closed (its summary and the synopsis
+        written, a notice when that fails) and the next one opens. Every step and close is committed on its own."""
+        if through_chapter < 1 or paragraphs_per_chapter < 1:
+            raise EngineError("Write until a chapter number of 1 or more, with at least one paragraph a chapter.")
+        view = self._read(novel_id)
+        if view.open_chapter is None or view.open_chapter.position > through_chapter:
+            raise EngineError(f"Chapter {through_chapter} is already closed: the open chapter is number "
+                              f"{view.open_chapter.position if view.open_chapter else '?'}.")
+        done = 0
+        while True:
+            _check_cancel(cancel)
+            view = self._read(novel_id)
+            chapter = view.open_chapter
+            left = (through_chapter - chapter.position + 1) * paragraphs_per_chapter - len(chapter.paragraph_positions)
+            if len(chapter.paragraph_positions) >= paragraphs_per_chapter:
+                yield Event("progress", f"Closing {chapter.title!r}: writing its summary…", done=done,
+                            total=done + max(left, 0))
+                for outcome in self.summarizer(novel_id).close_chapter(novel_id, chapter.id, cancel=cancel):
+                    if outcome.notice:
+                        yield Event("notice", outcome.notice, done=done, total=done + max(left, 0))
+                if chapter.position >= through_chapter:
+                    return done
+                continue
+            engine = self._for_novel(view)
+            plan = chapter_plan(str(view.settings.get("outline") or ""), chapter.position)
+            if not view.paragraphs:
+                events = engine._start(view, cancel, mode, None)
+            elif plan and not chapter.paragraph_positions:
+                # A chapter's first step follows its line of the outline by chapter.
+                events = engine._step(view, plan, None, cancel, self._mode(view, mode))
+            else:
+                events = engine._auto_step(view, cancel, mode, done, done + left)
+            for event in events:
+                event.done, event.total = (done + 1 if event.kind == "done" else done), done + left
+                yield event
+            done += 1
+
     def _auto_step(self, view: NovelView, cancel, mode: str | None, done: int, steps: int) -> Iterator[Event]:
         """One auto-write step: the model picks a pending plan (or the scene continues), then the step."""
         notices: list[str] = []
@@ -377,6 +419,18 @@ class Engine:
             yield Event("notice", notice, done=done, total=steps)
         yield Event("progress", f"Step {done + 1} of {steps}: {plan_text}", done=done, total=steps)
         return (yield from self._step(view, plan_text, index, cancel, self._mode(view, mode)))
+
+    # ----------------------------------------------------------------------------------------------- chapters
+
+    def summarizer(self, novel_id: int) -> Summarizer:
+        """Chapter summaries and the synopsis (app/engine/summaries.py) with the novel's own model."""
+        engine = self._for_novel(self._read(novel_id))
+        return Summarizer(self.session_factory, engine.generator, self.prompts, self.reader)
+
+    def chapter_outliner(self, novel_id: int) -> ChapterOutliner:
+        """The outline by chapter (app/engine/chapter_outline.py) with the novel's own model."""
+        engine = self._for_novel(self._read(novel_id))
+        return ChapterOutliner(self.session_factory, engine.generator, self.prompts, self.reader)
 
     def choose(self, novel_id: int, choice: int, *, cancel: threading.Event | None = None) -> Iterator[Event]:
         """Interactive fiction: the reader picks choice `choice` (0-based); it becomes the next plan."""

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
-STAGES = ("start", "opening", "paragraph", "memory", "plans", "choose")
+STAGES = ("start", "opening", "paragraph", "memory", "plans", "choose", "chapter_summary", "synopsis",
+          "chapter_outline")
 ROLES = ("system", "user", "answer")
 INSTRUCTION = "instruction"  # the section name of a template's own words (never truncated)
 

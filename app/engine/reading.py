@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import select
 
-from memory import embeddings, retrieval, revisions, store
+from memory import chapters, embeddings, retrieval, revisions, store
 from memory.embeddings import Vector
 from memory.schema import PlanSet
 
-from app.engine.context import PROMPT_ONLY, ContextInputs, LoreItem, RetrievedItem
+from app.engine.context import PROMPT_ONLY, ChapterSummaryItem, ContextInputs, LoreItem, RetrievedItem
 from app.engine.errors import EngineError
 from app.engine.events import Event
 from app.engine.settings import NovelSettings, settings_notice
@@ -32,6 +32,23 @@ VOICES = {
 # plan alone 0.87, plus 0.25 last 0.73 (fused). So the last paragraph, which is in the context already, no longer
 # steers what is found.
 LAST_PARAGRAPH_WEIGHT = 0.0
+# How many closed chapters' summaries a step's context holds at most: the ones most similar to the plan (cosine of
+# MiniLM vectors), shown in book order. The truncation drops the least similar first.
+CHAPTER_SUMMARIES_K = 4
+
+
+@dataclass
+class ChapterView:
+    """A chapter as a step reads it: its summary (current version) and, for the open one, its paragraphs."""
+
+    id: int
+    position: int
+    title: str
+    closed: bool
+    summary: str
+    summary_version: int
+    summary_stale: bool
+    paragraph_positions: tuple[int, ...]
 
 
 @dataclass
@@ -60,6 +77,14 @@ class NovelView:
     pending: list[tuple[int, str]] = field(default_factory=list)
     # The paragraphs of `pending` as (id, version), so a commit can tell they are still what the memory read.
     pending_versions: list[tuple[int, int]] = field(default_factory=list)
+    # The upper memory tiers: the chapters in book order (the last is the open one steps write into) and the synopsis.
+    chapters: list[ChapterView] = field(default_factory=list)
+    synopsis: str = ""
+    synopsis_version: int = 0
+
+    @property
+    def open_chapter(self) -> ChapterView | None:
+        return self.chapters[-1] if self.chapters else None
 
     @property
     def count(self) -> int:
@@ -92,6 +117,7 @@ class StoreReader:
                              memory_version=memory.version if memory is not None else 0,
                              plans=(list(plan_set.plans) if plan_set is not None and plan_set.paragraph_id is None
                                     else []))
+            read_tiers(session, view)
             if getattr(self.embedder, "passage", None) is not None:
                 view.missing_sentences = [
                     (embedding.id, paragraph.text) for embedding, paragraph
@@ -157,11 +183,29 @@ class StoreReader:
                     retrieved.append(RetrievedItem(hit.paragraph.position, hit.paragraph.text, hit.score,
                                                    why=hit.why(), sentence=hit.sentence or ""))
         retrieved.sort(key=lambda item: -item.score)
+        chapter_so_far = view.open_chapter.summary if view.open_chapter is not None else ""
         return ContextInputs(
             premise=view.premise, outline=str(view.settings.get("outline") or ""), style=view.style, lore=lore,
-            memory=view.memory, retrieved=retrieved,
+            memory=view.memory, retrieved=retrieved, synopsis=view.synopsis,
+            chapters=self.relevant_chapters(view, plan), chapter_so_far=chapter_so_far,
             last_paragraph=last if strategy == PROMPT_ONLY else "", plan=plan, voice=VOICES[mode],
             words=int(view.setting("paragraph_words")))
+
+    def relevant_chapters(self, view: NovelView, plan: str, k: int = CHAPTER_SUMMARIES_K) -> list[ChapterSummaryItem]:
+        """The summaries of chapters before the open one, the `k` most similar to the plan (all of them when there
+        are no more than k), scored by cosine with the plan."""
+        earlier = [c for c in view.chapters[:-1] if c.summary.strip()]
+        if not earlier:
+            return []
+        scores = [0.0] * len(earlier)
+        if plan.strip() and getattr(self.embedder, "embed", None) is not None:
+            plan_vector = _unit(self.query_vector(plan.strip()).values)
+            summary_vectors = self.embedder.embed([c.summary for c in earlier])
+            scores = [float(_unit(vector) @ plan_vector) for vector in summary_vectors]
+        ranked = sorted(zip(earlier, scores), key=lambda pair: -pair[1])[:k]
+        return sorted((ChapterSummaryItem(position=c.position, title=c.title, text=c.summary, score=score,
+                                          stale=c.summary_stale) for c, score in ranked),
+                      key=lambda item: item.position)
 
     def opening_inputs(self, view: NovelView, mode: str) -> ContextInputs:
         """The context of the opening paragraph: the premise, outline, style and the lore the premise triggers."""
@@ -179,6 +223,24 @@ def _read_pending(session, view: NovelView, since) -> None:
     changed = [p for p in store.paragraphs_changed_since(session, view.novel_id, since) if p.position in positions]
     view.pending = [(p.position, p.text) for p in changed]
     view.pending_versions = [(p.id, p.version) for p in changed]
+
+
+def read_tiers(session, view: NovelView) -> None:
+    """Fill in the chapters (with their current summaries) and the synopsis of `view`."""
+    positions: dict[int, list[int]] = {}
+    for paragraph in store.paragraphs(session, view.novel_id):
+        positions.setdefault(paragraph.chapter_id, []).append(paragraph.position)
+    view.chapters = []
+    for chapter in store.chapters(session, view.novel_id):
+        summary = chapters.current_summary(session, chapter.id)
+        view.chapters.append(ChapterView(
+            id=chapter.id, position=chapter.position, title=chapter.title, closed=bool(chapter.closed),
+            summary=summary.text if summary is not None else "",
+            summary_version=summary.version if summary is not None else 0,
+            summary_stale=bool(chapter.summary_stale), paragraph_positions=tuple(positions.get(chapter.id, ()))))
+    synopsis = chapters.current_synopsis(session, view.novel_id)
+    view.synopsis = synopsis.text if synopsis is not None else ""
+    view.synopsis_version = synopsis.version if synopsis is not None else 0
 
 
 def _read_retry(session, view: NovelView):

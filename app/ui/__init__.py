@@ -148,7 +148,8 @@ def build_app(config: Config, source: ModelSource, installed=None):
     """The whole app. `installed` (a `services.Services`) lets tests share one store and model with handlers."""
     import gradio as gr
 
-    from app.ui import context, library, manuscript, memory_tab, reader, services, settings, story_chart, write
+    from app.ui import (chapters, context, library, manuscript, memory_tab, reader, services, settings,
+                        story_chart, write)
     from app.ui.common import GENERATION, bind, components, handler, outputs, to_components
     from app.wiring import open_parts
 
@@ -167,6 +168,7 @@ def build_app(config: Config, source: ModelSource, installed=None):
                 library_tab = library.build()
             with gr.Tab("Write", id="write"):
                 write_tab = write.build()
+                chapters_panel = chapters.build()
             with gr.Tab("Memory", id="memory"):
                 memory_ui = memory_tab.build()
             with gr.Tab("Context", id="context") as context_tab_block:
@@ -182,6 +184,7 @@ def build_app(config: Config, source: ModelSource, installed=None):
         tab_refreshes = [
             (library.refresh, components(library_tab, novel_id=novel_state)),
             (write.refresh, components(write_tab)),
+            (chapters.refresh, components(chapters_panel)),
             (memory_tab.refresh, components(memory_ui)),
             (settings.refresh, components(settings_tab)),
             (reader.refresh, components(reader_tab)),
@@ -205,6 +208,7 @@ def build_app(config: Config, source: ModelSource, installed=None):
 
         library.wire(library_tab, novel_state, on_novel_changed)
         write.wire(write_tab, novel_state, on_novel_changed)
+        chapters.wire(chapters_panel, novel_state, on_novel_changed)
         memory_tab.wire(memory_ui, novel_state, on_novel_changed)
         context.wire(context_tab, context_tab_block, novel_state, write_tab.instruction_box)
         settings.wire(settings_tab, novel_state)

@@ -37,7 +37,7 @@ EXPORT_FORMATS = {"JSON (re-importable)": "json", "Markdown": "md", "Plain text"
 IMPORT_SUFFIXES = [".json", ".md", ".txt"]
 DOWNLOAD_PREFIX = "longhand-export-"
 DOWNLOAD_MAX_AGE_S = 3600
-TABLE_HEADERS = ["id", "title", "words", "paragraphs", "last edited"]
+TABLE_HEADERS = ["id", "title", "words", "paragraphs", "chapters", "last edited"]
 MODEL_CHOICES = ["default"]
 
 
@@ -84,13 +84,13 @@ def _field(summary, name: str, default=None):
 
 
 def novel_rows() -> list[list]:
-    """One row per novel: id, title, words, paragraphs, last edited (newest first)."""
+    """One row per novel: id, title, words, paragraphs, chapters, last edited (newest first)."""
     rows = []
     for summary in _summaries():
         edited = _field(summary, "last_edited") or _field(summary, "updated_at")
         rows.append([
             _field(summary, "id"), _field(summary, "title"), _field(summary, "words", 0),
-            _field(summary, "paragraphs", 0), edited.strftime("%Y-%m-%d %H:%M") if edited else "",
+            _field(summary, "paragraphs", 0), _field(summary, "chapters", 1), edited.strftime("%Y-%m-%d %H:%M") if edited else "",
         ])
     return rows
 

@@ -15,6 +15,9 @@ STAGE_MARKERS = {
     "choose": "Which idea makes",
     "opening": "Write the first paragraph",
     "paragraph": "Write the next paragraph",
+    "chapter_summary": "Summarize this chapter",
+    "synopsis": "Write a synopsis",
+    "chapter_outline": "Plan this novel chapter by chapter",
 }
 
 GOOD = {
@@ -28,6 +31,10 @@ GOOD = {
     "plans": " Mara lights the lamp anyway and waits.\n2. A boat appears in the storm without lights.\n"
              "3. Mara searches the logbook for her own handwriting.",
     "choose": " 2",
+    "chapter_summary": "Mara finds a note in her own hand and climbs to the lamp room, where the warning waits.",
+    "chapter_outline": " A bottle washes up with a note in Mara's hand.\nChapter 2: Mara rows to the reef to find "
+                       "who wrote it.\nChapter 3: The storm tells her the truth.",
+    "synopsis": "Mara, the keeper of Skerry, finds a warning in her own hand and must decide about the lamp.",
 }
 
 

@@ -29,7 +29,8 @@ def test_slot_text_is_inserted_literally_and_empty_blocks_vanish():
     library = PromptLibrary()
     rendered = library.render("paragraph", premise="A {{plan}} premise", outline="", style="", bible="",
                               memory="She has the key.", retrieved="", last_paragraph="It rained.",
-                              plan="Open the door.", voice="Third person.", words=100)
+                              plan="Open the door.", voice="Third person.", words=100, synopsis="",
+                              chapters="", chapter_so_far="")
     user = rendered.messages[-1]["content"]
     assert "A {{plan}} premise" in user
     assert "Story bible" not in user and "Earlier passages" not in user and "Outline" not in user

@@ -74,9 +74,15 @@ def test_migration_backs_up_first(sqlite_url, tmp_path):
     engine = make_engine(sqlite_url)
     upgrade(engine, "0001")
     Session = make_sessionmaker(engine)
-    with Session() as s, s.begin():
-        novel_id = store.create_novel(s, "Old schema").id
-        store.add_paragraph(s, novel_id, "written under 0001")
+    # Written as 0001's schema has it (today's store writes chapters, which 0001 does not have).
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO novels (id, uid, title, premise, style_notes, settings, embedding_epoch, created_at, "
+            "updated_at) VALUES (1, 'u1', 'Old schema', '', '', '{}', 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00')")
+        connection.exec_driver_sql(
+            "INSERT INTO paragraphs (novel_id, position, text, words, origin, version, created_at, updated_at) "
+            "VALUES (1, 1, 'written under 0001', 3, 'written', 1, '2026-01-01 00:00:00', '2026-01-01 00:00:00')")
+    novel_id = 1
     assert init_db(engine, tmp_path / "b") == head_revision()
     assert current_revision(engine) == head_revision()
     [made] = backup.list_backups(tmp_path / "b")

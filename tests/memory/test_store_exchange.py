@@ -3,7 +3,10 @@ written, manuscripts export as Markdown / text / EPUB, and export file names sta
 
 from __future__ import annotations
 
+import html
 import json
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from memory import exchange, revisions, store
+from memory import chapters, exchange, revisions, store
 from memory.embeddings import Vector
 from memory.db import open_database
 
@@ -26,7 +29,8 @@ HOSTILE_SAMPLES = ["\u05e9\u05dc\u05d5\u05dd", "\U0001f468\u200d\U0001f469\u200d
 texts = st.one_of(st.text(st.characters(exclude_categories=["Cs"]), max_size=40), st.sampled_from(HOSTILE_SAMPLES))
 operations = st.lists(st.tuples(st.sampled_from(
     ["add", "insert", "edit", "delete", "memory", "plans", "step", "lore", "lore_edit", "rename", "settings",
-     "undo", "redo"]), texts, st.integers(0, 5)), min_size=1, max_size=14)
+     "undo", "redo", "chapter_add", "chapter_close", "chapter_move", "paragraph_move", "chapter_merge",
+     "chapter_delete", "summary", "synopsis"]), texts, st.integers(0, 5)), min_size=1, max_size=14)
 
 
 def apply(Session, novel_id: int, op: str, text: str, n: int) -> None:
@@ -62,10 +66,36 @@ def apply(Session, novel_id: int, op: str, text: str, n: int) -> None:
             store.rename_novel(s, novel_id, text[:100])
         elif op == "settings":
             store.update_novel_settings(s, novel_id, {"sampling": {"temperature": n / 10, "note": text}})
+        elif op.startswith(("chapter_", "paragraph_move", "summary", "synopsis")):
+            apply_chapter_op(s, novel_id, op, text, n)
         elif op == "undo":
             revisions.undo(s, novel_id)
         elif op == "redo":
             revisions.redo(s, novel_id)
+
+
+def apply_chapter_op(s, novel_id: int, op: str, text: str, n: int) -> None:
+    book = store.chapters(s, novel_id)
+    chapter = book[n % len(book)]
+    if op == "chapter_add":
+        chapters.add_chapter(s, novel_id, text.strip() or "Added", after_chapter_id=chapter.id if n % 2 else None)
+    elif op == "chapter_close" and not chapter.closed:
+        chapters.close_chapter(s, chapter.id)
+    elif op == "chapter_move":
+        chapters.move_chapter(s, chapter.id, 1 + (n * 7) % len(book))
+    elif op == "paragraph_move" and store.paragraphs(s, novel_id):
+        paragraph = store.paragraphs(s, novel_id)[n % len(store.paragraphs(s, novel_id))]
+        chapters.move_paragraph(s, paragraph.id, chapter.id)
+    elif op == "chapter_merge" and chapter is not book[-1]:
+        chapters.merge_with_next(s, chapter.id)
+    elif op == "chapter_delete" and len(book) > 1:
+        chapters.delete_chapter(s, chapter.id)
+    elif op == "summary":
+        current = chapters.current_summary(s, chapter.id)
+        chapters.set_summary(s, chapter.id, text, expected_version=current.version if current else 0)
+    elif op == "synopsis":
+        current = chapters.current_synopsis(s, novel_id)
+        chapters.set_synopsis(s, novel_id, text, expected_version=current.version if current else 0)
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +250,8 @@ def test_manuscript_exports(Session, tmp_path):
         book_path = exchange.export_to_file(s, novel_id, tmp_path, "epub")
     assert all(p.parent == tmp_path.resolve() for p in (md, txt, book_path))
     markdown = md.read_text(encoding="utf-8")
-    assert markdown.startswith("# ../The <Tide> & Us\n\n> Two keepers.\n\nThe first light failed at dusk.\n\n")
+    assert markdown.startswith("# ../The <Tide> & Us\n\n> Two keepers.\n\n## Chapter 1\n\n"
+                               "The first light failed at dusk.\n\n")
     assert txt.read_text(encoding="utf-8").splitlines()[:2] == ["../The <Tide> & Us", "=" * 18]
     book = epub.read_epub(str(book_path))
     assert book.get_metadata("DC", "title")[0][0] == "../The <Tide> & Us"
@@ -279,3 +310,121 @@ def test_an_empty_title_given_for_the_import_is_refused(Session, good_export):
         with Session() as s, s.begin():
             exchange.import_json(s, document, title="  ")
     assert count_novels(Session) == before
+
+
+def chaptered(Session) -> int:
+    with Session() as s, s.begin():
+        novel_id = store.create_novel(s, "Two Parts", premise="p").id
+        first = store.last_chapter(s, novel_id)
+        chapters.rename_chapter(s, first.id, "The Harbour", expected_version=1)
+        store.add_paragraph(s, novel_id, "Mara lit the lamp.")
+        second = chapters.close_chapter(s, first.id, next_title="The <Storm> & After")
+        chapters.set_summary(s, first.id, "Mara lights the lamp.", expected_version=0)
+        store.add_paragraph(s, novel_id, "The sea rose.")
+        store.add_paragraph(s, novel_id, "Jonah ran.", chapter_id=second.id)
+    return novel_id
+
+
+def test_manuscript_exports_have_a_heading_per_chapter(Session, tmp_path):
+    novel_id = chaptered(Session)
+    with Session() as s:
+        markdown = exchange.export_markdown(s, novel_id)
+        plain = exchange.export_text(s, novel_id)
+        book_path = exchange.export_to_file(s, novel_id, tmp_path, "epub")
+    assert markdown == ("# Two Parts\n\n> p\n\n## The Harbour\n\nMara lit the lamp.\n\n## The <Storm> & After\n\n"
+                        "The sea rose.\n\nJonah ran.\n")
+    assert plain.splitlines()[3:5] == ["The Harbour", "-----------"]
+    assert "The <Storm> & After\n-------------------\n\nThe sea rose." in plain
+    # Markdown import gives the same chapters back.
+    with Session() as s, s.begin():
+        again = exchange.import_manuscript(s, markdown, "")
+    with Session() as s:
+        assert store.get_novel(s, again.id).title == "Two Parts"
+        titles = {c.id: c.title for c in store.chapters(s, again.id)}
+        assert store.get_novel(s, again.id).premise == "p"
+        assert [(titles[p.chapter_id], p.text) for p in store.paragraphs(s, again.id)] == [
+            ("The Harbour", "Mara lit the lamp."), ("The <Storm> & After", "The sea rose."),
+            ("The <Storm> & After", "Jonah ran.")]
+    check_epub(book_path, ["The Harbour", "The <Storm> & After"], ["Mara lit the lamp.", "The sea rose. Jonah ran."])
+
+
+def check_epub(path: Path, titles: list[str], texts: list[str]) -> None:
+    """Open with ebooklib and check the structure: one spine document per chapter, in order, each in the table
+    of contents (NCX and nav) with its title as heading, and the container and package files in place."""
+    from ebooklib import ITEM_DOCUMENT, epub
+
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        assert names[0] == "mimetype" and archive.read("mimetype") == b"application/epub+zip"
+        assert "META-INF/container.xml" in names
+        assert archive.testzip() is None
+    book = epub.read_epub(str(path))
+    documents = {item.get_id(): item for item in book.get_items_of_type(ITEM_DOCUMENT)}
+    spine = [documents[idref] for idref, _ in book.spine if idref in documents and idref != "nav"]
+    assert len(spine) == len(titles)
+    assert [link.title for link in book.toc] == titles
+    assert [link.href for link in book.toc] == [item.file_name for item in spine]
+    for item, title, text in zip(spine, titles, texts):
+        content = item.get_content().decode("utf-8")
+        assert f"<h1>{html.escape(title, quote=False)}</h1>" in content
+        words = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", content)).split())
+        assert words == f"{title} {text}"
+    nav = next(item for item in book.get_items() if item.get_name().endswith("nav.xhtml")).get_content()
+    assert all(html.escape(t, quote=False).encode() in nav for t in titles)
+
+
+def test_markdown_with_top_level_headings_makes_chapters(Session):
+    draft = "Before any heading.\n\n# One\n\nFirst.\n\n# Two\n\nSecond.\n\nThird.\n"
+    with Session() as s, s.begin():
+        novel = exchange.import_manuscript(s, draft, "Draft")
+    with Session() as s:
+        overview = chapters.chapter_overview(s, novel.id)
+        assert [(c.title, c.paragraphs) for c in overview] == [("Chapter 1", 1), ("One", 1), ("Two", 2)]
+
+
+def test_json_round_trips_chapters_summaries_and_their_history(Session):
+    novel_id = chaptered(Session)
+    with Session() as s, s.begin():
+        chapters.set_synopsis(s, novel_id, "A keeper and a storm.", expected_version=0)
+        first = store.chapters(s, novel_id)[0]
+        chapters.set_summary(s, first.id, "Mara lights the lamp at dusk.", expected_version=1)
+        chapters.move_chapter(s, first.id, 2)
+    with Session() as s:
+        exported = exchange.dumps(exchange.export_json(s, novel_id))
+    with Session() as s, s.begin():
+        imported = exchange.import_json(s, exchange.parse_import(exported.encode())).id
+    with Session() as s:
+        assert exchange.dumps(exchange.export_json(s, imported)) == exported
+        [first_copy] = [c for c in store.chapters(s, imported) if c.title == "The Harbour"]
+        assert [m.text for m in chapters.summary_history(s, first_copy.id)] == [
+            "Mara lights the lamp.", "Mara lights the lamp at dusk."]
+    # The imported history undoes the chapter move, the summary edit and the synopsis like the original.
+    for _ in range(3):
+        with Session() as s, s.begin():
+            revisions.undo(s, novel_id)
+            revisions.undo(s, imported)
+    with Session() as s:
+        original, copy = exchange.export_json(s, novel_id), exchange.export_json(s, imported)
+        assert chapters.current_synopsis(s, imported) is None
+    assert without_edit_time(original) == without_edit_time(copy)
+
+
+def test_a_version_1_file_imports_as_one_chapter(Session, good_export):
+    document = json.loads(good_export.read_text(encoding="utf-8"))
+    document["version"] = 1
+    for table in exchange.ADDED_IN_V2:
+        del document[table]
+    for row in document["paragraphs"]:
+        del row["chapter_id"]
+    for revision in document["revisions"]:
+        for change in revision["changes"]:
+            for side in ("before", "after"):
+                if change["entity"] == "paragraphs" and change.get(side):
+                    del change[side]["chapter_id"]
+    parsed = exchange.parse_import(json.dumps(document).encode())
+    with Session() as s, s.begin():
+        novel_id = exchange.import_json(s, parsed).id
+    with Session() as s:
+        [chapter] = store.chapters(s, novel_id)
+        assert all(p.chapter_id == chapter.id for p in store.paragraphs(s, novel_id))
+        assert store.paragraphs(s, novel_id)
