@@ -343,3 +343,39 @@ def test_migration_puts_each_old_novel_into_one_chapter_backs_up_first_and_keeps
         revisions.redo(s, 1)
         store.commit_step(s, 1, "new", "m", ["a", "b", "c"], None, None, None)
     assert [t for _, t in reading(Session, 1)] == ["old first", "old second", "new"]
+
+
+def _ids_by_text(Session, novel_id: int) -> dict[str, object]:
+    with Session() as s:
+        return {p.text: p for p in store.paragraphs(s, novel_id)}
+
+
+def test_the_writers_manuscript_edits_keep_chapters_together_and_undo_exactly(Session):
+    """Insert after a chapter's last paragraph, split one, move one across the boundary: each stays contiguous,
+    lands in the chapter the writer meant, and undo gives back the exact layout."""
+    novel_id, (first, second) = book(Session, sizes=(2, 2))
+    before = layout(Session, novel_id)
+    last_of_first = _ids_by_text(Session, novel_id)["c1p2"]
+    with Session() as s, s.begin():
+        store.insert_paragraph(s, novel_id, "mine", after_id=last_of_first.id)
+    assert reading(Session, novel_id)[:3] == [("Chapter 1", "c1p1"), ("Chapter 1", "c1p2"), ("Chapter 1", "mine")]
+    assert_contiguous(Session, novel_id)
+
+    with Session() as s, s.begin():
+        store.edit_paragraph(s, _ids_by_text(Session, novel_id)["mine"].id, "one\n\ntwo", expected_version=1)
+    mine = _ids_by_text(Session, novel_id)["one\n\ntwo"]
+    with Session() as s, s.begin():
+        store.split_paragraph(s, mine.id, expected_version=mine.version)
+    assert [t for c, t in reading(Session, novel_id) if c == "Chapter 1"] == ["c1p1", "c1p2", "one", "two"]
+    assert_contiguous(Session, novel_id)
+
+    moving = _ids_by_text(Session, novel_id)["two"]
+    with Session() as s, s.begin():
+        store.move_paragraph(s, moving.id, expected_version=moving.version, offset=+1)
+    assert reading(Session, novel_id)[3:5] == [("Chapter 2", "two"), ("Chapter 2", "c2p1")]
+    assert_contiguous(Session, novel_id)
+
+    with Session() as s, s.begin():
+        for _ in range(4):
+            revisions.undo(s, novel_id)
+    assert layout(Session, novel_id) == before
