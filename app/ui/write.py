@@ -50,9 +50,23 @@ def _novel_view(novel_id: int) -> dict:
         paragraphs = [(p.position, p.text) for p in rows]
         written = {p.position for p in rows if p.origin == "written"}
         plans = pending_plans(session, novel_id)
+        chapters = store.chapters(session, novel_id)
+        open_chapter = chapters[-1] if chapters else None
+        shown = ([(p.position, p.text) for p in rows if p.chapter_id == open_chapter.id]
+                 if open_chapter is not None else paragraphs)
         return {"title": novel.title, "paragraphs": paragraphs, "written": written, "plans": plans,
+                "shown": shown, "chapter_title": open_chapter.title if open_chapter is not None else None,
+                "chapters": len(chapters),
                 "can_undo": revisions.can_undo(session, novel_id),
                 "can_redo": revisions.can_redo(session, novel_id)}
+
+
+def shown_title(view: dict) -> str:
+    """The manuscript's heading: the novel, and with several chapters the open one (the Write tab shows the chapter
+    steps write into, one chapter at a time; the Chapters panel shows the others)."""
+    if view["chapters"] <= 1:
+        return view["title"]
+    return f"{view['title']} · {view['chapter_title']} (chapter {view['chapters']} of {view['chapters']})"
 
 
 def pending_plans(session, novel_id: int) -> list[str]:
@@ -108,7 +122,7 @@ def refresh(novel_id):
     plans = view["plans"]
     settings, _ = load_settings(int(novel_id))
     return {
-        "manuscript_html": manuscript_html(view["title"], view["paragraphs"], view["written"]),
+        "manuscript_html": manuscript_html(shown_title(view), view["shown"], view["written"]),
         "plan_radio": gr.update(choices=[(plan, plan) for plan in plans], value=plans[0] if plans else None),
         "instruction_box": plans[0] if plans else "",
         "counts_md": counts_line(view["paragraphs"]),

@@ -72,3 +72,18 @@ def test_close_writes_a_summary_and_edits_keep_history_and_refuse_stale_saves(no
 
 def test_chapter_filter_keeps_one_chapters_paragraphs():
     assert panel.chapter_filter([(1, "a"), (2, "b"), (3, "c")], (2, 3)) == [(2, "b"), (3, "c")]
+
+
+def test_the_write_tab_shows_the_open_chapter_only(novel, with_embedder):
+    from app.ui import write
+
+    alone = write.refresh(novel)["manuscript_html"]
+    assert all(text in alone for text in ("One two three.", "Four five.", "Six."))
+    with with_embedder.session() as s, s.begin():
+        storm = chapters.add_chapter(s, novel, "The Storm")
+        store.add_paragraph(s, novel, "Rain on the roof.", chapter_id=storm.id)
+    shown = write.refresh(novel)
+    assert "Rain on the roof." in shown["manuscript_html"] and "The Storm" in shown["manuscript_html"]
+    assert "One two three." not in shown["manuscript_html"]
+    # The counts are the whole novel's.
+    assert shown["counts_md"].startswith("4 paragraphs")
