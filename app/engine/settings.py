@@ -24,6 +24,10 @@ from models.backend import STATE_DTYPES
 from models.sampling import DEFAULT_DRY_BREAKERS, PenaltyParams, SamplingParams
 
 MODES = ("write", "interactive")
+# How the paragraph is asked for: "instruction" (prompts/opening.txt, paragraph.txt: a chat message asking for the
+# next paragraph) or "document" (prompts/continue_*.txt: the manuscript itself, continued; see PARAGRAPH_PROMPT).
+PARAGRAPH_PROMPTS = ("instruction", "document")
+PARAGRAPH_PROMPT = "instruction"
 MAX_MODEL_CHARS = 4096
 MAX_OUTLINE_CHARS = 100_000
 
@@ -86,6 +90,8 @@ class NovelSettings:
     context_tokens: int = _setting(2048, "whole", low=256, high=1_048_576, label="context budget")
     max_attempts: int = _setting(3, "whole", low=1, high=20, form=False)
     mode: str = _setting("write", "choice", choices=MODES, form=False)
+    paragraph_prompt: str = _setting(PARAGRAPH_PROMPT, "choice", choices=PARAGRAPH_PROMPTS, form=False,
+                                     label="paragraph prompt")
     snapshot_budget_mb: int = _setting(2000, "whole", low=0, high=1_000_000, label="snapshot disk budget")
     snapshot_dtype: str = _setting("fp32", "choice", choices=STATE_DTYPES, label="snapshot precision")
     plan_tokens: int = _setting(120, "whole", low=1, high=4096, form=False)
