@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.engine.context import ContextPreview
-from app.engine.continuity import Voice, memory_problem, strip_leaks, trim_to_length, voice_problem
+from app.engine.continuity import Voice, entities, memory_problem, strip_leaks, trim_to_length, voice_problem
 from app.engine.errors import EngineError
 from app.engine.events import Event
 from app.engine.parsing import (
@@ -243,9 +243,11 @@ class ModelStages:
 
 def salient_sentence(paragraph: str, embedder=None, skip: str = "") -> str:
     """The sentence of `paragraph` closest to the paragraph as a whole (cosine of MiniLM vectors with their mean),
+    among those naming a character or place when any does (so the memory names something of the paragraph),
     leaving out sentences already in `skip`; the longest one without an embedder."""
     seen = {normalized_sentence(s) for s in sentences(skip)}
     candidates = [s for s in sentences(paragraph) if normalized_sentence(s) not in seen and len(words(s)) >= 3]
+    candidates = [s for s in candidates if entities(s)] or candidates
     if not candidates:
         return ""
     if embedder is None or len(candidates) == 1:
