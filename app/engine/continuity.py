@@ -94,7 +94,8 @@ MODE_VOICES = {"write": Voice("third", "past"), "interactive": Voice("second", "
 def entities(text: str) -> set[str]:
     """Names of characters and places in `text`: capitalized words that are not function words or pronouns,
     lower-cased. A capitalized word seen only at a sentence start counts too when it is no common word."""
-    return {match.lower() for match in _CAPITALIZED.findall(text) if match.lower() not in _NOT_NAMES}
+    names = {re.sub(r"['’]s$", "", match.lower()) for match in _CAPITALIZED.findall(text)}
+    return names - _NOT_NAMES
 
 
 def content_words(text: str) -> set[str]:
