@@ -54,6 +54,8 @@ def chart_frames(paragraphs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def carried_names(paragraphs: list[str]) -> list[int]:
     """For each paragraph, how many characters and places it names from the paragraph before (0 for the first)."""
+    if not paragraphs:
+        return []
     return [0] + [len(entities(text) & entities(before)) for before, text in zip(paragraphs, paragraphs[1:])]
 
 

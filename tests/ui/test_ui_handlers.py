@@ -424,6 +424,7 @@ def test_continuity_per_paragraph_shows_where_the_thread_and_the_voice_broke():
                   "In 2017, a woman named Julia opened a bakery in Paris.",
                   "I walked to Julia's bakery and my hands were cold."]
     assert story_chart.carried_names(paragraphs) == [0, 2, 0, 1]
+    assert story_chart.carried_names([]) == [] and story_chart.continuity_summary([], MODE_VOICES["write"]) == ""
     carry, in_voice = story_chart.continuity_frames(paragraphs, MODE_VOICES["write"])
     assert list(carry["names carried over"]) == [0, 2, 0, 1]
     assert list(in_voice["in voice"]) == [1, 1, 1, 0]
