@@ -34,7 +34,8 @@ _CONTENT_WORD = re.compile(r"[a-z]{4,}")
 # A paragraph that opens like a new story: fairy-tale formulas, dated openings, headings.
 _RESTART = re.compile(
     r"^\W*(once upon a time|a long(,)? long time ago|a long time ago|long ago|long, long ago|in a (land|kingdom|"
-    r"village|world|galaxy) far|in (the year )?\d{3,4}\b|there (once )?(was|lived) (a|an|once)\b|it all (began|started)|"
+    r"village|world|galaxy) far|in (the year )?\d{3,4}\b|there (once )?(was|lived) (a|an|once)\b|"
+    r"it all (began|started)|"
     r"this is the story of|our story (begins|starts)|chapter \w+\b|prologue\b|title\s*:|the end\b)",
     re.IGNORECASE)
 
@@ -42,9 +43,9 @@ _RESTART = re.compile(
 # headings where a heading stands (the start of a line or of a sentence, capitalized): "a plan: run" is story.
 _LABEL = re.compile(
     r"\((?i:paragraph|passage|step)\s*\d+\)|\[(?i:paragraph|passage)\s*\d+\]|"
-    r"(?:^|(?<=[.!?]\s)|(?<=[.!?][\"”’]\s))(?:Premise|Outline|Style|Story bible|What happened so far|Earlier passages|"
-    r"Last paragraph|Plan for the next paragraph|Plan|Summary so far|Ideas for the next paragraph|Notes for the next "
-    r"passage|New paragraph|Next paragraph|Paragraph\s*\d+|PREMISE|PLAN)\s*:", re.MULTILINE)
+    r"(?:^|(?<=[.!?]\s)|(?<=[.!?][\"”’]\s))(?:Premise|Outline|Style|Story bible|What happened so far|"
+    r"Earlier passages|Last paragraph|Plan for the next paragraph|Plan|Summary so far|"
+    r"Ideas for the next paragraph|Notes for the next passage|New paragraph|Next paragraph|Paragraph\s*\d+|PREMISE|PLAN)\s*:", re.MULTILINE)
 # Section markers: chat-format tokens, the template's role headers, markdown rules and headings.
 _MARKER = re.compile(r"<\|[^|>]{1,40}\|>|</?s>|\[/?(?:INST|system|user|answer|assistant)\]|^\s*(?:#{1,6}\s|---+|"
                      r"\*\*\*+|===+)", re.IGNORECASE | re.MULTILINE)

@@ -173,8 +173,9 @@ def test_reader_choices_are_buttons_and_a_choice_writes_the_next_passage(scripte
     assert all(b["visible"] for b in buttons)
     # Interactive fiction asks for the second person, present tense (the engine retries a paragraph in another
     # voice); it names Skerry, as the fake memory does (a memory naming nothing of its paragraph is refused).
-    scripted.script["paragraph"] = ["You climb the spiral stair of the Skerry light with the note in your fist. The lamp room smells of "
-                                    "paraffin and salt, and you read the words again: do not light the lamp."]
+    scripted.script["paragraph"] = ["You climb the spiral stair of the Skerry light with the note in your fist. The "
+                                    "lamp room smells of paraffin and salt, and you read the words again: do not "
+                                    "light the lamp."]
     frames = list(reader._choice_handler(1)(novel_id))
     assert frames[-1]["status_md"] == "Saved."
     assert "A boat appears in the storm without lights." in scripted.calls_for("paragraph")[-1].prompt
