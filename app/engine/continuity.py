@@ -45,7 +45,8 @@ _LABEL = re.compile(
     r"\((?i:paragraph|passage|step)\s*\d+\)|\[(?i:paragraph|passage)\s*\d+\]|"
     r"(?:^|(?<=[.!?]\s)|(?<=[.!?][\"”’]\s))(?:Premise|Outline|Style|Story bible|What happened so far|"
     r"Earlier passages|Last paragraph|Plan for the next paragraph|Plan|Summary so far|"
-    r"Ideas for the next paragraph|Notes for the next passage|New paragraph|Next paragraph|Paragraph\s*\d+|PREMISE|PLAN)\s*:", re.MULTILINE)
+    r"Ideas for the next paragraph|Notes for the next passage|New paragraph|Next paragraph|Paragraph\s*\d+|"
+    r"PREMISE|PLAN)\s*:", re.MULTILINE)
 # Section markers: chat-format tokens, the template's role headers, markdown rules and headings.
 _MARKER = re.compile(r"<\|[^|>]{1,40}\|>|</?s>|\[/?(?:INST|system|user|answer|assistant)\]|^\s*(?:#{1,6}\s|---+|"
                      r"\*\*\*+|===+)", re.IGNORECASE | re.MULTILINE)
