@@ -34,7 +34,7 @@ _CONTENT_WORD = re.compile(r"[a-z]{4,}")
 # A paragraph that opens like a new story: fairy-tale formulas, dated openings, headings.
 _RESTART = re.compile(
     r"^\W*(once upon a time|a long(,)? long time ago|a long time ago|long ago|long, long ago|in a (land|kingdom|"
-    r"village|world|galaxy) far|in (the year )?\d{3,4}\b|there (once )?(was|lived) (a|an|once)\b|"
+    r"village|world|galaxy) far|in (the year |the )?\d{3,4}s?\b|there (once )?(was|lived) (a|an|once)\b|"
     r"it all (began|started)|"
     r"this is the story of|our story (begins|starts)|chapter \w+\b|prologue\b|title\s*:|the end\b)",
     re.IGNORECASE)

@@ -46,7 +46,8 @@ def test_carry_over_needs_a_shared_name():
 
 @pytest.mark.parametrize("text", ["Once upon a time, in a village by the sea, there lived a girl.",
                                   "A long time ago, a king ruled the north.", STRANGER,
-                                  "Chapter One. The storm came.", "There once was a keeper named Mara."])
+                                  "Chapter One. The storm came.", "There once was a keeper named Mara.",
+                                  "In 1970s Los Angeles, a small coastal town lay shrouded in fog."])
 def test_openings_of_a_new_story_are_restarts(text):
     assert is_restart(text)
 
