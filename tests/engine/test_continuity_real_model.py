@@ -13,7 +13,8 @@ from memory import store
 from tests.engine.engine_fakes import run
 from tests.engine.test_engine_real_model import SMALL
 
-pytestmark = pytest.mark.slow
+# Three real steps with the memory's retries: over 17 minutes on the loaded 2-core machine, past the default 1200 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 def test_three_real_steps_move_the_memory_every_time(session_factory, embedder, default_generator, novel_id):
