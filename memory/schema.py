@@ -32,6 +32,9 @@ from sqlalchemy.types import TypeDecorator
 
 # Origins of a paragraph's current text.
 ORIGINS = ("generated", "written", "edited", "imported")
+# How a memory version was made: by the model, by the writer (or an import), or by the engine's extractive fallback
+# (the old memory plus the new paragraph's most salient sentence) when the model's rewrites failed validation.
+MEMORY_ORIGINS = ("generated", "written", "edited", "imported", "extractive")
 
 # Escape character for NUL on PostgreSQL: DLE (U+0010) doubles itself, NUL becomes DLE + "0".
 _ESC = "\x10"

@@ -27,6 +27,7 @@ from memory.embeddings import Vector, drop_embeddings, put_embedding
 from memory.errors import ConflictError, NotFoundError, ValidationError
 from memory.revisions import Changes, lock_novel, record
 from memory.schema import (
+    MEMORY_ORIGINS,
     ORIGINS,
     Chapter,
     ChapterSummary,
@@ -81,6 +82,12 @@ def _check_title(title: Any) -> str:
     if len(title) > MAX_TITLE_CHARS:
         raise ValidationError(f"The title is {len(title)} characters long; the limit is {MAX_TITLE_CHARS}.")
     return title
+
+
+def _check_memory_origin(origin: str) -> str:
+    if origin not in MEMORY_ORIGINS:
+        raise ValidationError(f"Memory origin must be one of {', '.join(MEMORY_ORIGINS)}, got {origin!r}.")
+    return origin
 
 
 def _check_origin(origin: str) -> str:
@@ -648,13 +655,14 @@ def delete_lore(session: Session, lore_id: int) -> None:
 def commit_step(session: Session, novel_id: int, paragraph_text: str, memory_text: str, plans: list[str],
                 chosen_plan: int | None, used_plan_text: str | None, embedding: Vector | None,
                 origin: str = "generated", *, expected_memory_version: int | None = None,
-                expected_paragraph_count: int | None = None) -> StepResult:
+                expected_paragraph_count: int | None = None, memory_origin: str = "generated") -> StepResult:
     """Save a step's results together: the new paragraph (+ its vector), the new memory version, the choice made
     from the pending plan set, and the next three plans. All or nothing: it runs in the caller's transaction.
 
     `chosen_plan` is the index in the current plan set (None when the writer typed their own instruction);
     `used_plan_text` is the instruction actually used. The expected_* checks refuse a step generated from a view
-    that changed meanwhile (another tab wrote a paragraph or edited the memory).
+    that changed meanwhile (another tab wrote a paragraph or edited the memory). `memory_origin` says how the
+    memory was made ("generated" by the model, "extractive" when the engine's fallback assembled it).
     """
     lock_novel(session, novel_id)
     text = _check_text(paragraph_text, "The paragraph")
@@ -672,7 +680,7 @@ def commit_step(session: Session, novel_id: int, paragraph_text: str, memory_tex
     if embedding is not None:
         put_embedding(changes, novel_id, vector=embedding, paragraph_id=paragraph.id)
     memory = ShortTermMemory(novel_id=novel_id, version=memory_version + 1,
-                             text=_check_text(memory_text, "The memory"), origin="generated")
+                             text=_check_text(memory_text, "The memory"), origin=_check_memory_origin(memory_origin))
     changes.insert(memory)
     pending = current_plans(session, novel_id)
     if pending is not None and pending.paragraph_id is None:

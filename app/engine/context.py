@@ -207,7 +207,7 @@ def build_context(library: PromptLibrary, generator, inputs: ContextInputs, budg
     had = {name: bool(value) for name, value in fitter.slots().items()}
     while True:
         rendered = library.render(stage, **{k: v for k, v in fitter.slots().items() if k in library.slots(stage)})
-        prompt_text = generator.render_chat(rendered.messages) + rendered.answer_prefix
+        prompt_text = rendered.prompt_text(generator)
         total = generator.count_tokens(prompt_text)
         if total <= budget:
             break

@@ -24,6 +24,7 @@ from app.engine import strategies
 from app.engine.chapter_outline import ChapterOutliner, chapter_plan
 from app.engine.context import MANUSCRIPT_STATE, PROMPT_ONLY, ContextPreview, build_context
 from app.engine.editing import EditOutcome, ManuscriptEditor
+from app.engine.continuity import MODE_VOICES
 from app.engine.errors import EngineError
 from app.engine.events import Event
 from app.engine.prompts import PROMPTS_DIR, PromptLibrary
@@ -69,6 +70,7 @@ class StepDraft:
     outline: str | None = None  # proposed by the start stage
     propose_title: bool | None = None  # None: rename only a novel whose title was derived from the premise
     memory: str = ""
+    memory_origin: str = "generated"  # "extractive" when the memory stage's visible fallback wrote it
     plans: list[str] = field(default_factory=list)
 
 
@@ -112,7 +114,7 @@ class Engine:
     @property
     def stages(self) -> ModelStages:
         """The model stages (app/engine/stages.py) over this engine's model and prompts."""
-        return ModelStages(self.generator, self.prompts, self.max_attempts)
+        return ModelStages(self.generator, self.prompts, self.max_attempts, embedder=self.embedder)
 
     def _for_novel(self, view: NovelView) -> Engine:
         """This engine over the novel's own model (its settings' model, device and dtype), when it resolves models
@@ -144,6 +146,15 @@ class Engine:
         """Everything a step starts from, in one transaction (app/engine/reading.py StoreReader.read)."""
         return self.reader.read(novel_id, for_retry=for_retry)
 
+    @staticmethod
+    def _paragraph_stage(view: NovelView, strategy: str, opening: bool = False) -> str:
+        """The template of the paragraph prompt: the instruction (opening, paragraph) or the document strategy's
+        (continue_*) by the novel's `paragraph_prompt`; the manuscript-state strategy reads the manuscript itself,
+        so it always takes the instruction's control block."""
+        document = str(view.setting("paragraph_prompt")) == "document" and strategy == PROMPT_ONLY
+        name = "opening" if opening else "paragraph"
+        return f"continue_{name}" if document else name
+
     def _budget(self, view: NovelView) -> int:
         window = int(getattr(self.generator, "context_window", 0) or 0)
         budget = int(view.setting("context_tokens"))
@@ -172,14 +183,15 @@ class Engine:
             raise EngineError("There is no plan to inspect: write an instruction for the next paragraph.")
         strategy = self.strategy
         preview = build_context(self.prompts, self.generator, self.reader.step_inputs(view, plan, mode, strategy),
-                                self._budget(view), strategy=strategy)
+                                self._budget(view), stage=self._paragraph_stage(view, strategy), strategy=strategy)
         if strategy == MANUSCRIPT_STATE:
             preview.manuscript_tokens = sum(self.generator.count_tokens(text + "\n\n") for _, text in view.paragraphs)
         return preview
 
     def _opening_context(self, view: NovelView, mode: str) -> ContextPreview:
         return build_context(self.prompts, self.generator, self.reader.opening_inputs(view, mode),
-                             self._budget(view), stage="opening", strategy=PROMPT_ONLY)
+                             self._budget(view), stage=self._paragraph_stage(view, PROMPT_ONLY, opening=True),
+                             strategy=PROMPT_ONLY)
 
     def reader_view(self, novel_id: int) -> ReaderView:
         """Interactive fiction: the paragraphs so far and the plans offered as the reader's choices."""
@@ -218,7 +230,7 @@ class Engine:
                        propose_title: bool | None = None) -> Iterator[Event]:
         """Stream the opening paragraph from the premise, then finish the step (memory, plans, commit)."""
         preview = self._opening_context(view, mode)
-        paragraph = yield from self._stream_paragraph(view, preview, cancel, notices)
+        paragraph = yield from self._stream_paragraph(view, preview, cancel, notices, mode=mode)
         draft = StepDraft(paragraph=paragraph, plan_text="(the opening)", plan_index=None, strategy=PROMPT_ONLY,
                           notices=notices, retry=retry, title=title, outline=outline, propose_title=propose_title)
         return (yield from self._finish(view, draft, cancel))
@@ -256,7 +268,7 @@ class Engine:
         yield from self.reader.backfill_sentences(view)
         yield Event("progress", f"Building the context ({strategy})…")
         preview = build_context(self.prompts, self.generator, self.reader.step_inputs(view, plan_text, mode, strategy),
-                                self._budget(view), strategy=strategy)
+                                self._budget(view), stage=self._paragraph_stage(view, strategy), strategy=strategy)
         if preview.dropped:
             notices.append("To fit the context budget, left out: " + ", ".join(preview.dropped) + ".")
         manuscript = None
@@ -264,17 +276,18 @@ class Engine:
             yield Event("progress", "Restoring the model's state after the manuscript…")
             manuscript = self._manuscript_state(view, cancel)
         yield Event("progress", "Writing the paragraph…")
-        paragraph = yield from self._stream_paragraph(view, preview, cancel, notices,
+        paragraph = yield from self._stream_paragraph(view, preview, cancel, notices, mode=mode,
                                                       state=manuscript.state if manuscript is not None else None)
         draft = StepDraft(paragraph=paragraph, plan_text=plan_text, plan_index=plan_index, strategy=strategy,
                           notices=notices, manuscript=manuscript, retry=retry)
         return (yield from self._finish(view, draft, cancel))
 
-    def _stream_paragraph(self, view: NovelView, preview: ContextPreview, cancel, notices: list[str],
-                          state=None) -> Iterator[Event]:
-        """The paragraph stage's events, passed on; returns the paragraph."""
+    def _stream_paragraph(self, view: NovelView, preview: ContextPreview, cancel, notices: list[str], *,
+                          mode: str, state=None) -> Iterator[Event]:
+        """The paragraph stage's events, passed on (checked for the voice `mode` asks for); returns the
+        paragraph."""
         paragraph = ""
-        for event in self.stages.paragraph(view, preview, cancel, notices, state=state):
+        for event in self.stages.paragraph(view, preview, cancel, notices, state=state, voice=MODE_VOICES[mode]):
             if event.kind == "paragraph":
                 paragraph = event.text
             yield event
@@ -283,7 +296,7 @@ class Engine:
     def _finish(self, view: NovelView, draft: StepDraft, cancel) -> Iterator[Event]:
         """The memory and plans stages after the paragraph, then the commit (and the state snapshot after it)."""
         yield Event("progress", "Updating the memory…")
-        draft.memory = self.stages.memory(view, draft.paragraph, cancel, draft.notices)
+        draft.memory, draft.memory_origin = self.stages.memory(view, draft.paragraph, cancel, draft.notices)
         yield Event("memory", draft.memory)
         yield Event("progress", "Proposing three plans…")
         draft.plans = self.stages.plans(view, draft.memory, draft.paragraph, cancel, draft.notices)
@@ -310,7 +323,7 @@ class Engine:
             result = store.commit_step(session, view.novel_id, draft.paragraph, draft.memory, draft.plans,
                                        draft.plan_index, draft.plan_text, embedding,
                                        expected_memory_version=view.memory_version,
-                                       expected_paragraph_count=view.count)
+                                       expected_paragraph_count=view.count, memory_origin=draft.memory_origin)
             return StepOutcome(novel_id=view.novel_id, paragraph_id=result.paragraph.id,
                                position=result.paragraph.position, paragraph=draft.paragraph, memory=draft.memory,
                                plans=draft.plans, used_plan=draft.plan_text, strategy=draft.strategy,
@@ -469,7 +482,7 @@ class Engine:
         notices = list(view.notices)
         yield Event("progress", f"Updating the memory from paragraph{'s' if len(view.pending) > 1 else ''} "
                                 f"{positions}…")
-        memory = yield from engine.stages.catch_up(view, [text for _, text in view.pending], cancel, notices)
+        memory, origin = yield from engine.stages.catch_up(view, [text for _, text in view.pending], cancel, notices)
         for notice in notices:
             yield Event("notice", notice)
         _check_cancel(cancel)
@@ -481,7 +494,7 @@ class Engine:
                 if now != view.pending_versions:
                     raise store.ConflictError("The manuscript changed while the memory was updated; nothing was "
                                               "saved: update the memory again.")
-            store.set_memory(session, novel_id, memory, view.memory_version, origin="generated",
+            store.set_memory(session, novel_id, memory, view.memory_version, origin=origin,
                              cause=f"updated the memory from paragraphs {positions}")
         yield Event("memory", memory)
         yield Event("done", f"Memory updated from paragraph{'s' if len(view.pending) > 1 else ''} {positions}.")

@@ -14,7 +14,10 @@ from pathlib import Path
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
 STAGES = ("start", "opening", "paragraph", "memory", "plans", "choose", "chapter_summary", "synopsis",
-          "chapter_outline")
+          "chapter_outline", "continue_opening", "continue_paragraph")
+# Stages written as plain documents the model continues (no chat template): the document strategy's paragraph
+# prompts (NovelSettings.paragraph_prompt).
+DOCUMENT_STAGES = frozenset({"continue_opening", "continue_paragraph"})
 ROLES = ("system", "user", "answer")
 INSTRUCTION = "instruction"  # the section name of a template's own words (never truncated)
 
@@ -58,6 +61,13 @@ class Rendered:
 
     def section_text(self, section: str) -> str:
         return "".join(p.text for p in self.pieces if p.section == section)
+
+    def prompt_text(self, generator) -> str:
+        """The exact text the model continues: the chat template over the messages plus the answer's start, or,
+        for a document stage, the messages as plain text with the answer starting on a new paragraph."""
+        if self.stage in DOCUMENT_STAGES:
+            return "\n\n".join(message["content"] for message in self.messages) + "\n\n" + self.answer_prefix
+        return generator.render_chat(self.messages) + self.answer_prefix
 
 
 def _parse_nodes(text: str, stage: str, stack: tuple[str, ...] = ()) -> tuple[tuple[_Node, ...], str]:

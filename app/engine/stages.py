@@ -1,8 +1,10 @@
 """The model stages of a step: title and outline, paragraph (streamed), memory, plans and the auto-mode choice.
 
 Each stage renders its prompt (prompts/), asks the model a bounded number of times and checks every answer with a
-parser (app/engine/parsing.py); after the last try it falls back visibly (a notice) or raises `EngineError`. The
-stages read nothing from the store and write nothing: the orchestration (app/engine/core.py) does that.
+parser (app/engine/parsing.py) and the continuity guards (app/engine/continuity.py: leaked prompt text stripped,
+the voice checked, an overlong paragraph trimmed, the memory's rewrite validated); after the last try it falls back
+visibly (a notice) or raises `EngineError`. The stages read nothing from the store and write nothing: the
+orchestration (app/engine/core.py) does that.
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from app.engine.context import ContextPreview
+from app.engine.continuity import Voice, entities, memory_problem, strip_leaks, trim_to_length, voice_problem
 from app.engine.errors import EngineError
 from app.engine.events import Event
 from app.engine.parsing import (
+    MIN_PARAGRAPH_WORDS,
     Parsed,
     candidate_plans,
     copies_text,
@@ -26,7 +32,7 @@ from app.engine.parsing import (
 )
 from app.engine.prompts import PromptLibrary
 from app.engine.reading import NovelView
-from app.engine.text import limit_words, sentences
+from app.engine.text import limit_words, normalized_sentence, sentences, words
 
 FALLBACK_PLANS = [
     "Continue the scene from where it stopped, with a new detail.",
@@ -73,6 +79,11 @@ def _latest_within(texts: list[str], max_words: int) -> list[str]:
         size += words
     return kept
 
+# A paragraph longer than this many times `paragraph_words` is trimmed at a sentence end to TRIM_TO times it
+# (LongWriter's length score: 83 at 1.5x, 93 at 1.2x).
+TRIM_ABOVE = 1.5
+TRIM_TO = 1.2
+
 
 @dataclass
 class ModelStages:
@@ -81,6 +92,7 @@ class ModelStages:
     generator: object
     prompts: PromptLibrary
     max_attempts: int | None = None
+    embedder: object = None  # memory.retrieval.Embedder: picks the salient sentence of the memory's fallback
 
     def attempts(self, view: NovelView) -> int:
         return max(1, int(self.max_attempts or view.setting("max_attempts")))
@@ -121,36 +133,71 @@ class ModelStages:
         return title, outline
 
     def paragraph(self, view: NovelView, preview: ContextPreview, cancel, notices: list[str],
-                  state=None) -> Iterator[Event]:
-        """Stream the paragraph (retrying a bounded number of times); the last event's text is the paragraph."""
+                  state=None, voice: Voice | None = None) -> Iterator[Event]:
+        """Stream the paragraph (retrying a bounded number of times); the last event's text is the paragraph.
+
+        Each try is parsed, stripped of leaked prompt text, cleared of sentences repeated from earlier paragraphs and
+        checked for `voice`; a try that fails is retried. After the last try, a usable paragraph in the wrong voice
+        (or mostly repeating earlier ones) is kept with a notice; none at all raises `EngineError`. The kept
+        paragraph is trimmed at a sentence end when it runs far past `paragraph_words`. Every repair is a notice."""
         earlier = [text for _, text in view.paragraphs]
         problem = ""
-        repeated = ""
+        kept_anyway: tuple[str, str, list[str]] | None = None  # (text, why it failed, its repairs)
         for attempt in range(self.attempts(view)):
             if attempt:
                 yield Event("reset", f"Retrying the paragraph ({problem}).")
             raw = yield from self._paragraph_attempt(view, preview, attempt, cancel, state)
-            parsed = parse_paragraph(raw)
-            if parsed.ok:
-                fresh = drop_repeated_sentences(parsed.value, earlier)
-                if fresh.ok:
-                    repairs = [r for r in (parsed.problem, fresh.problem) if r]
-                    if repairs:
-                        notices.append(f"Paragraph repaired: {'; '.join(repairs)}.")
-                    yield Event("paragraph", fresh.value)
-                    return
-                # Mostly a copy of earlier paragraphs: worth another try; kept as the last resort.
-                repeated = repeated or parsed.value
-                problem = fresh.problem
+            candidate, problem, repairs = self._check_paragraph(raw, earlier, voice)
+            if candidate is not None and not problem:
+                yield Event("paragraph", self._finish_paragraph(view, candidate, repairs, notices))
+                return
+            # Kept as the last resort: the first usable try, one in the wrong voice before one that repeats.
+            if candidate is not None and (kept_anyway is None or (kept_anyway[1].startswith("it repeated")
+                                                                  and not problem.startswith("it repeated"))):
+                kept_anyway = (candidate, problem, repairs)
+        if kept_anyway is not None:
+            text, why, repairs = kept_anyway
+            if why.startswith("it repeated"):
+                notices.append("Every try mostly repeated earlier paragraphs; the last one was kept as written: "
+                               "rewrite it, retry, or raise the repetition penalties in Settings.")
             else:
-                problem = parsed.problem
-        if repeated:
-            notices.append("Every try mostly repeated earlier paragraphs; the last one was kept as written: "
-                           "rewrite it, retry, or raise the repetition penalties in Settings.")
-            yield Event("paragraph", repeated)
+                notices.append(f"Every try was written {why.removeprefix('it was written ')}; the first was kept: "
+                               "rewrite it or retry.")
+            yield Event("paragraph", self._finish_paragraph(view, text, repairs, notices))
             return
         raise EngineError(f"The model gave no usable paragraph in {self.attempts(view)} tries ({problem}); "
                           "nothing was saved. Try again, or change the plan or the sampling settings.")
+
+    @staticmethod
+    def _check_paragraph(raw: str, earlier: list[str], voice: Voice | None) -> tuple[str | None, str, list[str]]:
+        """(paragraph or None, why it fails the guards or "", the repairs made) for one try's raw text."""
+        parsed = parse_paragraph(raw)
+        if not parsed.ok:
+            return None, parsed.problem, []
+        repairs = [parsed.problem] if parsed.problem else []
+        stripped = strip_leaks(parsed.value)
+        if len(words(stripped.text)) < MIN_PARAGRAPH_WORDS:
+            return None, "it was prompt text, not story", []
+        repairs.extend(stripped.repairs)
+        fresh = drop_repeated_sentences(stripped.text, earlier)
+        if not fresh.ok:
+            return stripped.text, fresh.problem, repairs
+        if fresh.problem:
+            repairs.append(fresh.problem)
+        wrong_voice = voice_problem(fresh.value, voice) if voice is not None else ""
+        return fresh.value, f"it was written {wrong_voice}" if wrong_voice else "", repairs
+
+    @staticmethod
+    def _finish_paragraph(view: NovelView, text: str, repairs: list[str], notices: list[str]) -> str:
+        """The kept paragraph trimmed at a sentence end when overlong; its repairs said in one notice."""
+        target = int(view.setting("paragraph_words"))
+        if len(text.split()) > target * TRIM_ABOVE:
+            trimmed = trim_to_length(text, round(target * TRIM_TO))
+            text = trimmed.text
+            repairs = [*repairs, *trimmed.repairs]
+        if repairs:
+            notices.append(f"Paragraph repaired: {'; '.join(repairs)}.")
+        return text
 
     def _paragraph_attempt(self, view: NovelView, preview: ContextPreview, attempt: int, cancel,
                            state) -> Iterator[Event]:
@@ -180,9 +227,9 @@ class ModelStages:
                 close()
         return raw
 
-    def memory(self, view: NovelView, paragraph: str, cancel, notices: list[str]) -> str:
-        """The memory after a step: it folds in the paragraphs changed since it was last updated (`view.pending`,
-        the latest MAX_STEP_CATCH_UP_WORDS of them), then the new paragraph."""
+    def memory(self, view: NovelView, paragraph: str, cancel, notices: list[str]) -> tuple[str, str]:
+        """(the memory after a step, its origin). It folds in the paragraphs changed since it was last updated
+        (`view.pending`, the latest MAX_STEP_CATCH_UP_WORDS of them), then the new paragraph."""
         pending = [text for _, text in view.pending]
         kept = _latest_within(pending, MAX_STEP_CATCH_UP_WORDS)
         if len(kept) < len(pending):
@@ -198,20 +245,28 @@ class ModelStages:
     def catch_up(self, view: NovelView, texts: list[str], cancel, notices: list[str]) -> Iterator[Event]:
         """Fold `texts` into the memory, a chunk of at most MEMORY_CHUNK_WORDS words at a time (a longer paragraph
         is read up to that length), streaming each answer as token events (a reset before the next chunk);
-        returns the memory. A chunk with no usable answer keeps the memory so far (a notice says so)."""
-        memory = view.memory
+        returns (the memory, its origin: "extractive" when any chunk needed the visible fallback)."""
+        memory, origin = view.memory, "generated"
         chunks = memory_chunks(texts, MEMORY_CHUNK_WORDS)
         if any(len(text.split()) > MEMORY_CHUNK_WORDS for text in texts):
             notices.append(f"A paragraph longer than {MEMORY_CHUNK_WORDS} words was summarized from its first "
                            f"{MEMORY_CHUNK_WORDS} words.")
+        known = [text for _, text in view.paragraphs]
+        manuscript = known + [text for text in texts if text not in set(known)]
         for number, chunk in enumerate(chunks, start=1):
             if len(chunks) > 1:
                 yield Event("progress", f"Updating the memory: part {number} of {len(chunks)}…")
-            memory = yield from self._fold(view, memory, chunk, cancel, notices)
-        return memory
+            memory, chunk_origin = yield from self._fold(view, memory, chunk, manuscript, cancel, notices)
+            if chunk_origin == "extractive":
+                origin = "extractive"
+        return memory, origin
 
-    def _fold(self, view: NovelView, memory: str, text: str, cancel, notices: list[str]) -> Iterator[Event]:
-        """One chunk folded into `memory` (bounded tries), streamed; returns the new memory."""
+    def _fold(self, view: NovelView, memory: str, text: str, manuscript: list[str], cancel,
+              notices: list[str]) -> Iterator[Event]:
+        """One chunk folded into `memory`, streamed; returns (the new memory, its origin). The model's rewrite must
+        parse, differ from the old memory, name something of the chunk and copy no paragraph of `manuscript`;
+        after the last try the extractive fallback (the old memory plus the chunk's most salient sentence) is
+        used, with origin "extractive" and a notice."""
         max_words = int(view.setting("memory_words"))
         rendered = self.prompts.render("memory", memory=memory, paragraph=text, max_words=max_words)
         problem = ""
@@ -224,18 +279,19 @@ class ModelStages:
                 raw += piece
                 yield Event("token", piece)
             parsed = parse_memory(raw, max_words)
-            if parsed.ok:
+            if not parsed.ok:
+                problem = parsed.problem
+                continue
+            problem = memory_problem(memory, parsed.value, text, manuscript)
+            if not problem:
                 yield Event("memory", parsed.value)
-                return parsed.value
-            problem = parsed.problem
-        if memory.strip():
-            notices.append(f"The model gave no usable memory in {self.attempts(view)} tries ({problem}): "
-                           "the previous memory was kept; edit it in the Memory tab if it needs the new events.")
-            return memory
-        fallback = limit_words(" ".join(sentences(text)[:3]), max_words)
+                return parsed.value, "generated"
+        fallback = extractive_memory(memory, text, max_words, self.embedder)
         notices.append(f"The model gave no usable memory in {self.attempts(view)} tries ({problem}): the memory "
-                       "starts as the paragraph's first sentences; edit it in the Memory tab.")
-        return fallback
+                       "is the previous one plus the new paragraph's most telling sentence (marked 'extractive' in "
+                       "the Memory tab's history); edit it there if it needs more.")
+        yield Event("memory", fallback)
+        return fallback, "extractive"
 
     def plans(self, view: NovelView, memory: str, paragraph: str, cancel, notices: list[str]) -> list[str]:
         rendered = self.prompts.render("plans", premise=view.premise, memory=memory, paragraph=paragraph)
@@ -265,3 +321,30 @@ class ModelStages:
                 return parsed.value
         notices.append("The model did not pick a plan: the first plan was used.")
         return 0
+
+
+def salient_sentence(paragraph: str, embedder=None, skip: str = "") -> str:
+    """The sentence of `paragraph` closest to the paragraph as a whole (cosine of MiniLM vectors with their mean),
+    among those naming a character or place when any does (so the memory names something of the paragraph),
+    leaving out sentences already in `skip`; the longest one without an embedder."""
+    seen = {normalized_sentence(s) for s in sentences(skip)}
+    candidates = [s for s in sentences(paragraph) if normalized_sentence(s) not in seen and len(words(s)) >= 3]
+    candidates = [s for s in candidates if entities(s)] or candidates
+    if not candidates:
+        return ""
+    if embedder is None or len(candidates) == 1:
+        return max(candidates, key=lambda s: len(words(s)))
+    vectors = np.asarray(embedder.embed(candidates), dtype=np.float32)  # [S, D]
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    centre = vectors.mean(axis=0)  # [D]
+    return candidates[int(np.argmax(vectors @ centre))]
+
+
+def extractive_memory(old: str, paragraph: str, max_words: int, embedder=None) -> str:
+    """The memory's visible fallback: `old` plus the new paragraph's most salient sentence, within `max_words`
+    (the oldest sentences of `old` give way first; a sentence longer than the limit is cut at a word)."""
+    sentence = limit_words(salient_sentence(paragraph, embedder, skip=old), max_words)
+    kept = sentences(old)
+    while kept and len(" ".join([*kept, sentence]).split()) > max_words:
+        kept.pop(0)
+    return " ".join([*kept, sentence]).strip() or limit_words(paragraph, max_words)

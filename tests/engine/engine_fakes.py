@@ -19,6 +19,11 @@ STAGE_MARKERS = {
     "synopsis": "Write a synopsis",
     "chapter_outline": "Plan this novel chapter by chapter",
 }
+# The document strategy's prompts (prompts/continue_*.txt) are scripted as the stages they stand for.
+DOCUMENT_MARKERS = {
+    "opening": "Notes on the novel, before it begins",
+    "paragraph": "Notes on the novel, for the next passage",
+}
 
 GOOD = {
     "start": " The Keeper of Skerry\nOutline: Mara finds a bottle with a note in her own hand. She learns what it means.",
@@ -38,8 +43,21 @@ GOOD = {
 }
 
 
+def moving_memory(call) -> str:
+    """The default memory answer: GOOD["memory"] for the first memory, then a new version at every step (the
+    engine refuses a memory that did not change), numbered by the step: "On day 2, Mara keeps ..."."""
+    match = re.search(r"On day (\d+), ", call.prompt)
+    if "Summary so far:" not in call.prompt:
+        return GOOD["memory"]
+    day = int(match.group(1)) + 1 if match else 2
+    return f"On day {day}, {GOOD['memory']}"
+
+
 def stage_of(prompt: str) -> str:
     for stage, marker in STAGE_MARKERS.items():
+        if marker in prompt:
+            return stage
+    for stage, marker in DOCUMENT_MARKERS.items():
         if marker in prompt:
             return stage
     raise AssertionError(f"the fake LM cannot tell the stage of this prompt: {prompt[:200]!r}")
@@ -99,8 +117,8 @@ class ScriptedGenerator:
     name = "scripted"
 
     def __init__(self, script: dict | None = None, *, stateful: bool = False, context_window: int = 4096):
-        self.script = {stage: list(answers) for stage, answers in {**{k: [v] for k, v in GOOD.items()},
-                                                                 **(script or {})}.items()}
+        defaults = {**{k: [v] for k, v in GOOD.items()}, "memory": [moving_memory]}
+        self.script = {stage: list(answers) for stage, answers in {**defaults, **(script or {})}.items()}
         self.calls: list[Call] = []
         self.cancel_after_pieces: int | None = None  # set the cancel event after this many pieces of a paragraph
         self.backend = FakeBackend(fixed_size_state=stateful)

@@ -41,7 +41,7 @@ def test_start_and_step_commit_paragraph_memory_and_plans(session_factory, embed
     events, outcome = run(engine.step(novel_id, plan_index=1))
     state = db_state(session_factory, novel_id)
     assert [p[1] for p in state["paragraphs"]] == [GOOD["opening"], GOOD["paragraph"]]
-    assert state["memory"][-1][1] == GOOD["memory"]
+    assert [m[1] for m in state["memory"]][-2:] == [GOOD["memory"], "On day 2, " + GOOD["memory"]]
     assert state["plans"][-1][1] == ["Mara lights the lamp anyway and waits.", "A boat appears in the storm "
                                      "without lights.", "Mara searches the logbook for her own handwriting."]
     chosen = state["plans"][-2]
@@ -79,15 +79,17 @@ def test_endless_looping_paragraph_is_bounded_and_cut(session_factory, embedder,
     assert any("repeated sentence" in notice for notice in outcome.notices)
 
 
-def test_bad_memory_keeps_the_old_memory_visibly_and_keeps_the_paragraph(session_factory, embedder, novel_id):
+def test_bad_memory_falls_back_visibly_to_an_extractive_memory_and_keeps_the_paragraph(session_factory, embedder,
+                                                                                       novel_id):
     engine, generator = started(session_factory, embedder, novel_id)
     old_memory = db_state(session_factory, novel_id)["memory"][-1][1]
     generator.script["memory"] = ["", "Summary:", "ok"]
     events, outcome = run(engine.step(novel_id, "Mara climbs the tower."))
     assert len(generator.calls_for("memory")) == 1 + ATTEMPTS  # one at the start, three now
-    assert outcome.memory == old_memory
+    assert outcome.memory.startswith(old_memory) and outcome.memory != old_memory
+    assert outcome.memory[len(old_memory):].strip() in GOOD["paragraph"]
     notices = [e.text for e in events if e.kind == "notice"]
-    assert any("previous memory was kept" in n for n in notices)
+    assert any("most telling sentence" in n and "extractive" in n for n in notices)
     assert db_state(session_factory, novel_id)["paragraphs"][-1][1] == GOOD["paragraph"]
 
 

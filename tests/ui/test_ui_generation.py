@@ -106,10 +106,11 @@ def test_retry_undo_redo(scripted, with_embedder):
 
 def test_auto_write_commits_each_step(scripted, with_embedder):
     novel_id = _started(with_embedder)
-    # Two different paragraphs: the engine rightly flags a step that copies an earlier one.
+    # Two different paragraphs: the engine rightly flags a step that copies an earlier one. Both name Mara, whom the
+    # fake LM's memory names: a memory that names nothing of its paragraph is refused (the extractive fallback).
     scripted.script["paragraph"] = [
         "At dawn the boatman came back without his oars, and Mara met him on the slipway with the note folded small.",
-        "By noon the fog had lifted enough to show the second lighthouse, dark where no lighthouse should have stood.",
+        "By noon the fog had lifted enough to show Mara the second lighthouse, dark where no lighthouse should stand.",
     ]
     frames = list(write.auto_write(novel_id, 2))
     assert frames[-1]["status_md"] == "Saved."
@@ -170,6 +171,11 @@ def test_reader_choices_are_buttons_and_a_choice_writes_the_next_passage(scripte
                                              "A boat appears in the storm without lights.",
                                              "Mara searches the logbook for her own handwriting."]
     assert all(b["visible"] for b in buttons)
+    # Interactive fiction asks for the second person, present tense (the engine retries a paragraph in another
+    # voice); it names Skerry, as the fake memory does (a memory naming nothing of its paragraph is refused).
+    scripted.script["paragraph"] = ["You climb the spiral stair of the Skerry light with the note in your fist. The "
+                                    "lamp room smells of paraffin and salt, and you read the words again: do not "
+                                    "light the lamp."]
     frames = list(reader._choice_handler(1)(novel_id))
     assert frames[-1]["status_md"] == "Saved."
     assert "A boat appears in the storm without lights." in scripted.calls_for("paragraph")[-1].prompt

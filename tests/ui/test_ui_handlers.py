@@ -7,6 +7,7 @@ import json
 import gradio as gr
 import pytest
 
+from app.engine.continuity import MODE_VOICES
 from app.ui import common, library, memory_tab, settings, story_chart, write
 from memory import store
 
@@ -415,6 +416,30 @@ def test_chart_refresh_for_a_novel(ui_services):
     assert repetition.value["data"] == [["1", 0.0], ["2", 1.0]]
     assert repetition.sort == ["1", "2"]
     assert summary.startswith("2 paragraphs, 8 words; 1 paragraph(s)")
+
+
+def test_continuity_per_paragraph_shows_where_the_thread_and_the_voice_broke():
+    paragraphs = ["Mara kept the lighthouse on Skerry alone. She walked the shore every morning.",
+                  "Mara climbed to the lamp room on Skerry and read the note again.",
+                  "In 2017, a woman named Julia opened a bakery in Paris.",
+                  "I walked to Julia's bakery and my hands were cold."]
+    assert story_chart.carried_names(paragraphs) == [0, 2, 0, 1]
+    assert story_chart.carried_names([]) == [] and story_chart.continuity_summary([], MODE_VOICES["write"]) == ""
+    carry, in_voice = story_chart.continuity_frames(paragraphs, MODE_VOICES["write"])
+    assert list(carry["names carried over"]) == [0, 2, 0, 1]
+    assert list(in_voice["in voice"]) == [1, 1, 1, 0]
+    summary = story_chart.continuity_summary(paragraphs, MODE_VOICES["write"])
+    assert "Paragraph(s) 3 name no one and nowhere of the paragraph before." in summary
+    assert "paragraph(s) 4 (in the first person, not the third)" in summary
+
+
+def test_chart_refresh_shows_continuity(ui_services):
+    novel_id = _novel(ui_services)
+    _add_paragraphs(ui_services, novel_id, ["Mara walked to Skerry at dawn.", "Tomas waited in Paris for a letter."])
+    refreshed = story_chart.refresh(novel_id)
+    assert refreshed["carry_plot"].value["data"] == [["1", 0], ["2", 0]]
+    assert refreshed["voice_plot"].value["data"] == [["1", 1], ["2", 1]]
+    assert "Paragraph(s) 2 name no one" in refreshed["chart_summary_md"]
 
 
 def test_launch_options_are_private_by_default(ui_config):
