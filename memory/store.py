@@ -26,7 +26,7 @@ from memory.embeddings import Vector, drop_embeddings, put_embedding
 # StoreError too, though nothing here raises it bare: callers catch all of a store write's errors as store.*Error.
 from memory.errors import ConflictError, NotFoundError, StoreError, ValidationError  # noqa: F401
 from memory.revisions import Changes, lock_novel, record
-from memory.schema import ORIGINS, LoreEntry, Novel, Paragraph, PlanSet, Revision, ShortTermMemory, utcnow
+from memory.schema import ORIGINS, Alternative, LoreEntry, Novel, Paragraph, PlanSet, Revision, ShortTermMemory, utcnow
 
 MAX_TITLE_CHARS = 500
 
@@ -273,6 +273,9 @@ def delete_paragraph(session: Session, paragraph_id: int, expected_version: int)
     changes = Changes(session, novel_id)
     for plan_set in session.scalars(select(PlanSet).where(PlanSet.paragraph_id == paragraph.id)):
         changes.update(plan_set, paragraph_id=None)
+    # Its kept versions stay, pending where it was (memory/alternatives.py): nothing the writer had is lost.
+    for alternative in session.scalars(select(Alternative).where(Alternative.paragraph_id == paragraph.id)):
+        changes.update(alternative, paragraph_id=None, position=position)
     drop_embeddings(changes, paragraph_id=paragraph.id)
     changes.delete(paragraph)
     changes.shift(position + 1, -1)
