@@ -105,12 +105,20 @@ def _insert(changes: Changes, version: Version, *, paragraph_id: int | None, pos
 
 def keep(session: Session, paragraph_id: int, version: Version) -> Alternative:
     """Keep `version` beside paragraph `paragraph_id` (the manuscript does not change)."""
+    return keep_many(session, paragraph_id, [version])[0]
+
+
+def keep_many(session: Session, paragraph_id: int, versions: list[Version]) -> list[Alternative]:
+    """Keep `versions` beside paragraph `paragraph_id`, as one revision."""
+    if not versions:
+        raise ValidationError("There is no version to keep.")
     paragraph = store.get_paragraph(session, paragraph_id)
     lock_novel(session, paragraph.novel_id)
     changes = Changes(session, paragraph.novel_id)
-    row = _insert(changes, version, paragraph_id=paragraph.id, position=paragraph.position)
-    record(session, changes, "alternative.add", f"kept another version of paragraph {paragraph.position}")
-    return row
+    rows = [_insert(changes, version, paragraph_id=paragraph.id, position=paragraph.position) for version in versions]
+    many = "another version" if len(rows) == 1 else f"{len(rows)} other versions"
+    record(session, changes, "alternative.add", f"kept {many} of paragraph {paragraph.position}")
+    return rows
 
 
 def keep_pending(session: Session, novel_id: int, position: int, versions: list[Version]) -> list[Alternative]:

@@ -56,6 +56,8 @@ class ContextInputs:
     plan: str = ""
     voice: str = ""
     words: int = 120
+    paragraph: str = ""  # the rewrite stage: the paragraph being rewritten (never cut)
+    instruction: str = ""  # the rewrite stage: what the writer asked for (never cut)
 
 
 @dataclass
@@ -117,13 +119,16 @@ class _Fitter:
         self.plan = inputs.plan
         self.voice = inputs.voice
         self.words = inputs.words
+        self.paragraph = inputs.paragraph
+        self.instruction = inputs.instruction
         self.dropped: list[str] = []
         self.truncated: set[str] = set()
 
     def slots(self) -> dict[str, object]:
         return {"premise": self.premise, "outline": self.outline, "style": self.style,
                 "bible": _bible_text(self.lore), "memory": self.memory, "retrieved": _retrieved_text(self.retrieved),
-                "last_paragraph": self.last_paragraph, "plan": self.plan, "voice": self.voice, "words": self.words}
+                "last_paragraph": self.last_paragraph, "plan": self.plan, "voice": self.voice, "words": self.words,
+                "paragraph": self.paragraph, "instruction": self.instruction}
 
     def _shorten(self, name: str, keep_end: bool) -> bool:
         text = getattr(self, name)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
-STAGES = ("start", "opening", "paragraph", "memory", "plans", "choose")
+STAGES = ("start", "opening", "paragraph", "memory", "plans", "choose", "rewrite")
 ROLES = ("system", "user", "answer")
 INSTRUCTION = "instruction"  # the section name of a template's own words (never truncated)
 

@@ -15,6 +15,7 @@ STAGE_MARKERS = {
     "choose": "Which idea makes",
     "opening": "Write the first paragraph",
     "paragraph": "Write the next paragraph",
+    "rewrite": "Rewrite this paragraph",
 }
 
 GOOD = {
@@ -28,6 +29,8 @@ GOOD = {
     "plans": " Mara lights the lamp anyway and waits.\n2. A boat appears in the storm without lights.\n"
              "3. Mara searches the logbook for her own handwriting.",
     "choose": " 2",
+    "rewrite": "The note shook in Mara's fist as she climbed. Paraffin, salt, the last light. Do not light the lamp "
+               "tonight, it said, and the hand that wrote it was her own.",
 }
 
 
