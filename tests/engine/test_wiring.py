@@ -52,7 +52,7 @@ def test_open_parts_loads_no_model_and_backs_up_before_migrating(data_dir, loads
     old.dispose()
     parts = open_parts(_config(data_dir))
     assert migrations.current_revision(parts.database) == migrations.head_revision()
-    assert [b.reason for b in list_backups(parts.config.backups_dir)] == ["before-migration-0001-to-0003"]
+    assert [b.reason for b in list_backups(parts.config.backups_dir)] == [f"before-migration-0001-to-{migrations.head_revision()}"]
     assert parts.models.loaded_generator() is None and loads == []
     assert parts.snapshot_store.root == data_dir / "snapshots"
 
