@@ -135,7 +135,8 @@ class ScriptedGenerator:
             if failure is not None and index == len(pieces) // 2:
                 raise failure
             yield piece
-            if stage in ("paragraph", "opening") and self.cancel_after_pieces == index + 1 and cancel is not None:
+            if stage in ("paragraph", "opening", "rewrite") and self.cancel_after_pieces == index + 1 \
+                    and cancel is not None:
                 cancel.set()
         if cancel is not None and cancel.is_set():
             raise Cancelled("stopped")

@@ -101,7 +101,7 @@ def test_pending_versions_are_applied_and_dropped(scripted, with_embedder):
     assert write.undo(novel_id).startswith("Undone")
     versions.drop_pending(novel_id, versions.refresh(novel_id)["pending_radio"]["choices"][0][1])
     assert not versions.refresh(novel_id)["pending_radio"]["visible"]
-    with pytest.raises(gr.Error, match="not in this list"):
+    with pytest.raises(gr.Error, match="No kept version"):
         versions.apply_pending(novel_id, value)
 
 
