@@ -101,15 +101,16 @@ def _alternative_of(novel_id: int, choice: str | None, *, pending: bool):
 
 
 @returns("versions_position", "versions_radio", "version_text_md", "versions_read", "pending_radio",
-         "versions_summary_md", "versions_at")
+         "versions_summary_md", "versions_at", "pending_buttons")
 def _show(novel_id, position) -> dict:
     if novel_id in (None, ""):
         return {"versions_position": None, "versions_radio": gr.update(choices=[], value=None),
                 "version_text_md": "", "versions_read": None,
                 "pending_radio": gr.update(choices=[], value=None, visible=False),
-                "versions_summary_md": "", "versions_at": None}
+                "versions_summary_md": "", "versions_at": None, "pending_buttons": gr.update(visible=False)}
     panel = _panel(int(novel_id), position)
-    return {"versions_position": panel["position"],
+    return {"pending_buttons": gr.update(visible=bool(panel["pending"])),
+            "versions_position": panel["position"],
             "versions_radio": gr.update(choices=panel["choices"], value=IN_MANUSCRIPT if panel["choices"] else None),
             "version_text_md": escape(panel["text"]), "versions_read": panel["read"],
             "pending_radio": gr.update(choices=panel["pending"], value=None, visible=bool(panel["pending"]),
@@ -264,6 +265,7 @@ class VersionsTab:
     versions_draft: gr.Textbox
     versions_status_md: gr.Markdown
     pending_radio: gr.Radio
+    pending_buttons: gr.Row  # shown only when there are pending versions
     apply_pending_btn: gr.Button
     drop_pending_btn: gr.Button
     versions_read: gr.State  # {"paragraph_id", "version", "position"} of the paragraph shown (the pick's check)
@@ -292,12 +294,12 @@ def build() -> VersionsTab:
                                     elem_id="versions_draft", autoscroll=True)
         versions_status_md = gr.Markdown("", elem_id="versions_status")
         pending_radio = gr.Radio([], label="Unsaved steps kept", visible=False, elem_id="pending_radio")
-        with gr.Row():
+        with gr.Row(visible=False) as pending_buttons:
             apply_pending_btn = gr.Button("Apply pending version", elem_id="apply_pending_btn")
             drop_pending_btn = gr.Button("Drop pending version", elem_id="drop_pending_btn")
     return VersionsTab(versions_position, versions_summary_md, versions_radio, version_text_md, use_version_btn,
                        drop_version_btn, another_version_btn, rewrite_instruction, rewrite_btn, versions_draft,
-                       versions_status_md, pending_radio, apply_pending_btn, drop_pending_btn, gr.State(None),
+                       versions_status_md, pending_radio, pending_buttons, apply_pending_btn, drop_pending_btn, gr.State(None),
                        gr.State(None))
 
 

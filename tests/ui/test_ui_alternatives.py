@@ -93,7 +93,7 @@ def test_pending_versions_are_applied_and_dropped(scripted, with_embedder):
     with pytest.raises(gr.Error, match="kept as a pending version"):
         list(write.next_step(novel_id, "Mara climbs the tower."))
     panel = versions.refresh(novel_id)
-    assert panel["pending_radio"]["visible"]
+    assert panel["pending_radio"]["visible"] and panel["pending_buttons"]["visible"]
     ((label, value),) = panel["pending_radio"]["choices"]
     assert label.startswith("For position 2: Mara climbed")
     assert versions.apply_pending(novel_id, value)["versions_at"] == 2

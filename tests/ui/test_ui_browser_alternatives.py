@@ -159,3 +159,41 @@ def test_two_versions_pick_reload_then_rewrite_and_swap_back(chromium, served_ap
     page.screenshot(path=str(SCREENSHOTS / "14-rewrite-swapped-back.png"), full_page=True)
     assert not errors, f"the page raised JavaScript errors: {errors}"
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+def test_a_pending_version_is_applied_in_the_browser(chromium, served_app):  # noqa: F811
+    """A step the store refused waits as a pending version (no generation here, so no model loads)."""
+    from memory.alternatives import Version
+    from memory.db import open_database
+
+    url, data_dir, log = served_app
+    engine, session_factory = open_database(f"sqlite:///{data_dir / 'longhand.db'}")
+    with session_factory() as session, session.begin():
+        novel_id = store.create_novel(session, "Ferry at night", premise="A ferry crosses at night.").id
+        store.add_paragraph(session, novel_id, "The ferry left at midnight.")
+        store.add_paragraph(session, novel_id, "Another tab wrote this meanwhile.")
+        alternatives.keep_pending(session, novel_id, 2, [Version("The captain counted the passengers twice.",
+                                                                 "candidate")])
+    engine.dispose()
+    page = chromium.new_context(viewport={"width": 1280, "height": 1600}).new_page()
+    page.goto(url)
+    page.locator("#novels_table").get_by_text("Ferry at night").first.wait_for(state="attached", timeout=60_000)
+    page.locator("#novel_dropdown input").first.click()
+    page.get_by_role("option", name=f"Ferry at night (#{novel_id})").click()
+    page.locator("#open_btn").click()
+    _wait_text(page.locator("#header"), "novel #", 60_000)
+    _open_tab(page, "Write")
+    page.locator("#pending_radio label").first.wait_for(timeout=30_000)
+    assert "For position 2: The captain counted" in page.locator("#pending_radio").inner_text()
+    page.locator("#pending_radio label").first.click()
+    page.locator("#versions_panel").scroll_into_view_if_needed()
+    page.screenshot(path=str(SCREENSHOTS / "14-pending-version.png"), full_page=True)
+    page.locator("#apply_pending_btn").click()
+    _wait_status(page, "Applied as paragraph 2", log, 60)
+    _wait_text(page.locator("#manuscript"), "The captain counted the passengers twice.", 30_000)
+    manuscript, _ = _manuscript_and_kept(data_dir)
+    assert manuscript == ["The ferry left at midnight.", "The captain counted the passengers twice.",
+                          "Another tab wrote this meanwhile."]
+    assert not page.locator("#pending_radio").is_visible()
