@@ -9,10 +9,13 @@ One "Next step" click, from button to database (the wiring behind it: app/wiring
                          check_model_allowed refuses a server this launch does not allow; the model loads on first
                          use); _step() builds the context (reading.py step_inputs(), memory/retrieval.py,
                          app/engine/context.py build_context()) and renders prompts/*.txt (app/engine/prompts.py);
-                         app/engine/stages.py paragraph() streams the paragraph, then _finish() runs memory() (it
-                         folds in the paragraphs the writer wrote or changed since the memory's last update, which
-                         read() found) and plans() (app/engine/parsing.py checks each answer) and _commit() saves
-                         the StepDraft. The writer's own edits go through app/engine/editing.py instead.
+                         _write_versions() has app/engine/stages.py paragraph() stream each version of the
+                         paragraph (the novel's "versions per step"), _memory_and_plans() run memory() (it folds in
+                         the paragraphs the writer wrote or changed since the memory's last update, which read()
+                         found) and plans() (app/engine/parsing.py checks each answer), then _finish() ->
+                         _commit() saves the first StepDraft; the other versions are kept beside it
+                         (memory/alternatives.py attach_to_revision(), in the step's revision). The writer's own
+                         edits go through app/engine/editing.py instead.
   app/engine/events.py   status_line(event): the one status line the UI, the CLI and the benchmarks show
   models/service.py      TextGenerator.stream() -> models/generate.py generate(): penalties, sampling, cancel; its
                          stream_until_stop() holds back stop strings (for remote servers too: models/remote.py)

@@ -1,8 +1,9 @@
 """Import and export of novels: the manuscript as Markdown, plain text or EPUB, and a full-fidelity JSON document.
 
-The JSON format ("longhand-novel", version 2) holds everything a novel is: its settings, chapters, paragraphs, every
-version of the short-term memory, of each chapter summary and of the synopsis, plan sets, lore, embeddings and the
-whole undo/redo history. A version-1 file (before chapters) is read as one chapter holding every paragraph. Database ids are replaced by
+The JSON format ("longhand-novel", version 2) holds everything a novel is: its settings, chapters, paragraphs (and
+their kept alternative versions; a file written before those existed has none), every version of the short-term
+memory, of each chapter summary and of the synopsis, plan sets, lore, embeddings and the whole undo/redo history. A
+version-1 file (before chapters) is read as one chapter holding every paragraph. Database ids are replaced by
 export-local ones (1, 2, ... per table, in creation order), so exporting, importing and exporting again gives the
 same document. State snapshots are not exported: they are a cache a model rebuilds by re-reading the manuscript.
 
@@ -25,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import Boolean, DateTime, Integer, LargeBinary, String, Text, func, select, text
+from sqlalchemy import Boolean, DateTime, Integer, LargeBinary, String, Text, func, inspect, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.types import JSON
 
@@ -33,7 +34,9 @@ from memory import chapters, revisions, store
 from memory.errors import StoreError
 from memory.private import private_dir, write_private_atomic
 from memory.schema import (
+    ALTERNATIVE_KINDS,
     ORIGINS,
+    Alternative,
     Chapter,
     ChapterSummary,
     Embedding,
@@ -63,6 +66,7 @@ TABLES: dict[str, type] = {
     "lore_entries": LoreEntry,
     "short_term_memories": ShortTermMemory,
     "plan_sets": PlanSet,
+    "alternatives": Alternative,
     "embeddings": Embedding,
     "revisions": Revision,
 }
@@ -75,6 +79,8 @@ V1_CHAPTER_TITLE = "Chapter 1"
 # Nullable fields added after FORMAT_VERSION 1 was first written: a file without them is still valid (they
 # are derived, and memory.retrieval fills them in on first use).
 ADDED_LATER = {("embeddings", "sentence_vectors")}
+# Tables added after FORMAT_VERSION 1 was first written: a file without them has none of their rows.
+TABLES_ADDED_LATER = {"alternatives"}
 NOVEL_FIELDS = ("title", "premise", "style_notes", "settings", "created_at", "updated_at")
 # Novel fields that only make sense inside one database (a unique id for caches, a cache counter); never exported.
 NOVEL_PRIVATE = ("uid", "embedding_epoch")
@@ -157,8 +163,14 @@ def export_json(session: Session, novel_id: int) -> dict[str, Any]:
     """The whole novel as a JSON-able dict in the versioned exchange format."""
     novel = store.get_novel(session, novel_id)
     rows: dict[str, list[dict]] = {}
+    # A database not migrated yet (the backup taken before a migration) lacks the tables added since: none of
+    # their rows exist there.
+    missing = {name for name in TABLES_ADDED_LATER if not inspect(session.connection()).has_table(name)}
     for name, model in TABLES.items():
         if name == "revisions":
+            continue
+        if name in missing:
+            rows[name] = []
             continue
         query = select(model).where(model.novel_id == novel_id).order_by(model.id)
         rows[name] = [revisions.row_to_dict(obj) for obj in session.scalars(query)]
@@ -398,7 +410,8 @@ def _field_kinds(model: type) -> dict[str, tuple[str, bool]]:
 _KINDS = {name: _field_kinds(model) for name, model in TABLES.items()}
 _KINDS["novels"] = {k: v for k, v in _field_kinds(Novel).items() if k not in NOVEL_PRIVATE}
 _JSON_SHAPES = {("novels", "settings"): "dict", ("plan_sets", "plans"): "list[str]",
-                ("lore_entries", "keys"): "list[str]", ("revisions", "changes"): "list"}
+                ("alternatives", "plans"): "list[str]", ("lore_entries", "keys"): "list[str]",
+                ("revisions", "changes"): "list"}
 
 
 def _fail(name: str, where: str, problem: str) -> None:
@@ -484,6 +497,8 @@ def validate(document: Any, name: str = "the file", *, check_settings: SettingsC
     unknown = sorted(set(document) - expected)
     if unknown:
         _fail(name, "the top level", f"has unknown field(s) {', '.join(map(repr, unknown))}")
+    for key in TABLES_ADDED_LATER:
+        document.setdefault(key, [])
     for key in ("novel", *TABLES):
         if key not in document:
             _fail(name, "the top level", f"lacks {key!r} (the file may be cut short)")
@@ -577,6 +592,11 @@ def _check_story(name: str, document: dict) -> None:
         ranks.append(chapter_rank[row["chapter_id"]])
     if ranks != sorted(ranks):
         _fail(name, "paragraphs", "must read chapter by chapter (a chapter's paragraphs together, in chapter order)")
+    for index, row in enumerate(document["alternatives"]):
+        if row["kind"] not in ALTERNATIVE_KINDS:
+            _fail(name, f"alternatives[{index}].kind", f"must be one of {', '.join(ALTERNATIVE_KINDS)}")
+        if row["origin"] not in ORIGINS:
+            _fail(name, f"alternatives[{index}].origin", f"must be one of {', '.join(ORIGINS)}")
     versions = [m["version"] for m in document["short_term_memories"]]
     if len(set(versions)) != len(versions):
         _fail(name, "short_term_memories", "repeat a version number")

@@ -35,6 +35,10 @@ ORIGINS = ("generated", "written", "edited", "imported")
 # How a memory version was made: by the model, by the writer (or an import), or by the engine's extractive fallback
 # (the old memory plus the new paragraph's most salient sentence) when the model's rewrites failed validation.
 MEMORY_ORIGINS = ("generated", "written", "edited", "imported", "extractive")
+# How an alternative version of a paragraph was made (memory/alternatives.py): one of several candidates of a step,
+# the text a Retry replaced, an "Another version", a rewrite on request, or a version that was in the manuscript
+# until another was picked ("swapped").
+ALTERNATIVE_KINDS = ("candidate", "retry", "version", "rewrite", "swapped")
 
 # Escape character for NUL on PostgreSQL: DLE (U+0010) doubles itself, NUL becomes DLE + "0".
 _ESC = "\x10"
@@ -226,6 +230,33 @@ class Paragraph(Base):
         back_populates="paragraph", cascade="all, delete-orphan", passive_deletes=True)
 
 
+class Alternative(Base):
+    """Another version of a paragraph, kept beside it (memory/alternatives.py): the writer can swap it in.
+
+    `paragraph_id` None: a pending version (a finished step the store refused, or one whose paragraph was deleted),
+    waiting at `position` to be applied or dropped. `memory` and `plans`, when set, are what the step that wrote
+    this text proposed with it; they follow the text into the manuscript when it is picked (see
+    memory.alternatives.pick for when).
+    """
+
+    __tablename__ = "alternatives"
+    __table_args__ = (Index("ix_alternatives_novel_paragraph", "novel_id", "paragraph_id"), AUTOINCREMENT)
+
+    id: Mapped[intpk]
+    novel_id: Mapped[int] = mapped_column(ForeignKey("novels.id", ondelete="CASCADE"))
+    paragraph_id: Mapped[int | None] = mapped_column(
+        ForeignKey("paragraphs.id", ondelete="SET NULL"), nullable=True, index=True)
+    position: Mapped[int]  # where a pending version would go; else the paragraph's position when it was made
+    text: Mapped[text_col]
+    words: Mapped[int] = mapped_column(Integer, default=0)
+    kind: Mapped[str] = mapped_column(String(16))  # one of ALTERNATIVE_KINDS
+    origin: Mapped[str] = mapped_column(String(16), default="generated")  # one of ORIGINS, as a paragraph's
+    instruction: Mapped[str | None] = mapped_column(SafeText, nullable=True)  # the plan or rewrite instruction
+    memory: Mapped[str | None] = mapped_column(SafeText, nullable=True)
+    plans: Mapped[list[str] | None] = mapped_column(SafeJSON, nullable=True)
+    created_at: Mapped[created]
+
+
 class ShortTermMemory(Base):
     """One version of a novel's running summary; the highest version is the current one."""
 
@@ -400,7 +431,7 @@ class Embedding(Base):
 
 
 TABLES_IN_ORDER = (Novel, Chapter, Paragraph, ChapterSummary, Synopsis, ShortTermMemory, PlanSet, LoreEntry,
-                   Revision, StateSnapshot, Embedding)
+                   Revision, StateSnapshot, Embedding, Alternative)
 
 
 # Full-text indexes over paragraph text, made by migration 0003 (they are not ORM tables). SQLite: an FTS5 table

@@ -29,6 +29,7 @@ from memory.revisions import Changes, lock_novel, record
 from memory.schema import (
     MEMORY_ORIGINS,
     ORIGINS,
+    Alternative,
     Chapter,
     ChapterSummary,
     LoreEntry,
@@ -376,6 +377,9 @@ def _remove(changes: Changes, paragraph: Paragraph) -> int:
     position = paragraph.position
     for plan_set in changes.session.scalars(select(PlanSet).where(PlanSet.paragraph_id == paragraph.id)):
         changes.update(plan_set, paragraph_id=None)
+    # Its kept versions stay, pending where it was (memory/alternatives.py): nothing the writer had is lost.
+    for alternative in changes.session.scalars(select(Alternative).where(Alternative.paragraph_id == paragraph.id)):
+        changes.update(alternative, paragraph_id=None, position=position)
     drop_embeddings(changes, paragraph_id=paragraph.id)
     mark_summary_stale(changes, paragraph.chapter_id)
     changes.delete(paragraph)

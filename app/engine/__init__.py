@@ -1,7 +1,7 @@
 """The writing engine: RecurrentGPT's loop over the store (memory/) and a model (models/), with no Gradio import.
 
 Inside: core.py (`Engine`: the orchestration of start, step, retry, auto, choose, undo, redo and the commit of a
-`StepDraft`), reading.py (what a step reads from the store: the view, the context inputs, the retrieval query),
+`StepDraft`), versions.py (rewrites on request, picking, applying and dropping kept versions of a paragraph), reading.py (what a step reads from the store: the view, the context inputs, the retrieval query),
 stages.py (the model stages: title and outline, paragraph, memory, plans, choice), context.py (the prompt within
 its token budget), parsing.py and text.py (checking each answer), prompts.py, settings.py, events.py, strategies.py
 (the manuscript-state strategy), editing.py (the writer's manuscript edits), premises.py and errors.py
@@ -15,7 +15,11 @@ The UI, the CLI (`python -m app write`) and the tests all drive this one API:
 
     engine.start(novel_id, *, cancel=None, mode=None, propose_title=None) -> Iterator[Event]  (title, outline, opening)
     engine.step(novel_id, plan=None, *, plan_index=None, cancel=None, mode=None) -> Iterator[Event]
-    engine.retry(novel_id, *, cancel=None, mode=None)               -> Iterator[Event]  (rewrite the last step)
+    engine.retry(novel_id, *, cancel=None, mode=None)               -> Iterator[Event]  (new versions of the last
+                                                                       step; the old one kept beside it)
+    engine.another_version(novel_id, *, cancel=None, mode=None)     -> Iterator[Event]  (one more, kept beside it)
+    engine.rewrite(novel_id, paragraph_id, instruction, *, cancel=None) -> Iterator[Event]  (app/engine/versions.py)
+    engine.pick_version(alternative_id, expected_version) / apply_pending(alternative_id) / drop_version(id)
     engine.auto_write(novel_id, steps, *, cancel=None, mode=None)   -> Iterator[Event]  (model picks each plan)
     engine.choose(novel_id, choice, *, cancel=None)                 -> Iterator[Event]  (interactive fiction)
     engine.reader_view(novel_id)                                    -> ReaderView(title, paragraphs, choices)

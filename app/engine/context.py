@@ -77,6 +77,8 @@ class ContextInputs:
     synopsis: str = ""
     chapters: list[ChapterSummaryItem] = field(default_factory=list)  # in book order
     chapter_so_far: str = ""  # the open chapter's summary so far
+    paragraph: str = ""  # the rewrite stage: the paragraph being rewritten (never cut)
+    instruction: str = ""  # the rewrite stage: what the writer asked for (never cut)
 
 
 @dataclass
@@ -145,6 +147,8 @@ class _Fitter:
         self.synopsis = inputs.synopsis
         self.chapters = list(inputs.chapters)
         self.chapter_so_far = inputs.chapter_so_far
+        self.paragraph = inputs.paragraph
+        self.instruction = inputs.instruction
         self.dropped: list[str] = []
         self.truncated: set[str] = set()
 
@@ -153,7 +157,8 @@ class _Fitter:
                 "bible": _bible_text(self.lore), "memory": self.memory, "retrieved": _retrieved_text(self.retrieved),
                 "last_paragraph": self.last_paragraph, "plan": self.plan, "voice": self.voice, "words": self.words,
                 "synopsis": self.synopsis, "chapters": _chapters_text(self.chapters),
-                "chapter_so_far": self.chapter_so_far}
+                "chapter_so_far": self.chapter_so_far,
+                "paragraph": self.paragraph, "instruction": self.instruction}
 
     def _shorten(self, name: str, keep_end: bool) -> bool:
         text = getattr(self, name)

@@ -1,5 +1,12 @@
 """The Engine's orchestration: one RecurrentGPT step (paragraph, memory, plans) from the store, through the model,
-back to the store; start, step, retry, auto-write, choose, undo, redo and the commit.
+back to the store; start, step, retry, another version, auto-write, choose, undo, redo and the commit.
+
+A step may write several versions of its paragraph (the novel's `candidates` setting), each with its own memory
+and plans: the first goes in the manuscript, the others are kept beside it (memory/alternatives.py). Retry writes
+new versions of the last step's paragraph from the inputs it was written from and swaps the first in, keeping the
+old text beside it; "Another version" only keeps one beside it. A finished step the store refuses (the novel
+changed meanwhile) is kept as a pending version the writer can apply or drop. Rewrites and picks:
+app/engine/versions.py.
 
 Each step reads what it needs in one short transaction (app/engine/reading.py), generates with no transaction open
 (the model stages, app/engine/stages.py), and commits the paragraph, memory, plans and embedding in one transaction
@@ -16,8 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memory import revisions, store
-from memory.errors import ConflictError
+from memory import alternatives, revisions, store
+from memory.alternatives import Version
+from memory.schema import Paragraph
 from models.errors import Cancelled
 
 from app.engine import strategies
@@ -33,6 +41,7 @@ from app.engine.settings import MODES
 from app.engine.stages import FALLBACK_PLANS, ModelStages
 from app.engine.strategies import ManuscriptState
 from app.engine.summaries import Summarizer
+from app.engine.versions import VersionsMixin
 
 __all__ = ["Engine", "EngineError", "ReaderView", "StepDraft", "StepOutcome"]
 
@@ -42,7 +51,7 @@ class StepOutcome:
     """What a committed step produced."""
 
     novel_id: int
-    paragraph_id: int
+    paragraph_id: int | None  # None: the new text is pending (its paragraph was deleted)
     position: int
     paragraph: str
     memory: str
@@ -52,6 +61,15 @@ class StepOutcome:
     notices: list[str] = field(default_factory=list)
     title: str | None = None
     outline: str | None = None
+    kept: int = 0  # versions kept beside the paragraph (or pending) by this step
+    swapped: bool = True  # False: the new text was kept beside the paragraph, the manuscript did not change
+    pending: bool = False  # True: the paragraph it belonged to was deleted; the new text waits to be applied
+
+
+# How a draft is saved: a new step, a Retry (kept beside the last paragraph and swapped in) or "Another version"
+# (kept beside it only).
+COMMIT_AS = ("step", "retry", "another")
+VERSION_KIND = {"step": "candidate", "retry": "retry", "another": "version"}
 
 
 @dataclass
@@ -65,7 +83,7 @@ class StepDraft:
     strategy: str
     notices: list[str]
     manuscript: ManuscriptState | None = None  # the model's state after the manuscript (manuscript-state strategy)
-    retry: bool = False  # replaces the last step (its revision is undone in the commit's transaction)
+    commit_as: str = "step"  # one of COMMIT_AS
     title: str | None = None  # proposed by the start stage
     outline: str | None = None  # proposed by the start stage
     propose_title: bool | None = None  # None: rename only a novel whose title was derived from the premise
@@ -88,7 +106,7 @@ def _check_cancel(cancel: threading.Event | None) -> None:
         raise Cancelled("stopped")
 
 
-class Engine:
+class Engine(VersionsMixin):
     """The writing engine over one store (session factory), one model (TextGenerator) and one embedder.
 
     With `models` (app.wiring.ModelService, or anything with `generator(model, device, dtype)`) the engine resolves
@@ -225,15 +243,32 @@ class Engine:
         return (yield from self._write_opening(view, mode, cancel, notices,
                                                title=title, outline=outline, propose_title=propose_title))
 
-    def _write_opening(self, view: NovelView, mode: str, cancel, notices: list[str], *, retry: bool = False,
-                       title: str | None = None, outline: str | None = None,
+    def _write_opening(self, view: NovelView, mode: str, cancel, notices: list[str], *, commit_as: str = "step",
+                       count: int | None = None, title: str | None = None, outline: str | None = None,
                        propose_title: bool | None = None) -> Iterator[Event]:
-        """Stream the opening paragraph from the premise, then finish the step (memory, plans, commit)."""
+        """Stream the opening paragraph (each version of it) from the premise, then finish the step."""
         preview = self._opening_context(view, mode)
-        paragraph = yield from self._stream_paragraph(view, preview, cancel, notices, mode=mode)
-        draft = StepDraft(paragraph=paragraph, plan_text="(the opening)", plan_index=None, strategy=PROMPT_ONLY,
-                          notices=notices, retry=retry, title=title, outline=outline, propose_title=propose_title)
-        return (yield from self._finish(view, draft, cancel))
+
+        def one_version() -> Iterator[Event]:
+            paragraph = yield from self._stream_paragraph(view, preview, cancel, notices, mode=mode)
+            return StepDraft(paragraph=paragraph, plan_text="(the opening)", plan_index=None, strategy=PROMPT_ONLY,
+                             notices=notices, commit_as=commit_as, title=title, outline=outline,
+                             propose_title=propose_title)
+
+        return (yield from self._write_versions(view, cancel, one_version, count))
+
+    def _write_versions(self, view: NovelView, cancel, one_version, count: int | None) -> Iterator[Event]:
+        """`count` versions (default: the novel's `candidates` setting), each with its memory and plans, then the
+        commit of all of them. Nothing is saved before the last one is finished."""
+        count = int(view.setting("candidates")) if count is None else count
+        drafts: list[StepDraft] = []
+        for number in range(count):
+            if count > 1:
+                yield Event("reset", f"Writing version {number + 1} of {count}…")
+            draft = yield from one_version()
+            yield from self._memory_and_plans(view, draft, cancel)
+            drafts.append(draft)
+        return (yield from self._finish(view, drafts, cancel))
 
     def step(self, novel_id: int, plan: str | None = None, *, plan_index: int | None = None,
              cancel: threading.Event | None = None, mode: str | None = None) -> Iterator[Event]:
@@ -262,7 +297,7 @@ class Engine:
         return plan, (matches[0] if matches else None)
 
     def _step(self, view: NovelView, plan_text: str, plan_index: int | None, cancel, mode: str,
-              retry: bool = False) -> Iterator[Event]:
+              commit_as: str = "step", count: int | None = None) -> Iterator[Event]:
         strategy = self.strategy
         notices: list[str] = list(view.notices)
         yield from self.reader.backfill_sentences(view)
@@ -276,11 +311,14 @@ class Engine:
             yield Event("progress", "Restoring the model's state after the manuscript…")
             manuscript = self._manuscript_state(view, cancel)
         yield Event("progress", "Writing the paragraph…")
-        paragraph = yield from self._stream_paragraph(view, preview, cancel, notices, mode=mode,
-                                                      state=manuscript.state if manuscript is not None else None)
-        draft = StepDraft(paragraph=paragraph, plan_text=plan_text, plan_index=plan_index, strategy=strategy,
-                          notices=notices, manuscript=manuscript, retry=retry)
-        return (yield from self._finish(view, draft, cancel))
+
+        def one_version() -> Iterator[Event]:
+            paragraph = yield from self._stream_paragraph(view, preview, cancel, notices, mode=mode,
+                                                          state=manuscript.state if manuscript is not None else None)
+            return StepDraft(paragraph=paragraph, plan_text=plan_text, plan_index=plan_index, strategy=strategy,
+                             notices=notices, manuscript=manuscript, commit_as=commit_as)
+
+        return (yield from self._write_versions(view, cancel, one_version, count))
 
     def _stream_paragraph(self, view: NovelView, preview: ContextPreview, cancel, notices: list[str], *,
                           mode: str, state=None) -> Iterator[Event]:
@@ -293,41 +331,91 @@ class Engine:
             yield event
         return paragraph
 
-    def _finish(self, view: NovelView, draft: StepDraft, cancel) -> Iterator[Event]:
-        """The memory and plans stages after the paragraph, then the commit (and the state snapshot after it)."""
+    def _memory_and_plans(self, view: NovelView, draft: StepDraft, cancel) -> Iterator[Event]:
+        """The memory and plans stages after one version of the paragraph, filled into `draft`."""
         yield Event("progress", "Updating the memory…")
         draft.memory, draft.memory_origin = self.stages.memory(view, draft.paragraph, cancel, draft.notices)
         yield Event("memory", draft.memory)
         yield Event("progress", "Proposing three plans…")
         draft.plans = self.stages.plans(view, draft.memory, draft.paragraph, cancel, draft.notices)
         yield Event("plans", plans=draft.plans)
-        for notice in draft.notices:
+
+    def _finish(self, view: NovelView, drafts: list[StepDraft], cancel) -> Iterator[Event]:
+        """The commit of a step's versions (and the state snapshot after the one in the manuscript)."""
+        first = drafts[0]
+        for notice in first.notices:
             yield Event("notice", notice)
         _check_cancel(cancel)
-        embedding = self.reader.passage_vector(draft.paragraph)
-        outcome = self._commit(view, draft, embedding)
-        if draft.manuscript is not None:
-            self._save_snapshot(view, draft.manuscript, draft.paragraph, outcome.position)
-        yield Event("done", f"Saved paragraph {outcome.position}.", outcome=outcome)
+        embedding = self.reader.passage_vector(first.paragraph)
+        shown = len(first.notices)
+        outcome = self._commit(view, drafts, embedding)
+        for notice in outcome.notices[shown:]:
+            yield Event("notice", notice)
+        if first.manuscript is not None and outcome.swapped and not outcome.pending:
+            if first.commit_as != "step":
+                self._invalidate_snapshots(view.novel_id, outcome.position)
+            self._save_snapshot(view, first.manuscript, first.paragraph, outcome.position)
+        yield Event("done", _done_line(first.commit_as, outcome), outcome=outcome)
         return outcome
 
-    def _commit(self, view: NovelView, draft: StepDraft, embedding) -> StepOutcome:
-        """Save `draft` in one transaction, refused (ConflictError) when the novel changed since `view` was read."""
+    def _commit(self, view: NovelView, drafts: list[StepDraft], embedding) -> StepOutcome:
+        """Save `drafts` in one transaction: a new step (refused with ConflictError when the novel changed since
+        `view` was read, its versions then kept as pending), or new versions of the last paragraph."""
+        first = drafts[0]
+        if first.commit_as != "step":
+            return self._commit_versions(view, drafts, embedding)
+        try:
+            with self.session_factory() as session, session.begin():
+                new_title = self._apply_title_outline(session, view, first)
+                result = store.commit_step(session, view.novel_id, first.paragraph, first.memory, first.plans,
+                                           first.plan_index, first.plan_text, embedding,
+                                           expected_memory_version=view.memory_version,
+                                           expected_paragraph_count=view.count, memory_origin=first.memory_origin)
+                alternatives.attach_to_revision(session, result.revision, result.paragraph,
+                                                [_version(draft) for draft in drafts[1:]])
+                return self._outcome(view, first, result.paragraph.id, result.paragraph.position,
+                                     title=new_title, kept=len(drafts) - 1)
+        except store.ConflictError as exc:
+            position = view.count + 1
+            with self.session_factory() as session, session.begin():
+                alternatives.keep_pending(session, view.novel_id, position, [_version(draft) for draft in drafts])
+            raise store.ConflictError(f"{exc} Its paragraph is kept as a pending version for position {position}: "
+                                      "apply or drop it under Versions in the Write tab.",
+                                      current_version=exc.current_version) from None
+
+    def _commit_versions(self, view: NovelView, drafts: list[StepDraft], embedding) -> StepOutcome:
+        """Retry or "Another version": keep the drafts beside the paragraph they are versions of; a Retry swaps
+        the first in when that paragraph is still as it was read. A paragraph deleted meanwhile: kept pending."""
+        first = drafts[0]
+        versions = [_version(draft) for draft in drafts]
+        position = view.count + 1
         with self.session_factory() as session, session.begin():
-            if draft.retry:
-                done = [r for r in revisions.revisions(session, view.novel_id) if r.state == "done"]
-                if not done or done[-1].id != view.retry_revision_id:
-                    raise ConflictError("The novel changed while the step was rewritten; nothing was saved.")
-                revisions.undo(session, view.novel_id)
-            new_title = self._apply_title_outline(session, view, draft)
-            result = store.commit_step(session, view.novel_id, draft.paragraph, draft.memory, draft.plans,
-                                       draft.plan_index, draft.plan_text, embedding,
-                                       expected_memory_version=view.memory_version,
-                                       expected_paragraph_count=view.count, memory_origin=draft.memory_origin)
-            return StepOutcome(novel_id=view.novel_id, paragraph_id=result.paragraph.id,
-                               position=result.paragraph.position, paragraph=draft.paragraph, memory=draft.memory,
-                               plans=draft.plans, used_plan=draft.plan_text, strategy=draft.strategy,
-                               notices=list(draft.notices), title=new_title, outline=draft.outline)
+            paragraph = session.get(Paragraph, view.retry_paragraph_id)
+            if paragraph is None:
+                alternatives.keep_pending(session, view.novel_id, position, versions)
+                first.notices.append(f"Paragraph {position} was deleted while its new version was written: the "
+                                     "new version is kept pending; apply or drop it under Versions.")
+                return self._outcome(view, first, None, position, kept=len(drafts), swapped=False, pending=True)
+            rows = alternatives.keep_many(session, paragraph.id, versions)
+            swapped = first.commit_as == "retry" and paragraph.version == view.retry_paragraph_version
+            if first.commit_as == "retry" and not swapped:
+                first.notices.append(f"Paragraph {paragraph.position} was edited while its new version was "
+                                     "written: the new version is kept beside it, not swapped in.")
+            if swapped:
+                picked = alternatives.pick(session, rows[0].id, paragraph.version, embedding)
+                if not picked.memory_followed:
+                    first.notices.append("The memory and plans were edited since that step, so they were left as "
+                                         "they are: update them in the Memory tab if the new version needs it.")
+            return self._outcome(view, first, paragraph.id, paragraph.position,
+                                 kept=len(drafts) - (1 if swapped else 0), swapped=swapped)
+
+    @staticmethod
+    def _outcome(view: NovelView, draft: StepDraft, paragraph_id: int | None, position: int, *,
+                 title: str | None = None, kept: int = 0, swapped: bool = True, pending: bool = False) -> StepOutcome:
+        return StepOutcome(novel_id=view.novel_id, paragraph_id=paragraph_id, position=position,
+                           paragraph=draft.paragraph, memory=draft.memory, plans=draft.plans,
+                           used_plan=draft.plan_text, strategy=draft.strategy, notices=list(draft.notices),
+                           title=title, outline=draft.outline, kept=kept, swapped=swapped, pending=pending)
 
     def _apply_title_outline(self, session, view: NovelView, draft: StepDraft) -> str | None:
         """Store the start stage's outline; rename the novel to its title when that was asked or the title was
@@ -346,18 +434,31 @@ class Engine:
 
     def retry(self, novel_id: int, *, cancel: threading.Event | None = None,
               mode: str | None = None) -> Iterator[Event]:
-        """Rewrite the last step from the same inputs (the manuscript, memory and plan it was written from). The
-        new step replaces it in one transaction; Undo then returns to the state before that step."""
+        """Rewrite the last step from the same inputs (the manuscript, memory and plan it was written from), as
+        many versions as a step writes; the first replaces the paragraph in the manuscript and the text it replaced
+        is kept beside it (Undo swaps back; the new versions stay kept)."""
+        return (yield from self._new_version(novel_id, cancel, mode, commit_as="retry"))
+
+    def another_version(self, novel_id: int, *, cancel: threading.Event | None = None,
+                        mode: str | None = None) -> Iterator[Event]:
+        """One more version of the last step's paragraph from the same inputs as Retry, kept beside it; the
+        manuscript does not change (pick it under Versions)."""
+        return (yield from self._new_version(novel_id, cancel, mode, commit_as="another"))
+
+    def _new_version(self, novel_id: int, cancel, mode: str | None, *, commit_as: str) -> Iterator[Event]:
         view = self._read(novel_id, for_retry=True)
         mode = self._mode(view, mode)
         engine = self._for_novel(view)
+        count = None if commit_as == "retry" else 1
         if not view.paragraphs:
-            return (yield from engine._write_opening(view, mode, cancel, list(view.notices), retry=True))
+            return (yield from engine._write_opening(view, mode, cancel, list(view.notices), commit_as=commit_as,
+                                                     count=count))
         plan_text = view.retry_plan or (view.plans[view.retry_plan_index] if view.retry_plan_index is not None
                                         else "")
         if not plan_text:
             raise EngineError("The last step has no recorded plan to rewrite from: write a new step instead.")
-        return (yield from engine._step(view, plan_text, view.retry_plan_index, cancel, mode, retry=True))
+        return (yield from engine._step(view, plan_text, view.retry_plan_index, cancel, mode, commit_as=commit_as,
+                                        count=count))
 
     def auto_write(self, novel_id: int, steps: int, *, cancel: threading.Event | None = None,
                    mode: str | None = None) -> Iterator[Event]:
@@ -431,7 +532,7 @@ class Engine:
         for notice in notices:
             yield Event("notice", notice, done=done, total=steps)
         yield Event("progress", f"Step {done + 1} of {steps}: {plan_text}", done=done, total=steps)
-        return (yield from self._step(view, plan_text, index, cancel, self._mode(view, mode)))
+        return (yield from self._step(view, plan_text, index, cancel, self._mode(view, mode), count=1))
 
     # ----------------------------------------------------------------------------------------------- chapters
 
@@ -536,3 +637,23 @@ class Engine:
     def _save_snapshot(self, view: NovelView, manuscript: ManuscriptState, paragraph: str, position: int) -> None:
         strategies.save_after_paragraph(self.generator, self.snapshot_store, view.novel_id, manuscript, paragraph,
                                         position, snapshot_policy=self._snapshot_policy(view))
+
+
+def _version(draft: StepDraft) -> Version:
+    """A draft as a version kept beside a paragraph, with the memory and plans its step wrote."""
+    return Version(text=draft.paragraph, kind=VERSION_KIND[draft.commit_as], instruction=draft.plan_text,
+                   memory=draft.memory, plans=list(draft.plans))
+
+
+def _done_line(commit_as: str, outcome: StepOutcome) -> str:
+    """The status line of a finished step, retry or "another version"."""
+    if outcome.pending:
+        return f"Kept a pending version for position {outcome.position}."
+    if commit_as == "another" or not outcome.swapped:
+        return f"Kept another version of paragraph {outcome.position}: pick it under Versions."
+    line = f"Saved paragraph {outcome.position}."
+    if commit_as == "retry":
+        line += " The version it replaced is kept beside it."
+    if outcome.kept:
+        line += f" {outcome.kept} more version{'s' if outcome.kept > 1 else ''} kept beside it."
+    return line

@@ -14,7 +14,7 @@ from pathlib import Path
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
 STAGES = ("start", "opening", "paragraph", "memory", "plans", "choose", "chapter_summary", "synopsis",
-          "chapter_outline", "continue_opening", "continue_paragraph")
+          "chapter_outline", "continue_opening", "continue_paragraph", "rewrite")
 # Stages written as plain documents the model continues (no chat template): the document strategy's paragraph
 # prompts (NovelSettings.paragraph_prompt).
 DOCUMENT_STAGES = frozenset({"continue_opening", "continue_paragraph"})

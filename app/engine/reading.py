@@ -65,7 +65,9 @@ class NovelView:
     memory: str
     memory_version: int
     plans: list[str]
-    retry_revision_id: int | None = None
+    # Retry and "Another version": the paragraph they write another version of, and its version when read.
+    retry_paragraph_id: int | None = None
+    retry_paragraph_version: int | None = None
     retry_plan: str | None = None
     retry_plan_index: int | None = None
     # A notice when the stored settings held bad values (the defaults are used for those): every step shows it.
@@ -244,26 +246,41 @@ def read_tiers(session, view: NovelView) -> None:
 
 
 def _read_retry(session, view: NovelView):
-    """Turn `view` into the inputs of the last step: the manuscript and memory before it, the plan it used.
-    Returns when that memory was made."""
-    done = [r for r in revisions.revisions(session, view.novel_id) if r.state == "done"]
-    if not done or done[-1].kind != "step" or not view.paragraphs:
-        raise EngineError("Retry rewrites the last written step, but the last change was not a step "
-                          "(undo the later edits first, or write a new step).")
+    """Turn `view` into the inputs of the step that wrote the last paragraph: the manuscript and memory before it,
+    the plan it used. Later picks, rewrites and edits of that paragraph do not matter: the new version is kept
+    beside it (memory/alternatives.py). Returns when that memory was made."""
+    if not view.paragraphs:
+        raise EngineError("There is no paragraph to write another version of: write a step first.")
     last_position, _ = view.paragraphs[-1]
     last = store.paragraph_at(session, view.novel_id, last_position)
-    history = store.memory_history(session, view.novel_id)
-    previous = [m for m in history if m.version < view.memory_version]
+    step = _step_that_wrote(session, view.novel_id, last.id)
+    if step is None:
+        raise EngineError("Retry writes another version of the last paragraph the model wrote as a step, but the "
+                          "last paragraph was not written by a step (write a new step instead).")
+    written = [change["after"]["version"] for change in step.changes
+               if change["entity"] == "short_term_memories" and change["before"] is None]
+    before = [m for m in store.memory_history(session, view.novel_id) if written and m.version < written[0]]
     used = session.scalar(select(PlanSet).where(PlanSet.novel_id == view.novel_id,
                                                 PlanSet.paragraph_id == last.id))
-    view.retry_revision_id = done[-1].id
+    view.retry_paragraph_id, view.retry_paragraph_version = last.id, last.version
     view.retry_plan = (used.used_text if used is not None and used.used_text else "")
     view.retry_plan_index = used.chosen_index if used is not None else None
     view.plans = list(used.plans) if used is not None else []
     view.paragraphs = view.paragraphs[:-1]
-    view.memory = previous[-1].text if previous else ""
-    view.memory_version = previous[-1].version if previous else 0
-    return previous[-1].created_at if previous else None
+    view.memory = before[-1].text if before else ""
+    view.memory_version = before[-1].version if before else 0
+    return before[-1].created_at if before else None
+
+
+def _step_that_wrote(session, novel_id: int, paragraph_id: int):
+    """The revision still in effect (a step) that inserted paragraph `paragraph_id`, or None."""
+    for revision in reversed(revisions.revisions(session, novel_id)):
+        if revision.state != "done" or revision.kind != "step":
+            continue
+        if any(change["entity"] == "paragraphs" and change["before"] is None and change["id"] == paragraph_id
+               for change in revision.changes):
+            return revision
+    return None
 
 
 def _unit(values):

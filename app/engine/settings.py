@@ -97,6 +97,9 @@ class NovelSettings:
     max_new_tokens: int = _setting(250, "whole", low=1, high=4096, label="paragraph length")
     paragraph_words: int = _setting(110, "whole", low=1, high=4000, form=False)
     context_tokens: int = _setting(2048, "whole", low=256, high=1_048_576, label="context budget")
+    # Next step and Retry write this many versions of the paragraph (each with its own memory and plans); the first
+    # goes in the manuscript, the others are kept beside it (memory/alternatives.py).
+    candidates: int = _setting(1, "whole", low=1, high=4, label="versions per step")
     max_attempts: int = _setting(3, "whole", low=1, high=20, form=False)
     mode: str = _setting("write", "choice", choices=MODES, form=False)
     paragraph_prompt: str = _setting(PARAGRAPH_PROMPT, "choice", choices=PARAGRAPH_PROMPTS, form=False,

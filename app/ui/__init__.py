@@ -1,6 +1,6 @@
 """The Gradio app: `build_app(...)` assembles the tabs, `launch(...)` serves it on 127.0.0.1 by default.
 
-One module per tab (library, write with its manuscript editor, memory_tab, context, settings, reader, story_chart), each with `build()` and
+One module per tab (library, write with its manuscript editor, chapters panel and versions panel, memory_tab, context, settings, reader, story_chart), each with `build()` and
 `wire()` over plain handler functions. The open novel's id lives in a `gr.State` and, so that a reload restores it,
 in the browser's localStorage (`gr.BrowserState`). Nothing of the data dir is served: Gradio gets its contents as
 blocked paths (all but Gradio's own upload and cache folder, `<data dir>/gradio`, which it serves from), and an
@@ -148,8 +148,8 @@ def build_app(config: Config, source: ModelSource, installed=None):
     """The whole app. `installed` (a `services.Services`) lets tests share one store and model with handlers."""
     import gradio as gr
 
-    from app.ui import (chapters, context, library, manuscript, memory_tab, reader, services, settings,
-                        story_chart, write)
+    from app.ui import (alternatives, chapters, context, library, manuscript, memory_tab, reader, services,
+                        settings, story_chart, write)
     from app.ui.common import GENERATION, bind, components, handler, outputs, to_components
     from app.wiring import open_parts
 
@@ -169,6 +169,7 @@ def build_app(config: Config, source: ModelSource, installed=None):
             with gr.Tab("Write", id="write"):
                 write_tab = write.build()
                 chapters_panel = chapters.build()
+                versions_tab = alternatives.build()
             with gr.Tab("Memory", id="memory"):
                 memory_ui = memory_tab.build()
             with gr.Tab("Context", id="context") as context_tab_block:
@@ -185,6 +186,7 @@ def build_app(config: Config, source: ModelSource, installed=None):
             (library.refresh, components(library_tab, novel_id=novel_state)),
             (write.refresh, components(write_tab)),
             (chapters.refresh, components(chapters_panel)),
+            (alternatives.refresh, components(versions_tab)),
             (memory_tab.refresh, components(memory_ui)),
             (settings.refresh, components(settings_tab)),
             (reader.refresh, components(reader_tab)),
@@ -209,6 +211,7 @@ def build_app(config: Config, source: ModelSource, installed=None):
         library.wire(library_tab, novel_state, on_novel_changed)
         write.wire(write_tab, novel_state, on_novel_changed)
         chapters.wire(chapters_panel, novel_state, on_novel_changed)
+        alternatives.wire(versions_tab, novel_state, on_novel_changed)
         memory_tab.wire(memory_ui, novel_state, on_novel_changed)
         context.wire(context_tab, context_tab_block, novel_state, write_tab.instruction_box)
         settings.wire(settings_tab, novel_state)

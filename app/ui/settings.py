@@ -184,6 +184,8 @@ def build() -> SettingsTab:
             f["memory_words"] = gr.Slider(20, 2000, value=d["memory_words"], step=10,
                                           label="Short-term memory length",
                                           info="the running summary is kept under this many words")
+            f["candidates"] = gr.Slider(1, 4, value=d["candidates"], step=1, label="Versions per step",
+                                        info="Next step and Retry write this many; pick one, the rest are kept")
             f["max_new_tokens"] = gr.Slider(1, 4096, value=d["max_new_tokens"], step=1,
                                             label="Paragraph length (tokens)",
                                             info="the most tokens one paragraph may take")

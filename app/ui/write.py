@@ -198,7 +198,8 @@ def next_step(novel_id, instruction: str):
 @handler
 @returns("draft_box", "status_md")
 def retry(novel_id):
-    """Regenerate the last step from the same inputs; it replaces that step (Undo then goes back to before it)."""
+    """Regenerate the last step from the same inputs; the new version replaces the paragraph and the old one is kept
+    beside it (Versions; Undo swaps back)."""
     novel_id = require_novel(novel_id)
     yield from _run(novel_id, lambda engine, cancel: engine.retry(novel_id, cancel=cancel),
                     "rewriting the last paragraph")

@@ -18,6 +18,7 @@ STAGE_MARKERS = {
     "chapter_summary": "Summarize this chapter",
     "synopsis": "Write a synopsis",
     "chapter_outline": "Plan this novel chapter by chapter",
+    "rewrite": "Rewrite this paragraph",
 }
 # The document strategy's prompts (prompts/continue_*.txt) are scripted as the stages they stand for.
 DOCUMENT_MARKERS = {
@@ -40,6 +41,8 @@ GOOD = {
     "chapter_outline": " A bottle washes up with a note in Mara's hand.\nChapter 2: Mara rows to the reef to find "
                        "who wrote it.\nChapter 3: The storm tells her the truth.",
     "synopsis": "Mara, the keeper of Skerry, finds a warning in her own hand and must decide about the lamp.",
+    "rewrite": "The note shook in Mara's fist as she climbed. Paraffin, salt, the last light. Do not light the lamp "
+               "tonight, it said, and the hand that wrote it was her own.",
 }
 
 
@@ -157,7 +160,8 @@ class ScriptedGenerator:
             if failure is not None and index == len(pieces) // 2:
                 raise failure
             yield piece
-            if stage in ("paragraph", "opening") and self.cancel_after_pieces == index + 1 and cancel is not None:
+            if stage in ("paragraph", "opening", "rewrite") and self.cancel_after_pieces == index + 1 \
+                    and cancel is not None:
                 cancel.set()
         if cancel is not None and cancel.is_set():
             raise Cancelled("stopped")

@@ -101,3 +101,30 @@ def test_planted_needle_comes_back_through_retrieval_into_the_context(real_engin
     assert needle in retrieved.text
     assert needle in preview.prompt_text
     assert preview.total_tokens == real_engine.generator.count_tokens(preview.prompt_text) <= preview.budget
+
+
+def test_two_versions_and_a_rewrite_with_the_real_model(real_engine, session_factory, novel_id):
+    from memory import alternatives
+
+    with session_factory() as session, session.begin():
+        store.update_novel_settings(session, novel_id, {**SMALL, "candidates": 2})
+    _, opening = run(real_engine.start(novel_id))
+    with session_factory() as session:
+        paragraph = store.paragraph_at(session, novel_id, 1)
+        (second,) = alternatives.of_paragraph(session, paragraph.id)
+    assert paragraph.text == opening.paragraph and second.text.strip() and second.memory.strip()
+    assert len(second.plans) == 3
+    sent_before = len(real_engine.generator.prompts)
+    events, outcome = run(real_engine.rewrite(novel_id, paragraph.id, "half as long"))
+    prompt = real_engine.generator.prompts[sent_before]
+    assert "Paragraph to rewrite: " + opening.paragraph in prompt and "half as long" in prompt
+    assert outcome.swapped and outcome.paragraph.strip()
+    assert "".join(e.text for e in events if e.kind == "token").strip()
+    with session_factory() as session:
+        assert store.paragraph_at(session, novel_id, 1).text == outcome.paragraph
+        kept = {a.kind: a.text for a in alternatives.of_paragraph(session, paragraph.id)}
+    # The original is one pick (or one Undo) away.
+    assert kept["swapped"] == opening.paragraph and kept["candidate"] == second.text
+    assert real_engine.undo(novel_id)
+    with session_factory() as session:
+        assert store.paragraph_at(session, novel_id, 1).text == opening.paragraph

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from app.engine import MANUSCRIPT_STATE, PROMPT_ONLY, Cancelled, ContextTooLargeError, Engine, EngineError
-from memory import store
+from memory import alternatives, store
 from memory.errors import ConflictError
 from models.errors import GenerationError
 from tests.engine.engine_fakes import GOOD, ScriptedGenerator, db_state, run
@@ -173,8 +173,12 @@ def test_retry_rewrites_the_last_step_from_the_same_inputs(session_factory, embe
     assert memory_before_step in generator.calls_for("memory")[-1].prompt
     state = db_state(session_factory, novel_id)
     assert [p[1] for p in state["paragraphs"]][-1] == outcome.paragraph and len(state["paragraphs"]) == 2
+    # Retry keeps the version it replaced: Undo swaps it back, and the retried text stays kept beside it.
     assert engine.undo(novel_id)
-    assert [p[1] for p in db_state(session_factory, novel_id)["paragraphs"]] == [GOOD["opening"]]
+    assert [p[1] for p in db_state(session_factory, novel_id)["paragraphs"]] == [GOOD["opening"], GOOD["paragraph"]]
+    with session_factory() as session:
+        last = store.paragraphs(session, novel_id)[-1]
+        assert [a.text for a in alternatives.of_paragraph(session, last.id)] == [outcome.paragraph]
 
 
 def test_undo_and_redo_restore_exact_states(session_factory, embedder, novel_id):
@@ -318,13 +322,25 @@ def test_retry_of_the_opening_replaces_it(session_factory, embedder, novel_id):
     assert state["title"] == "The Keeper of Skerry"
 
 
-def test_retry_refused_after_a_later_edit(session_factory, embedder, novel_id):
+def test_retry_after_a_memory_edit_keeps_the_writers_memory(session_factory, embedder, novel_id):
     engine, generator = started(session_factory, embedder, novel_id)
     with session_factory() as session, session.begin():
         version = store.current_memory(session, novel_id).version
         store.set_memory(session, novel_id, "The writer's own memory.", expected_version=version)
+    generator.script["opening"] = ["The island was only a rock, and Mara was its only keeper for nine long years."]
+    events, outcome = run(engine.retry(novel_id))
+    state = db_state(session_factory, novel_id)
+    assert [p[1] for p in state["paragraphs"]] == [outcome.paragraph]
+    assert state["memory"][-1][1] == "The writer's own memory."
+    assert any(e.kind == "notice" and "left as they are" in e.text for e in events)
+
+
+def test_retry_refused_when_the_last_paragraph_was_not_written_by_a_step(session_factory, embedder, novel_id):
+    engine, generator = started(session_factory, embedder, novel_id)
+    with session_factory() as session, session.begin():
+        store.add_paragraph(session, novel_id, "The writer's own paragraph.")
     before = db_state(session_factory, novel_id)
-    with pytest.raises(EngineError, match="last change was not a step"):
+    with pytest.raises(EngineError, match="not written by a step"):
         run(engine.retry(novel_id))
     assert db_state(session_factory, novel_id) == before
 

@@ -98,8 +98,9 @@ def test_retry_undo_redo(scripted, with_embedder):
                                     "worked at the glass, and the note lay open on the floor beside her boots."]
     assert list(write.retry(novel_id))[-1]["status_md"] == "Saved."
     assert _texts(with_embedder, novel_id)[1].startswith("The lamp would not catch.")
+    # Retry keeps the version it replaced: Undo swaps it back.
     assert write.undo(novel_id).startswith("Undone")
-    assert _texts(with_embedder, novel_id) == [GOOD["opening"]]
+    assert _texts(with_embedder, novel_id) == [GOOD["opening"], GOOD["paragraph"]]
     assert write.redo(novel_id) == "Redone."
     assert _texts(with_embedder, novel_id)[1].startswith("The lamp would not catch.")
 
