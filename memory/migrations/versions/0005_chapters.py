@@ -12,7 +12,7 @@
 memory.db.init_db backs the database up before running this, as before every migration.
 
 Revision ID: 0005
-Revises: 0003 (0004 is written in parallel; the chain is set when both are merged)
+Revises: 0004 (paragraph alternatives)
 """
 from typing import Sequence, Union
 
