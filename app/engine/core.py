@@ -511,7 +511,7 @@ class Engine(VersionsMixin):
                 events = engine._start(view, cancel, mode, None)
             elif plan and not chapter.paragraph_positions:
                 # A chapter's first step follows its line of the outline by chapter.
-                events = engine._step(view, plan, None, cancel, self._mode(view, mode))
+                events = engine._step(view, plan, None, cancel, self._mode(view, mode), count=1)
             else:
                 events = engine._auto_step(view, cancel, mode, done, done + left)
             for event in events:
