@@ -163,33 +163,48 @@ def export_json(session: Session, novel_id: int) -> dict[str, Any]:
     """The whole novel as a JSON-able dict in the versioned exchange format."""
     novel = store.get_novel(session, novel_id)
     rows: dict[str, list[dict]] = {}
-    # A database not migrated yet (the backup taken before a migration) lacks the tables added since: none of
-    # their rows exist there.
-    missing = {name for name in TABLES_ADDED_LATER if not inspect(session.connection()).has_table(name)}
+    # A database not migrated yet (the backup taken before a migration, on a server without a file copy) lacks the
+    # tables and columns added since: it is read column by column, and without chapters it is written as a
+    # version-1 document, which an import upgrades exactly as the migration does.
+    inspector = inspect(session.connection())
+    before_chapters = not inspector.has_table("chapters")
     for name, model in TABLES.items():
         if name == "revisions":
             continue
-        if name in missing:
-            rows[name] = []
+        if not inspector.has_table(name):
+            if name not in TABLES_ADDED_LATER | set(ADDED_IN_V2):
+                raise ExchangeError(f"The database has no table {name!r}: it is not a Longhand database.")
             continue
-        query = select(model).where(model.novel_id == novel_id).order_by(model.id)
-        rows[name] = [revisions.row_to_dict(obj) for obj in session.scalars(query)]
+        rows[name] = _table_rows(session, model, novel_id, {c["name"] for c in inspector.get_columns(name)})
     revision_rows = [revisions.row_to_dict(r) for r in session.scalars(
         select(Revision).where(Revision.novel_id == novel_id).order_by(Revision.id))]
     ids = _collect_ids(rows, revision_rows)
     maps = {name: {old: new for new, old in enumerate(values, start=1)} for name, values in ids.items()}
     maps["novels"] = {novel.id: 1}
 
-    document: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION}
+    document: dict[str, Any] = {"format": FORMAT, "version": 1 if before_chapters else FORMAT_VERSION}
     novel_row = revisions.row_to_dict(novel)
     document["novel"] = {field: novel_row[field] for field in NOVEL_FIELDS}
     for name in TABLES:
+        if name not in rows and name != "revisions":
+            if name in TABLES_ADDED_LATER:
+                document[name] = []
+            continue
         if name == "revisions":
             document[name] = [{**_remap_row(name, r, maps), "changes": _remap_changes(r["changes"], maps)}
                               for r in revision_rows]
         else:
             document[name] = [_remap_row(name, r, maps) for r in rows[name]]
     return document
+
+
+def _table_rows(session: Session, model: type, novel_id: int, present: set[str]) -> list[dict[str, Any]]:
+    """A novel's rows of `model` as `revisions.row_to_dict` gives them, reading only the columns the database has
+    (a column added by a later migration is left out)."""
+    columns = [column for column in model.__table__.columns if column.name in present]
+    query = select(*columns).where(model.__table__.c.novel_id == novel_id).order_by(model.__table__.c.id)
+    return [{column.key: revisions.column_to_json(column, row[column.name]) for column in columns}
+            for row in session.execute(query).mappings()]
 
 
 def dumps(document: dict[str, Any]) -> str:

@@ -48,15 +48,16 @@ class HistoryStep:
 # Rows as JSON-able dicts: exact, column by column (datetimes as ISO strings, bytes as base64).
 
 def row_to_dict(obj: Base) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for column in obj.__table__.columns:
-        value = getattr(obj, column.key)
-        if value is not None and isinstance(column.type, DateTime):
-            value = value.isoformat()
-        elif value is not None and isinstance(column.type, LargeBinary):
-            value = base64.b64encode(value).decode("ascii")
-        out[column.key] = value
-    return out
+    return {column.key: column_to_json(column, getattr(obj, column.key)) for column in obj.__table__.columns}
+
+
+def column_to_json(column, value: Any) -> Any:
+    """A column's value as JSON holds it: datetimes as ISO text, bytes as base64."""
+    if value is not None and isinstance(column.type, DateTime):
+        return value.isoformat()
+    if value is not None and isinstance(column.type, LargeBinary):
+        return base64.b64encode(value).decode("ascii")
+    return value
 
 
 def row_values(model: type[Base], data: dict[str, Any]) -> dict[str, Any]:
