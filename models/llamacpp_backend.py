@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from models import state_io
 from models.errors import ModelLoadError
 
 STATE_FORMAT = "longhand-llamacpp-seq/1"
@@ -306,9 +307,7 @@ class LlamaCppBackend:
         return st_save(tensors, metadata=meta)
 
     def state_from_bytes(self, data: bytes) -> LlamaCppState:
-        from models.hf_backend import _metadata
-
-        meta = _metadata(data)
+        meta = state_io.metadata(data)
         if meta.get("format") != STATE_FORMAT:
             raise ValueError(f"not a Longhand llama.cpp state (format {meta.get('format')!r})")
         if meta.get("fingerprint") != self.fingerprint:
