@@ -140,5 +140,8 @@ def build() -> StoryChartTab:
                          refresh_chart_btn=refresh_chart_btn)
 
 
-def wire(tab: StoryChartTab, novel_state: gr.State) -> None:
+def wire(tab: StoryChartTab, tab_block: gr.Tab, novel_state: gr.State) -> None:
+    """Drawn when the tab is opened and by its Refresh button (not after every edit: the figures cost the most of
+    any tab's redraw)."""
     tab.refresh_chart_btn.click(inputs=[novel_state], **bind(refresh, components(tab)))
+    tab_block.select(inputs=[novel_state], **bind(refresh, components(tab)))
