@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -90,6 +91,14 @@ def chromium():
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+def docs_shots() -> Path:
+    """Where the flows' screenshots for the issues' notes go: docs/screenshots when LONGHAND_SCREENSHOTS=1 (a run
+    that retakes them on purpose), else a fresh temp folder, so a test run never changes tracked files."""
+    if os.environ.get("LONGHAND_SCREENSHOTS") == "1":
+        return Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    return Path(tempfile.mkdtemp(prefix="longhand-screenshots-"))
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from memory import alternatives, store
 from memory.db import make_engine, make_sessionmaker
 from tests.ui.test_ui_browser import (  # noqa: F401 (fixtures)
-    REPO,
+    docs_shots,
     _open_tab,
     _textarea,
     _wait_saved,
@@ -22,7 +22,7 @@ from tests.ui.test_ui_browser import (  # noqa: F401 (fixtures)
     shots,
 )
 
-SCREENSHOTS = REPO / "docs" / "screenshots"
+SCREENSHOTS = docs_shots()
 
 
 def _manuscript_and_kept(data_dir: Path) -> tuple[list[str], list[str]]:

@@ -16,6 +16,7 @@ import pytest
 from memory import retrieval, store
 from memory.db import open_database
 from tests.ui.test_ui_browser import (  # noqa: F401 (fixtures)
+    docs_shots,
     _open_tab,
     _textarea,
     _wait_saved,
@@ -24,7 +25,7 @@ from tests.ui.test_ui_browser import (  # noqa: F401 (fixtures)
     served_app,
 )
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SHOTS = docs_shots()
 SEED = ["The ferry left Skerry harbour at midnight with no lights showing.",
         "Orla stood at the rail and counted the buoys as they passed.",
         "By two in the morning the fog had closed over the water."]

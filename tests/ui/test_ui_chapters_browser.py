@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.ui.test_ui_browser import (  # noqa: F401 (fixtures)
-    REPO,
+    docs_shots,
     _create_novel,
     _open_tab,
     _textarea,
@@ -23,7 +23,7 @@ from tests.ui.test_ui_browser import (  # noqa: F401 (fixtures)
 )
 
 SUMMARY_EDIT = "Orla hides the bottle under the lamp and swears the ferryman Tam to silence."
-DOCS = REPO / "docs" / "screenshots"
+DOCS = docs_shots()
 
 
 def _shot(page, shots: Path, name: str) -> None:
