@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,28 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+
+@contextmanager
+def _serving(command: list[str], *, port: int, log, name: str, **popen_kwargs):
+    """Run a model server until the block ends: started, waited for on 127.0.0.1:`port` (the test fails, naming
+    the log, if it exits or does not answer within STARTUP_TIMEOUT_S), then stopped and its log closed."""
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **popen_kwargs)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    try:
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{name} did not start (exit {server.poll()}); see {log.name}")
+                time.sleep(0.5)
+        yield
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
 @pytest.fixture(scope="module")
 def served_model(default_generator, tmp_path_factory):
     require_or_skip(importlib.util.find_spec("openai") is not None,
@@ -40,23 +63,9 @@ def served_model(default_generator, tmp_path_factory):
     cli = shutil.which("transformers", path=str(Path(sys.executable).parent))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
-    server = subprocess.Popen([cli, "serve", folder, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                              stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    try:
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"transformers serve did not start (exit {server.poll()}); see {log.name}")
-                time.sleep(0.5)
+    with _serving([cli, "serve", folder, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+                  port=port, log=log, name="transformers serve", env=env):
         yield f"http://127.0.0.1:{port}#{folder}"
-    finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
 
 
 def test_streams_completions_and_chat_from_a_real_server(served_model, tmp_path):
@@ -120,24 +129,10 @@ def llamacpp_served(tmp_path_factory):
     gguf = str(default_lm_path())
     port = _free_port()
     log = (tmp_path_factory.mktemp("llamacpp-serve") / "serve.log").open("w")
-    server = subprocess.Popen([sys.executable, "-c", SERVER_MAIN, "--model", gguf, "--host", "127.0.0.1", "--port",
-                               str(port), "--n_threads", "1", "--n_ctx", "4096"],
-                              stdout=log, stderr=subprocess.STDOUT, cwd=str(Path(__file__).resolve().parents[2]))
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    try:
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"llama_cpp.server did not start (exit {server.poll()}); see {log.name}")
-                time.sleep(0.5)
+    with _serving([sys.executable, "-c", SERVER_MAIN, "--model", gguf, "--host", "127.0.0.1", "--port", str(port),
+                   "--n_threads", "1", "--n_ctx", "4096"],
+                  port=port, log=log, name="llama_cpp.server", cwd=str(Path(__file__).resolve().parents[2])):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
 
 
 def test_llamacpp_server_writes_about_the_premise(llamacpp_served, tmp_path):
