@@ -20,8 +20,8 @@ from sqlalchemy.orm.attributes import flag_modified
 
 from memory import store
 from memory.embeddings import Vector, drop_embeddings, put_embedding
-from memory.errors import NotFoundError, ValidationError
-from memory.revisions import Changes, lock_novel, record
+from memory.errors import ValidationError
+from memory.revisions import Changes, get_row, lock_novel, locked_row, record
 from memory.schema import ALTERNATIVE_KINDS, ORIGINS, Alternative, Paragraph, Revision, ShortTermMemory, utcnow
 
 
@@ -50,10 +50,7 @@ class Picked:
 # Reading.
 
 def get(session: Session, alternative_id: int) -> Alternative:
-    alternative = session.get(Alternative, alternative_id)
-    if alternative is None:
-        raise NotFoundError(f"No kept version with id {alternative_id}: it may have been dropped in another tab.")
-    return alternative
+    return get_row(session, Alternative, alternative_id, what="kept version", verb="dropped")
 
 
 def of_paragraph(session: Session, paragraph_id: int) -> list[Alternative]:
@@ -162,9 +159,7 @@ def pick(session: Session, alternative_id: int, expected_version: int, embedding
     """Swap kept version `alternative_id` into the manuscript, if its paragraph is still `expected_version` (else
     ConflictError); the text it replaces is kept in its place. `embedding` is the new text's vector (without one,
     the paragraph's vector is dropped: retrieval never uses a vector of another text)."""
-    alternative = get(session, alternative_id)
-    lock_novel(session, alternative.novel_id)
-    session.refresh(alternative)
+    alternative = locked_row(session, Alternative, alternative_id, what="kept version", verb="dropped")
     if alternative.paragraph_id is None:
         raise ValidationError("This version is pending, not beside a paragraph: apply it to put it in the "
                               "manuscript.")
@@ -197,9 +192,7 @@ def pick(session: Session, alternative_id: int, expected_version: int, embedding
 def apply_pending(session: Session, alternative_id: int, embedding: Vector | None = None) -> Paragraph:
     """Put a pending version in the manuscript at its position (at the end when the novel is shorter now); the
     memory and plans are not changed (they were written from a memory that has changed since)."""
-    alternative = get(session, alternative_id)
-    lock_novel(session, alternative.novel_id)
-    session.refresh(alternative)
+    alternative = locked_row(session, Alternative, alternative_id, what="kept version", verb="dropped")
     if alternative.paragraph_id is not None:
         raise ValidationError("This version is beside a paragraph already: pick it to use it.")
     changes = Changes(session, alternative.novel_id)

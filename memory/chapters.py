@@ -21,13 +21,12 @@ from sqlalchemy.orm import Session
 
 from memory.embeddings import drop_embeddings
 from memory.errors import ConflictError, NotFoundError, ValidationError
-from memory.revisions import Changes, lock_novel, record
+from memory.revisions import Changes, get_row, lock_novel, locked_row, record
 from memory.schema import Chapter, ChapterSummary, Paragraph, PlanSet, Synopsis
 from memory.store import (
     MAX_TITLE_CHARS,
     _check_text,
     chapters,
-    get_paragraph,
     last_chapter,
     mark_summary_stale,
 )
@@ -65,17 +64,11 @@ def _check_chapter_title(title: object) -> str:
 
 
 def get_chapter(session: Session, chapter_id: int) -> Chapter:
-    chapter = session.get(Chapter, chapter_id)
-    if chapter is None:
-        raise NotFoundError(f"No chapter with id {chapter_id}: it may have been deleted in another tab.")
-    return chapter
+    return get_row(session, Chapter, chapter_id, what="chapter")
 
 
 def _locked_chapter(session: Session, chapter_id: int) -> Chapter:
-    chapter = get_chapter(session, chapter_id)
-    lock_novel(session, chapter.novel_id)
-    session.refresh(chapter)
-    return chapter
+    return locked_row(session, Chapter, chapter_id, what="chapter")
 
 
 def chapter_paragraphs(session: Session, chapter_id: int) -> list[Paragraph]:
@@ -172,10 +165,8 @@ def move_chapter(session: Session, chapter_id: int, position: int) -> Chapter:
 
 def move_paragraph(session: Session, paragraph_id: int, chapter_id: int) -> Paragraph:
     """Move a paragraph to the end of another chapter (both chapters' summaries go stale if they were closed)."""
-    paragraph = get_paragraph(session, paragraph_id)
+    paragraph = locked_row(session, Paragraph, paragraph_id, what="paragraph")
     novel_id = paragraph.novel_id
-    lock_novel(session, novel_id)
-    session.refresh(paragraph)
     target = get_chapter(session, chapter_id)
     if target.novel_id != novel_id:
         raise ValidationError("A paragraph can only move to a chapter of its own novel.")

@@ -15,8 +15,8 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from memory.errors import NotFoundError, ValidationError
-from memory.revisions import Changes, touch_novel
+from memory.errors import ValidationError
+from memory.revisions import Changes, get_row, touch_novel
 from memory.schema import Embedding, LoreEntry, Paragraph
 
 
@@ -115,18 +115,14 @@ def _replace(session: Session, row: Embedding, vector: Vector) -> None:
 
 def set_paragraph_embedding(session: Session, paragraph_id: int, vector: Vector) -> None:
     """Store (or replace) a paragraph's vector for `vector.embedder`; not an undoable user action."""
-    paragraph = session.get(Paragraph, paragraph_id)
-    if paragraph is None:
-        raise NotFoundError(f"No paragraph with id {paragraph_id}: it may have been deleted in another tab.")
+    paragraph = get_row(session, Paragraph, paragraph_id, what="paragraph")
     _replace(session, _embedding_row(paragraph.novel_id, vector, paragraph_id=paragraph_id), vector)
     touch_novel(session, paragraph.novel_id, embeddings=True)
 
 
 def set_lore_embedding(session: Session, lore_id: int, vector: Vector) -> None:
     """Store (or replace) a lore entry's vector for `vector.embedder`; not an undoable user action."""
-    entry = session.get(LoreEntry, lore_id)
-    if entry is None:
-        raise NotFoundError(f"No lore entry with id {lore_id}: it may have been deleted in another tab.")
+    entry = get_row(session, LoreEntry, lore_id, what="lore entry")
     _replace(session, _embedding_row(entry.novel_id, vector, lore_entry_id=lore_id), vector)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, LargeBinary, func, select, update
 from sqlalchemy.orm import Session
@@ -22,6 +22,8 @@ from sqlalchemy.orm.attributes import flag_modified
 from memory.errors import ConflictError, NotFoundError
 from memory.schema import Base, Novel, Paragraph, Revision, utcnow
 
+# A mapped row type, for the readers that return the row they were asked for.
+RowT = TypeVar("RowT", bound=Base)
 # Every mapped table by name, as `Revision.changes` names them.
 MODELS: dict[str, type[Base]] = {mapper.class_.__tablename__: mapper.class_ for mapper in Base.registry.mappers}
 # Fields that change as side effects and are not part of a row's user-visible state.
@@ -210,8 +212,30 @@ def lock_novel(session: Session, novel_id: int) -> Novel:
     BEGIN IMMEDIATE already serializes all writers)."""
     novel = session.execute(select(Novel).where(Novel.id == novel_id).with_for_update()).scalar_one_or_none()
     if novel is None:
-        raise NotFoundError(f"No novel with id {novel_id}: it may have been deleted in another tab.")
+        raise NotFoundError(gone_message(what="novel", row_id=novel_id))
     return novel
+
+
+def gone_message(*, what: str, row_id: int, verb: str = "deleted") -> str:
+    """The one line every store read says when a row is missing: most often another tab removed it."""
+    return f"No {what} with id {row_id}: it may have been {verb} in another tab."
+
+
+def get_row(session: Session, model: type[RowT], row_id: int, *, what: str, verb: str = "deleted") -> RowT:
+    """The `model` row with id `row_id`, or a NotFoundError naming `what` ("chapter", "paragraph", ...)."""
+    row = session.get(model, row_id)
+    if row is None:
+        raise NotFoundError(gone_message(what=what, row_id=row_id, verb=verb))
+    return row
+
+
+def locked_row(session: Session, model: type[RowT], row_id: int, *, what: str, verb: str = "deleted") -> RowT:
+    """`get_row` for writing: the row's novel locked (`lock_novel`), then the row re-read, since another writer
+    may have changed it between the read and the lock."""
+    row = get_row(session, model, row_id, what=what, verb=verb)
+    lock_novel(session, row.novel_id)
+    session.refresh(row)
+    return row
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from memory.embeddings import Vector, drop_embeddings, put_embedding
 from memory.errors import ConflictError, NotFoundError, ValidationError
-from memory.revisions import Changes, lock_novel, record
+from memory.revisions import Changes, get_row, lock_novel, locked_row, record
 from memory.schema import (
     MEMORY_ORIGINS,
     ORIGINS,
@@ -120,10 +120,7 @@ def create_novel(session: Session, title: str, premise: str = "", style_notes: s
 
 
 def get_novel(session: Session, novel_id: int) -> Novel:
-    novel = session.get(Novel, novel_id)
-    if novel is None:
-        raise NotFoundError(f"No novel with id {novel_id}: it may have been deleted in another tab.")
-    return novel
+    return get_row(session, Novel, novel_id, what="novel")
 
 
 def list_novels(session: Session) -> list[NovelSummary]:
@@ -216,10 +213,7 @@ def paragraphs(session: Session, novel_id: int) -> list[Paragraph]:
 
 
 def get_paragraph(session: Session, paragraph_id: int) -> Paragraph:
-    paragraph = session.get(Paragraph, paragraph_id)
-    if paragraph is None:
-        raise NotFoundError(f"No paragraph with id {paragraph_id}: it may have been deleted in another tab.")
-    return paragraph
+    return get_row(session, Paragraph, paragraph_id, what="paragraph")
 
 
 def paragraph_at(session: Session, novel_id: int, position: int) -> Paragraph | None:
@@ -339,9 +333,7 @@ def _edited_origin(paragraph: Paragraph, origin: str | None) -> str:
 
 def _locked_paragraph(session: Session, paragraph_id: int, expected_version: int) -> Paragraph:
     """The paragraph, its novel locked and its row re-read, if it is still `expected_version`."""
-    paragraph = get_paragraph(session, paragraph_id)
-    lock_novel(session, paragraph.novel_id)
-    session.refresh(paragraph)
+    paragraph = locked_row(session, Paragraph, paragraph_id, what="paragraph")
     _check_version("paragraph", paragraph, expected_version)
     return paragraph
 
@@ -594,10 +586,7 @@ def lore_entries(session: Session, novel_id: int, enabled_only: bool = False) ->
 
 
 def get_lore(session: Session, lore_id: int) -> LoreEntry:
-    entry = session.get(LoreEntry, lore_id)
-    if entry is None:
-        raise NotFoundError(f"No lore entry with id {lore_id}: it may have been deleted in another tab.")
-    return entry
+    return get_row(session, LoreEntry, lore_id, what="lore entry")
 
 
 def add_lore(session: Session, novel_id: int, name: str, keys: list[str] | str, body: str, always_on: bool = False,
@@ -617,9 +606,7 @@ def add_lore(session: Session, novel_id: int, name: str, keys: list[str] | str, 
 def edit_lore(session: Session, lore_id: int, expected_version: int, *, name: str | None = None,
               keys: list[str] | str | None = None, body: str | None = None, always_on: bool | None = None,
               enabled: bool | None = None, embedding: Vector | None = None) -> LoreEntry:
-    entry = get_lore(session, lore_id)
-    lock_novel(session, entry.novel_id)
-    session.refresh(entry)
+    entry = locked_row(session, LoreEntry, lore_id, what="lore entry")
     _check_version("lore entry", entry, expected_version)
     values: dict[str, Any] = {}
     if name is not None:

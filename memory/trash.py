@@ -16,12 +16,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from memory import exchange, store
-from memory.errors import NotFoundError, StoreError
+from memory.errors import StoreError
 from memory.private import private_dir, write_private_atomic
+from memory.revisions import lock_novel
 from memory.schema import Novel
 
 _NAME = re.compile(r"^(\d{8}T\d{12})-novel-(\d+)-([\w\-. ]+)\.json$")
@@ -58,9 +58,7 @@ def move_to_trash(session_factory: sessionmaker[Session], trash_dir: Path | str,
     path = None
     try:
         with session_factory() as session, session.begin():
-            novel = session.execute(select(Novel).where(Novel.id == novel_id).with_for_update()).scalar_one_or_none()
-            if novel is None:
-                raise NotFoundError(f"No novel with id {novel_id}: it may have been deleted in another tab.")
+            novel = lock_novel(session, novel_id)
             stamp = datetime.now().strftime("%Y%m%dT%H%M%S%f")
             path = trash_dir / f"{stamp}-novel-{novel_id}-{exchange.safe_file_stem(novel.title, 60)}.json"
             data = exchange.dumps(exchange.export_json(session, novel_id)).encode("utf-8")
