@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
 from memory import store
-from memory.embeddings import Vector, drop_embeddings, put_embedding
+from memory.embeddings import Vector
 from memory.errors import ValidationError
 from memory.revisions import Changes, get_row, lock_novel, locked_row, record
-from memory.schema import ALTERNATIVE_KINDS, ORIGINS, Alternative, Paragraph, Revision, ShortTermMemory, utcnow
+from memory.schema import ALTERNATIVE_KINDS, ORIGINS, Alternative, Paragraph, Revision, ShortTermMemory
 
 
 @dataclass(frozen=True)
@@ -179,11 +179,7 @@ def pick(session: Session, alternative_id: int, expected_version: int, embedding
     incoming_text, incoming_origin = alternative.text, alternative.origin
     changes.update(alternative, text=paragraph.text, words=paragraph.words, origin=paragraph.origin, kind="swapped",
                    instruction=None, memory=outgoing_memory, plans=outgoing_plans, position=paragraph.position)
-    changes.update(paragraph, text=incoming_text, words=len(incoming_text.split()), origin=incoming_origin,
-                   version=paragraph.version + 1, updated_at=utcnow())
-    drop_embeddings(changes, paragraph_id=paragraph.id, keep=embedding.embedder if embedding else None)
-    if embedding is not None:
-        put_embedding(changes, paragraph.novel_id, vector=embedding, paragraph_id=paragraph.id)
+    store.rewrite_paragraph(changes, paragraph, text=incoming_text, origin=incoming_origin, embedding=embedding)
     revision = record(session, changes, "alternative.pick", f"swapped in another version of paragraph "
                                                             f"{paragraph.position}")
     return Picked(paragraph=paragraph, memory_followed=follows, revision=revision)
@@ -196,10 +192,8 @@ def apply_pending(session: Session, alternative_id: int, embedding: Vector | Non
     if alternative.paragraph_id is not None:
         raise ValidationError("This version is beside a paragraph already: pick it to use it.")
     changes = Changes(session, alternative.novel_id)
-    paragraph = store._add_paragraph(changes, alternative.novel_id, alternative.text, alternative.origin,
-                                       alternative.position)
-    if embedding is not None:
-        put_embedding(changes, alternative.novel_id, vector=embedding, paragraph_id=paragraph.id)
+    paragraph = store.place_paragraph(changes, novel_id=alternative.novel_id, text=alternative.text,
+                                      origin=alternative.origin, position=alternative.position, embedding=embedding)
     changes.delete(alternative)
     record(session, changes, "alternative.apply", f"applied a kept version as paragraph {paragraph.position}")
     return paragraph

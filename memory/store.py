@@ -230,20 +230,20 @@ def add_paragraph(session: Session, novel_id: int, text: str, origin: str = "wri
     append it to the end of that chapter."""
     lock_novel(session, novel_id)
     changes = Changes(session, novel_id)
-    paragraph = _add_paragraph(changes, novel_id, _check_text(text, "A paragraph"), _check_origin(origin), position,
-                               chapter_id)
-    if embedding is not None:
-        put_embedding(changes, novel_id, vector=embedding, paragraph_id=paragraph.id)
+    paragraph = place_paragraph(changes, novel_id=novel_id, text=_check_text(text, "A paragraph"),
+                                origin=_check_origin(origin), position=position, chapter_id=chapter_id,
+                                embedding=embedding)
     where = "at the end" if position is None else f"at position {paragraph.position}"
     record(session, changes, "paragraph.add", f"added a paragraph {where}")
     return paragraph
 
 
-def _add_paragraph(changes: Changes, novel_id: int, text: str, origin: str, position: int | None,
-                   chapter_id: int | None = None) -> Paragraph:
-    """Insert a paragraph at `position` (None: the end) in the chapter the place falls in: appended, the last
-    chapter; inserted before paragraph p, p's chapter. With `chapter_id` it goes into that chapter: at `position`
-    (the caller's anchor, e.g. just after a paragraph of that chapter), or at the chapter's end."""
+def place_paragraph(changes: Changes, *, novel_id: int, text: str, origin: str, position: int | None,
+                    chapter_id: int | None = None, embedding: Vector | None = None) -> Paragraph:
+    """Insert a paragraph, as part of `changes`, at `position` (None: the end) in the chapter the place falls in:
+    appended, the last chapter; inserted before paragraph p, p's chapter. With `chapter_id` it goes into that
+    chapter: at `position` (the caller's anchor, e.g. just after a paragraph of that chapter), or at the chapter's
+    end. `embedding`, when given, is saved as its vector. The caller has checked `text` and `origin`."""
     session = changes.session
     count = paragraph_count(session, novel_id)
     if position is not None and position < 1:
@@ -261,6 +261,8 @@ def _add_paragraph(changes: Changes, novel_id: int, text: str, origin: str, posi
     paragraph = Paragraph(novel_id=novel_id, chapter_id=chapter.id, position=position, text=text,
                           words=_word_count(text), origin=origin, version=1)
     changes.insert(paragraph)
+    if embedding is not None:
+        put_embedding(changes, novel_id, vector=embedding, paragraph_id=paragraph.id)
     mark_summary_stale(changes, chapter.id)
     return paragraph
 
@@ -338,8 +340,10 @@ def _locked_paragraph(session: Session, paragraph_id: int, expected_version: int
     return paragraph
 
 
-def _rewrite(changes: Changes, paragraph: Paragraph, text: str, origin: str, embedding: Vector | None) -> None:
-    """A paragraph's new text as part of `changes`: version bumped, the vector of the old text replaced or removed."""
+def rewrite_paragraph(changes: Changes, paragraph: Paragraph, *, text: str, origin: str,
+                      embedding: Vector | None) -> None:
+    """A paragraph's new text as part of `changes`: version bumped, the vector of the old text replaced or removed,
+    its chapter's summary stale. The caller has locked the novel and checked the version."""
     changes.update(paragraph, text=text, words=_word_count(text), origin=origin, version=paragraph.version + 1,
                    updated_at=utcnow())
     drop_embeddings(changes, paragraph_id=paragraph.id, keep=embedding.embedder if embedding else None)
@@ -358,7 +362,7 @@ def edit_paragraph(session: Session, paragraph_id: int, text: str, expected_vers
     text = _check_text(text, "A paragraph")
     paragraph = _locked_paragraph(session, paragraph_id, expected_version)
     changes = Changes(session, paragraph.novel_id)
-    _rewrite(changes, paragraph, text, _edited_origin(paragraph, origin), embedding)
+    rewrite_paragraph(changes, paragraph, text=text, origin=_edited_origin(paragraph, origin), embedding=embedding)
     record(session, changes, "paragraph.edit", f"edited paragraph {paragraph.position}")
     return paragraph
 
@@ -459,13 +463,12 @@ def split_paragraph(session: Session, paragraph_id: int, expected_version: int,
     vectors = list(embeddings) if embeddings is not None else [None] * len(parts)
     origin = _edited_origin(paragraph, None)
     changes = Changes(session, paragraph.novel_id)
-    _rewrite(changes, paragraph, parts[0], origin, vectors[0])
+    rewrite_paragraph(changes, paragraph, text=parts[0], origin=origin, embedding=vectors[0])
     made = [paragraph]
     for offset, (part, vector) in enumerate(zip(parts[1:], vectors[1:]), start=1):
-        added = _add_paragraph(changes, paragraph.novel_id, part, origin, paragraph.position + offset,
-                               chapter_id=paragraph.chapter_id)
-        if vector is not None:
-            put_embedding(changes, paragraph.novel_id, vector=vector, paragraph_id=added.id)
+        added = place_paragraph(changes, novel_id=paragraph.novel_id, text=part, origin=origin,
+                                position=paragraph.position + offset, chapter_id=paragraph.chapter_id,
+                                embedding=vector)
         made.append(added)
     record(session, changes, "paragraph.split", f"split paragraph {paragraph.position} in {len(parts)}")
     return made
@@ -489,7 +492,7 @@ def merge_paragraphs(session: Session, paragraph_id: int, expected_version: int,
     text = merged_text(paragraph.text, following.text)
     changes = Changes(session, paragraph.novel_id)
     _remove(changes, following)
-    _rewrite(changes, paragraph, text, _edited_origin(paragraph, None), embedding)
+    rewrite_paragraph(changes, paragraph, text=text, origin=_edited_origin(paragraph, None), embedding=embedding)
     record(session, changes, "paragraph.merge", f"merged paragraphs {paragraph.position} and "
                                                 f"{paragraph.position + 1}")
     return paragraph
@@ -667,9 +670,8 @@ def commit_step(session: Session, novel_id: int, paragraph_text: str, memory_tex
                             f"{memory_version}, not {expected_memory_version}); the step was not saved.",
                             current_version=memory_version)
     changes = Changes(session, novel_id)
-    paragraph = _add_paragraph(changes, novel_id, text, _check_origin(origin), None)
-    if embedding is not None:
-        put_embedding(changes, novel_id, vector=embedding, paragraph_id=paragraph.id)
+    paragraph = place_paragraph(changes, novel_id=novel_id, text=text, origin=_check_origin(origin), position=None,
+                                embedding=embedding)
     memory = ShortTermMemory(novel_id=novel_id, version=memory_version + 1,
                              text=_check_text(memory_text, "The memory"), origin=_check_memory_origin(memory_origin))
     changes.insert(memory)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select, text
 
-from memory import alternatives, exchange, retrieval, revisions, store
+from memory import alternatives, chapters, exchange, retrieval, revisions, store
 from memory.alternatives import Version
 from memory.embeddings import Vector
 from memory.schema import Alternative
@@ -99,6 +99,23 @@ def test_memory_stays_when_edited_by_hand_or_the_paragraph_is_not_the_last(Sessi
     with Session() as s, s.begin():
         assert not alternatives.pick(s, kept.id, expected_version=1).memory_followed
     assert state(Session, novel_id)["memory"][-1][1] == "The writer's own summary."
+
+
+def test_picking_a_version_in_a_closed_chapter_marks_its_summary_stale(Session):
+    novel_id, paragraph_id, candidate_id = two_steps_with_a_candidate(Session)
+    with Session() as s, s.begin():
+        (chapter,) = store.chapters(s, novel_id)
+        chapters.close_chapter(s, chapter.id)
+        chapters.set_summary(s, chapter.id, "Mara reads the note.", expected_version=0, origin="generated")
+        assert not chapters.get_chapter(s, chapter.id).summary_stale
+    with Session() as s, s.begin():
+        alternatives.pick(s, candidate_id, expected_version=1)
+    with Session() as s:
+        assert chapters.get_chapter(s, chapter.id).summary_stale
+    with Session() as s, s.begin():
+        revisions.undo(s, novel_id)
+    with Session() as s:
+        assert not chapters.get_chapter(s, chapter.id).summary_stale
 
 
 def test_a_stale_pick_is_refused_and_changes_nothing(Session):
