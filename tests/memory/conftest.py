@@ -10,9 +10,11 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text as sql
 
 from tests.conftest import require_or_skip
 
@@ -146,3 +148,71 @@ def database(db_url):
 @pytest.fixture
 def Session(database):
     return database[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Migration tests: a database left at an older schema, filled through that schema's own SQL, then migrated as the
+# app does at start-up.
+
+OLD_STAMP = "2026-01-01 00:00:00"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def unmigrated_url(request, tmp_path) -> str:
+    """A URL to a database with no schema at all: an SQLite file, or a new empty PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'old.db'}"
+    return postgres_url(request.getfixturevalue("postgres_server"), migrated=False)
+
+
+@contextmanager
+def engine_at(url: str, revision: str):
+    """An engine on `url` migrated only up to `revision`: the older schema a migration test starts from."""
+    from memory import retrieval
+    from memory.db import make_engine
+    from memory.migrations import upgrade
+
+    engine = make_engine(url)
+    upgrade(engine, revision)
+    try:
+        yield engine
+    finally:
+        retrieval.clear_cache()
+        engine.dispose()
+
+
+def insert_old_novel(connection, *, title: str = "Old", premise: str = "") -> None:
+    """Novel 1 as every schema since 0001 stores it."""
+    connection.execute(sql("INSERT INTO novels (id, uid, title, premise, style_notes, settings, embedding_epoch, "
+                           "created_at, updated_at) VALUES (1, 'u1', :title, :premise, '', '{}', 0, :t, :t)"),
+                       {"title": title, "premise": premise, "t": OLD_STAMP})
+
+
+def insert_old_paragraph(connection, *, paragraph_id: int, text: str, words: int, origin: str = "written",
+                         version: int = 1) -> None:
+    """Paragraph `paragraph_id` of novel 1, at position `paragraph_id`, as schemas before chapters store it."""
+    connection.execute(sql("INSERT INTO paragraphs (id, novel_id, position, text, words, origin, version, "
+                           "created_at, updated_at) VALUES (:id, 1, :id, :text, :words, :origin, :version, :t, :t)"),
+                       {"id": paragraph_id, "text": text, "words": words, "origin": origin, "version": version,
+                        "t": OLD_STAMP})
+
+
+def migrate_to_head(engine, backups: Path):
+    """Migrate as the app does at start-up (a backup first: SQLite's file copy, PostgreSQL's JSON export of the
+    tables the old schema has), check it reached the head and made exactly one backup; the session factory on the
+    migrated database."""
+    from memory.db import init_db, make_sessionmaker
+    from memory.migrations import current_revision, head_revision
+
+    init_db(engine, backups)
+    assert current_revision(engine) == head_revision()
+    assert len([path for path in backups.iterdir() if path.is_file()]) == 1, sorted(backups.iterdir())
+    return make_sessionmaker(engine)
+
+
+def insert_old_vector(connection, *, paragraph_id: int, embedder: str, dim: int, values: bytes) -> None:
+    """A paragraph vector of novel 1 without sentence vectors, as schemas before 0003 store it."""
+    connection.execute(sql("INSERT INTO embeddings (novel_id, paragraph_id, embedder, dim, vector, created_at) "
+                           "VALUES (1, :paragraph_id, :embedder, :dim, :vector, :t)"),
+                       {"paragraph_id": paragraph_id, "embedder": embedder, "dim": dim, "vector": values,
+                        "t": OLD_STAMP})

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from memory import alternatives, chapters, exchange, retrieval, revisions, store
 from memory.alternatives import Version
 from memory.embeddings import Vector
 from memory.schema import Alternative
+from tests.memory.conftest import engine_at, insert_old_novel, insert_old_paragraph, migrate_to_head
 
 OPENING = "Mara kept the lighthouse on Skerry alone and counted the gulls each morning."
 FIRST = "Mara climbed the spiral stair with the note in her fist."
@@ -216,40 +217,19 @@ def test_alternatives_round_trip_through_the_json_export(Session):
         exchange.import_json(s, document)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_at_0003(request, tmp_path):
+@pytest.fixture
+def database_at_0003(unmigrated_url):
     """An engine on a database at migration 0003, the schema main had before alternatives."""
-    from memory.db import make_engine
-    from memory.migrations import upgrade
-
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        from tests.memory.conftest import postgres_url
-
-        url = postgres_url(request.getfixturevalue("postgres_server"), migrated=False)
-    engine = make_engine(url)
-    upgrade(engine, "0003")
-    yield engine
-    retrieval.clear_cache()
-    engine.dispose()
+    with engine_at(unmigrated_url, "0003") as engine:
+        yield engine
 
 
 def test_migration_from_0003_keeps_everything_and_adds_alternatives(database_at_0003, tmp_path):
-    from memory.db import init_db, make_sessionmaker
-    from memory.migrations import current_revision, head_revision
-
     engine = database_at_0003
     with engine.begin() as connection:
-        connection.execute(text("INSERT INTO novels (id, uid, title, premise, style_notes, settings, embedding_epoch, "
-                                "created_at, updated_at) VALUES (1, 'u1', 'Old', '', '', '{}', 0, "
-                                "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"))
-        connection.execute(text("INSERT INTO paragraphs (id, novel_id, position, text, words, origin, version, "
-                                "created_at, updated_at) VALUES (1, 1, 1, :text, 12, 'generated', 1, "
-                                "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"), {"text": OPENING})
-    init_db(engine, tmp_path / "backups")
-    assert current_revision(engine) == head_revision()
-    Session = make_sessionmaker(engine)
+        insert_old_novel(connection)
+        insert_old_paragraph(connection, paragraph_id=1, text=OPENING, words=12, origin="generated")
+    Session = migrate_to_head(engine, tmp_path / "backups")
     with Session() as s:
         assert [p.text for p in store.paragraphs(s, 1)] == [OPENING]
         # The full-text index from 0003 still follows the paragraphs.

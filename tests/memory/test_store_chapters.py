@@ -12,6 +12,14 @@ from sqlalchemy import text as sql
 
 from memory import chapters, retrieval, revisions, store
 from memory.embeddings import Vector
+from tests.memory.conftest import (
+    OLD_STAMP,
+    engine_at,
+    insert_old_novel,
+    insert_old_paragraph,
+    insert_old_vector,
+    migrate_to_head,
+)
 
 
 def vec(seed: int, dim: int = 8) -> Vector:
@@ -270,64 +278,40 @@ def test_a_summary_edited_elsewhere_is_never_overwritten(Session):
         assert chapters.current_summary(s, ids[0]).text == "tab one"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def main_database(request, tmp_path):
+@pytest.fixture
+def main_database(unmigrated_url):
     """An engine on a database at migration 0003 (the schema of main before chapters), with a novel written
     through main's own SQL: two paragraphs, an edit in the history, and a vector."""
-    from memory.db import make_engine
-    from memory.migrations import upgrade
+    with engine_at(unmigrated_url, "0003") as engine:
+        fill_as_main_did(engine)
+        yield engine
 
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'main.db'}"
-    else:
-        from tests.memory.conftest import postgres_url
 
-        url = postgres_url(request.getfixturevalue("postgres_server"), migrated=False)
-    engine = make_engine(url)
-    upgrade(engine, "0003")
-    stamp = "2026-01-01 00:00:00"
+def fill_as_main_did(engine) -> None:
     # As memory.revisions.row_to_dict writes a row.
     row = {"novel_id": 1, "origin": "written", "words": 2, "created_at": "2026-01-01T00:00:00",
            "updated_at": "2026-01-01T00:00:00"}
     with engine.begin() as connection:
-        connection.execute(sql("INSERT INTO novels (id, uid, title, premise, style_notes, settings, embedding_epoch, "
-                               "created_at, updated_at) VALUES (1, 'u1', 'Old', 'p', '', '{}', 0, :t, :t)"),
-                           {"t": stamp})
+        insert_old_novel(connection, premise="p")
         for pid, body, version in ((1, "old first", 2), (2, "old second", 1)):
-            connection.execute(sql("INSERT INTO paragraphs (id, novel_id, position, text, words, origin, version, "
-                                   "created_at, updated_at) VALUES (:id, 1, :id, :text, 2, 'written', :v, :t, :t)"),
-                               {"id": pid, "text": body, "v": version, "t": stamp})
+            insert_old_paragraph(connection, paragraph_id=pid, text=body, words=2, version=version)
         edit_before = {"id": 1, "position": 1, "text": "draft first", "version": 1, **row}
         edit_after = {"id": 1, "position": 1, "text": "old first", "version": 2, **row}
         connection.execute(sql("INSERT INTO revisions (novel_id, seq, kind, cause, changes, state, created_at) "
                                "VALUES (1, 1, 'paragraph.edit', 'edited paragraph 1', :c, 'done', :t)"),
                            {"c": json.dumps([{"entity": "paragraphs", "id": 1, "before": edit_before,
-                                              "after": edit_after}]), "t": stamp})
-        connection.execute(sql("INSERT INTO embeddings (novel_id, paragraph_id, embedder, dim, vector, created_at) "
-                               "VALUES (1, 2, 'e', 2, :v, :t)"),
-                           {"v": np.array([0.6, 0.8], dtype="<f4").tobytes(), "t": stamp})
+                                              "after": edit_after}]), "t": OLD_STAMP})
+        insert_old_vector(connection, paragraph_id=2, embedder="e", dim=2,
+                          values=np.array([0.6, 0.8], dtype="<f4").tobytes())
         if engine.dialect.name == "postgresql":
             # Rows given explicit ids do not move PostgreSQL's sequences; the app's inserts would reuse them.
             for table in ("novels", "paragraphs"):
                 connection.execute(sql(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 10)"))
-    yield engine
-    retrieval.clear_cache()
-    engine.dispose()
 
 
 def test_migration_puts_each_old_novel_into_one_chapter_backs_up_first_and_keeps_history(main_database, tmp_path):
-    from memory.db import init_db, is_sqlite, make_sessionmaker
-    from memory.migrations import current_revision, head_revision
-
     engine = main_database
-    backups = tmp_path / "backups"
-    # As in test_store_sentences: PostgreSQL's backup is a JSON export through today's ORM, which cannot read the
-    # older schema, so only SQLite's file copy is checked here.
-    init_db(engine, backups if is_sqlite(engine) else None)
-    assert current_revision(engine) == head_revision()
-    if is_sqlite(engine):
-        assert len(list(backups.glob("*.db"))) == 1
-    Session = make_sessionmaker(engine)
+    Session = migrate_to_head(engine, tmp_path / "backups")
     with Session() as s:
         [chapter] = store.chapters(s, 1)
         assert chapter.title == "Chapter 1" and not chapter.closed

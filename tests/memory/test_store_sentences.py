@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from memory import retrieval, revisions, store
 from memory.errors import ValidationError
 from memory.embeddings import Vector
 from memory.schema import Embedding
+from tests.memory.conftest import engine_at, insert_old_novel, insert_old_paragraph, insert_old_vector, migrate_to_head
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -128,49 +129,23 @@ def test_bad_sentence_vectors_are_refused(Session):
                                                                          sentences=np.zeros((1, 4))))
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def old_database(request, tmp_path):
+@pytest.fixture
+def old_database(unmigrated_url):
     """An engine on a database at migration 0002 (the schema before sentence vectors and full text)."""
-    from memory.db import make_engine
-    from memory.migrations import upgrade
-
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        from tests.memory.conftest import postgres_url
-
-        url = postgres_url(request.getfixturevalue("postgres_server"), migrated=False)
-    engine = make_engine(url)
-    upgrade(engine, "0002")
-    yield engine
-    retrieval.clear_cache()
-    engine.dispose()
+    with engine_at(unmigrated_url, "0002") as engine:
+        yield engine
 
 
 def test_migration_from_0002_keeps_data_indexes_it_and_backfills(old_database, tmp_path, embedder):
-    from memory.db import init_db, is_sqlite, make_sessionmaker
-    from memory.migrations import current_revision, head_revision
-
     engine = old_database
     vector = embedder.vector(HARBOUR)
     with engine.begin() as connection:
-        connection.execute(text("INSERT INTO novels (id, uid, title, premise, style_notes, settings, embedding_epoch, "
-                                "created_at, updated_at) VALUES (1, 'u1', 'Old', '', '', '{}', 0, "
-                                "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"))
+        insert_old_novel(connection)
         for position, body in ((1, HARBOUR), (2, ORCHARD)):
-            connection.execute(text("INSERT INTO paragraphs (id, novel_id, position, text, words, origin, version, "
-                                    "created_at, updated_at) VALUES (:id, 1, :position, :text, 10, 'written', 1, "
-                                    "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"),
-                               {"id": position, "position": position, "text": body})
-        connection.execute(text("INSERT INTO embeddings (novel_id, paragraph_id, embedder, dim, vector, created_at) "
-                                "VALUES (1, 1, :embedder, :dim, :vector, '2026-01-01 00:00:00')"),
-                           {"embedder": embedder.name, "dim": embedder.dim, "vector": vector.values.tobytes()})
-    backups = tmp_path / "backups"
-    init_db(engine, backups if is_sqlite(engine) else None)
-    assert current_revision(engine) == head_revision()
-    if is_sqlite(engine):
-        assert len(list(backups.glob("*.db"))) == 1
-    Session = make_sessionmaker(engine)
+            insert_old_paragraph(connection, paragraph_id=position, text=body, words=10)
+        insert_old_vector(connection, paragraph_id=1, embedder=embedder.name, dim=embedder.dim,
+                          values=vector.values.tobytes())
+    Session = migrate_to_head(engine, tmp_path / "backups")
     with Session() as s:
         # The full-text index holds the paragraphs that were there before it.
         assert [pid for pid, _ in retrieval.lexical_top_k(s, 1, "teapot", 5)] == [1]
