@@ -216,3 +216,16 @@ def insert_old_vector(connection, *, paragraph_id: int, embedder: str, dim: int,
                            "VALUES (1, :paragraph_id, :embedder, :dim, :vector, :t)"),
                        {"paragraph_id": paragraph_id, "embedder": embedder, "dim": dim, "vector": values,
                         "t": OLD_STAMP})
+
+
+def assert_undo_then_redo(Session, novel_id: int, *, read, before, after) -> None:
+    """The last revision undone gives back exactly `before`, redone exactly `after`, as `read(Session, novel_id)`
+    sees the novel."""
+    from memory import revisions
+
+    with Session() as s, s.begin():
+        assert revisions.undo(s, novel_id) is not None
+    assert read(Session, novel_id) == before
+    with Session() as s, s.begin():
+        assert revisions.redo(s, novel_id) is not None
+    assert read(Session, novel_id) == after

@@ -12,7 +12,13 @@ from memory import alternatives, chapters, exchange, retrieval, revisions, store
 from memory.alternatives import Version
 from memory.embeddings import Vector
 from memory.schema import Alternative
-from tests.memory.conftest import engine_at, insert_old_novel, insert_old_paragraph, migrate_to_head
+from tests.memory.conftest import (
+    assert_undo_then_redo,
+    engine_at,
+    insert_old_novel,
+    insert_old_paragraph,
+    migrate_to_head,
+)
 
 OPENING = "Mara kept the lighthouse on Skerry alone and counted the gulls each morning."
 FIRST = "Mara climbed the spiral stair with the note in her fist."
@@ -69,12 +75,7 @@ def test_pick_swaps_text_memory_and_plans_and_undo_redo_restore_exactly(Session)
         # Retrieval reads the picked text's vector.
         hit = retrieval.search(s, novel_id, vector(2), 1)[0]
         assert hit.paragraph.id == paragraph_id and hit.paragraph.text == SECOND
-    with Session() as s, s.begin():
-        assert revisions.undo(s, novel_id) is not None
-    assert state(Session, novel_id) == before
-    with Session() as s, s.begin():
-        assert revisions.redo(s, novel_id) is not None
-    assert state(Session, novel_id) == after
+    assert_undo_then_redo(Session, novel_id, read=state, before=before, after=after)
     # Picking the swapped-out version swaps back: both texts are always one pick away.
     with Session() as s, s.begin():
         (kept,) = alternatives.of_paragraph(s, paragraph_id)

@@ -13,6 +13,7 @@ from sqlalchemy import text as sql
 from memory import chapters, retrieval, revisions, store
 from memory.embeddings import Vector
 from tests.memory.conftest import (
+    assert_undo_then_redo,
     OLD_STAMP,
     engine_at,
     insert_old_novel,
@@ -197,12 +198,7 @@ def test_every_chapter_edit_is_one_revision_undone_and_redone_exactly(Session, e
         assert [t for _, t in reading(Session, novel_id)] == EDITS[edit]
     with Session() as s:
         assert len(revisions.revisions(s, novel_id)) == revisions_before + 1
-    with Session() as s, s.begin():
-        assert revisions.undo(s, novel_id) is not None
-    assert layout(Session, novel_id) == before
-    with Session() as s, s.begin():
-        assert revisions.redo(s, novel_id) is not None
-    assert layout(Session, novel_id) == after
+    assert_undo_then_redo(Session, novel_id, read=layout, before=before, after=after)
     assert_contiguous(Session, novel_id)
 
 

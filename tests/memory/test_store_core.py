@@ -11,6 +11,7 @@ from memory import revisions, store
 from memory.errors import ConflictError, NotFoundError, ValidationError
 from memory.embeddings import Vector
 from memory.schema import Embedding, PlanSet, Revision
+from tests.memory.conftest import assert_undo_then_redo
 
 
 def vec(seed: int, dim: int = 8) -> Vector:
@@ -98,12 +99,7 @@ def test_story_edit_is_compare_and_set_and_undoable(Session):
     with Session() as s, s.begin():
         with pytest.raises(ValidationError, match="premise cannot be empty"):
             store.edit_story(s, novel_id, "  ", "", "", store.story(store.get_novel(s, novel_id)))
-    with Session() as s, s.begin():
-        assert revisions.undo(s, novel_id) is not None
-    assert snapshot(Session, novel_id) == before
-    with Session() as s, s.begin():
-        assert revisions.redo(s, novel_id) is not None
-    assert snapshot(Session, novel_id) == after
+    assert_undo_then_redo(Session, novel_id, read=snapshot, before=before, after=after)
 
 
 def test_stale_edit_is_refused_and_newer_text_kept(Session):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from memory import revisions, store
+from tests.memory.conftest import assert_undo_then_redo
 from tests.memory.test_store_core import new_novel, snapshot, vec
 
 
@@ -69,12 +70,7 @@ def test_each_manuscript_edit_is_one_exact_undoable_revision(Session, action):
         assert len(revisions.revisions(s, novel_id)) == count + 1
         positions = [p.position for p in store.paragraphs(s, novel_id)]
     assert positions == list(range(1, len(positions) + 1))
-    with Session() as s, s.begin():
-        assert revisions.undo(s, novel_id) is not None
-    assert snapshot(Session, novel_id) == before
-    with Session() as s, s.begin():
-        assert revisions.redo(s, novel_id) is not None
-    assert snapshot(Session, novel_id) == after
+    assert_undo_then_redo(Session, novel_id, read=snapshot, before=before, after=after)
 
 
 def test_insert_move_split_merge_put_text_where_the_writer_meant(Session):
