@@ -22,7 +22,8 @@ query latency of each method is measured too, two-stage as the app runs it and e
 sentence), and two-stage with an exact first stage instead of the projection; with the bytes per
 paragraph the cached matrix holds. Embeddings are cached per text within the run (--embedding-cache: across runs).
 
-    python -m bench.recall --out bench/results/recall.json
+    python -m bench.recall --out bench/results/recall.json --large 0
+    python -m bench.recall --sizes 300 --large 1000,10000,100000 --out bench/results/recall_latency.json
 """
 
 from __future__ import annotations
