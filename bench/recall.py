@@ -8,23 +8,29 @@ Each question avoids the fact's rare words. Every method ranks the novel's parag
 all-MiniLM-L6-v2; recall@1/3/5 counts questions whose fact paragraph ranks that high; latency is the median of
 one warm top-5 query (the novel's matrices cached) per question, the query vector already made.
 
+HELD_OUT_FACTS, planted after them the same way, are reported apart (each method's "held_out"): they were
+written before any result on them was seen, as a check that a change chosen on FACTS generalises.
 Methods: paragraph vectors with the question alone; the engine's old score cos(plan) + 0.5 cos(last paragraph)
 (the question as the plan, the manuscript's last paragraph as the last); best sentence; best sentence plus w x
 the paragraph; lexical (FTS5 bm25 over the question's words); fused (RRF of best sentence + w x paragraph with
-lexical over the question's rare words). Step-query variants weigh in the last paragraph and the short-term
-memory the way the engine would.
+lexical over the question's rare names, memory.retrieval.FUSION_NAMES_ONLY; or over every rare word); the same
+without the hubness correction; the two-stage search forced, its first stage through the projection or exact.
+Step-query variants weigh in the last paragraph and the short-term memory the way the engine would.
 The easy needle (the fact as a paragraph of its own, as bench/quality.py plants it) is measured beside them.
 At 1,000, 10,000 and 100,000 paragraphs (random unit vectors, 5 sentences each; filler text for FTS) the warm
 query latency of each method is measured too, two-stage as the app runs it and exact (every paragraph scored by
-sentence). Embeddings are cached per text within the run.
+sentence), and two-stage with an exact first stage instead of the projection; with the bytes per
+paragraph the cached matrix holds. Embeddings are cached per text within the run (--embedding-cache: across runs).
 
-    python -m bench.recall --out bench/results/recall.json
+    python -m bench.recall --out bench/results/recall.json --large 0
+    python -m bench.recall --sizes 300 --large 1000,10000,100000 --out bench/results/recall_latency.json
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import random
 import statistics
 import sys
@@ -147,6 +153,50 @@ FACTS = [
      "question": "Who was Nessarine Tal looking for?"},
 ]
 
+# Held out: written before any result on them was seen, after the method had been tuned on FACTS (issue 19's
+# hubness correction); reported apart ("held_out"), so a change chosen on FACTS shows whether it generalises.
+# Planted after FACTS in the same manuscripts, the same way.
+HELD_OUT_FACTS = [
+    {"context": ["The ferryman tied up at the landing stage just after the storm broke.",
+                 "Mara brought him a blanket and a mug of tea in the boathouse.",
+                 "He did not say where the money had come from.",
+                 "By evening the sea had gone flat and grey again."],
+     "fact": "He carried a tin of gold sovereigns sewn into the lining of his oilskin coat.",
+     "question": "What was the boatman secretly hiding in his clothing?"},
+    {"context": ["Widow Haske came into the bakery every Thursday for a single rye loaf.",
+                 "She paid in pennies and counted every one onto the counter.",
+                 "Ottilie only learned the truth at the funeral.",
+                 "The apprentice said she had always smelled of lavender."],
+     "fact": "She owned half the mill on the river and most of the houses on Mill Lane.",
+     "question": "How rich was the old customer who bought cheap bread, really?"},
+    {"context": ["Constable Pike was sent to the railway inn to fetch the ledger.",
+                 "The landlord kept him waiting in the cold taproom for an hour.",
+                 "Pike copied the page out by candlelight.",
+                 "Inspector Vane read the copy twice on the walk back."],
+     "fact": ("The guest book showed that the gardener had taken a room there on the night of the fire under a "
+              "false name."),
+     "question": "Where was the groundsman staying when the house burned, and what did he call himself?"},
+    {"context": ["The school ring was quiet after the children had gone to their bunks.",
+                 "Wen sat at the teacher's desk and scrolled through the old lessons.",
+                 "Nobody had updated the file in thirty years.",
+                 "She closed it and went to find the quartermaster."],
+     "fact": "The lesson on the destination planet said its air could not be breathed without masks.",
+     "question": "What did the classroom records reveal about the atmosphere of the world they were heading to?"},
+    {"context": ["Leila sat with the drivers by the fire at the well of stones.",
+                 "She had joined the caravan at Zerqa with nothing but a saddlebag.",
+                 "The drivers fell silent when she told them.",
+                 "Old Yusuf only nodded, as if he had known all along."],
+     "fact": "She was the daughter of the bandit chief whose riders had stopped them on the ridge.",
+     "question": "Whose child was the young woman who came along from the market town?"},
+    {"context": ["The merchant kept a ledger of every trade he made on the salt road.",
+                 "He wrote in a cipher that only he could read.",
+                 "Leila found the key to it by chance one evening.",
+                 "She burned the page before he could see that she knew."],
+     "fact": "Thaddeus Orrin, a moneylender in the port, held the debt on every camel in the caravan.",
+     "question": "What hold did Thaddeus Orrin have over the caravan?"},
+]
+ALL_FACTS = FACTS + HELD_OUT_FACTS
+
 # The demo worlds (data/premises): people, places and sentence templates that filler paragraphs are built from.
 WORLDS = {
     "lighthouse": {
@@ -242,9 +292,9 @@ def fact_paragraph(fact: dict) -> str:
 
 def manuscript(size: int, fillers: list[str], easy: bool) -> tuple[list[str], list[int]]:
     """The paragraphs of one novel and the positions (1-based) of the fact paragraphs in it."""
-    texts = list(fillers[:size - len(FACTS)])
+    texts = list(fillers[:size - len(ALL_FACTS)])
     positions = []
-    for i, fact in enumerate(FACTS):
+    for i, fact in enumerate(ALL_FACTS):
         position = 3 + 2 * i
         texts.insert(position - 1, fact["fact"] if easy else fact_paragraph(fact))
         positions.append(position)
@@ -317,10 +367,21 @@ def methods(cache: EmbeddingCache, question: str, last: str, memory: str) -> dic
            for weight in (0.25, 0.5, 1.0)},
         **{f"best sentence + {window} best window + 0.5 paragraph": {
             "query_vector": vec(q), "method": "sentence", "window_weight": window} for window in (0.5, 1.0)},
+        # Without the hubness correction (memory.retrieval.HUB_WEIGHT), as before it.
+        "no hubness: best sentence + 1.0 window + 0.5 paragraph": {"query_vector": vec(q), "method": "sentence",
+                                                                   "hub_weight": 0.0},
+        "no hubness: fused RRF": {"query_vector": vec(q), "text": question, "method": "fused", "hub_weight": 0.0},
+        # Lexical over every rare word of the question, not only its names (memory.retrieval.FUSION_NAMES_ONLY).
+        "fused RRF, every rare word": {"query_vector": vec(q), "text": question, "method": "fused",
+                                       "names_only": False},
         "fused RRF, no window": {"query_vector": vec(q), "text": question, "method": "fused", "window_weight": 0.0},
         # Forced two-stage: only the 100 paragraphs closest by paragraph vector are scored by sentence.
         "fused RRF, two-stage (100 candidates)": {"query_vector": vec(q), "text": question, "method": "fused",
                                                   "exact_up_to": 0, "candidates": 100},
+        # The same with an exact first stage instead of the 128-dim projection (memory.retrieval.PROJECTION_DIM).
+        "fused RRF, two-stage (100 candidates), exact first stage": {
+            "query_vector": vec(q), "text": question, "method": "fused", "exact_up_to": 0, "candidates": 100,
+            "shortlist": 0},
         # Raw cosines, as before the centring (memory.retrieval.CENTER_MIN_SENTENCES): the same scores otherwise.
         "raw cosines: best sentence + 1.0 window + 0.5 paragraph": {
             "query_vector": vec(q), "method": "sentence", "center_from": NEVER_CENTER},
@@ -349,7 +410,7 @@ def measure(Session, cache: EmbeddingCache, novel_id: int, texts: list[str], pos
     with Session() as s:
         retrieval.search(s, novel_id, methods(cache, FACTS[0]["question"], last, memory)["paragraph"]["query_vector"],
                          1)  # load the matrices into the cache
-        for fact, position in zip(FACTS, positions):
+        for fact, position in zip(ALL_FACTS, positions):
             for label, kwargs in methods(cache, fact["question"], last, memory).items():
                 start = time.perf_counter()
                 retrieval.search(s, novel_id, k=5, **kwargs)
@@ -361,11 +422,14 @@ def measure(Session, cache: EmbeddingCache, novel_id: int, texts: list[str], pos
                 row["ms"].append(1000 * elapsed)
     out = {}
     for label, row in per_method.items():
-        ranks = row["ranks"]
-        out[label] = {**{f"recall@{k}": round(sum(r is not None and r <= k for r in ranks) / len(ranks), 3)
-                         for k in KS},
-                      "ranks": ranks, "query_ms_median": round(statistics.median(row["ms"]), 2)}
+        ranks, held_out = row["ranks"][:len(FACTS)], row["ranks"][len(FACTS):]
+        out[label] = {**recall_at(ranks), "ranks": ranks, "held_out": {**recall_at(held_out), "ranks": held_out},
+                      "query_ms_median": round(statistics.median(row["ms"]), 2)}
     return out
+
+
+def recall_at(ranks: list[int | None]) -> dict:
+    return {f"recall@{k}": round(sum(r is not None and r <= k for r in ranks) / len(ranks), 3) for k in KS}
 
 
 def float16_check(cache: EmbeddingCache, texts: list[str], positions: list[int]) -> dict:
@@ -430,8 +494,11 @@ def large_latency(workdir: Path, dim: int, fillers: list[str], size: int) -> dic
         retrieval.search(s, novel_id, Vector("bench", rng.normal(size=dim)), 5, method="sentence")
         out["cold_load_s"] = round(time.perf_counter() - start, 2)
         # "_exact": every paragraph scored by sentence, whatever the size (the search before the two-stage one).
+        # "_exact_first_stage": two-stage, candidates picked by exact paragraph cosines, not the projection.
         variants = {**{method: {"method": method} for method in retrieval.METHODS},
                     **{f"{method}_exact": {"method": method, "exact_up_to": 10 ** 12}
+                       for method in ("sentence", "fused")},
+                    **{f"{method}_exact_first_stage": {"method": method, "shortlist": 0}
                        for method in ("sentence", "fused")}}
         for label, kwargs in variants.items():
             times = []
@@ -441,7 +508,47 @@ def large_latency(workdir: Path, dim: int, fillers: list[str], size: int) -> dic
                 retrieval.search(s, novel_id, query, 5, text=question, **kwargs)
                 times.append(1000 * (time.perf_counter() - start))
             out[f"{label}_ms_median"] = round(statistics.median(times), 2)
+        out["memory_bytes_per_paragraph"] = matrix_bytes(s, novel_id, dim)
+    out["paragraph_product_ms_median"] = storage_products(rng, size, dim)
     return out
+
+
+def storage_products(rng: np.random.Generator, size: int, dim: int) -> dict:
+    """The first stage's one product [N, dim] @ [dim] per way of holding the matrix: float32 (as cached), float16
+    and int8 (numpy has no BLAS for either: it loops), and float32 projected to PROJECTION_DIM."""
+    vectors = rng.normal(size=(size, dim)).astype(np.float32)
+    query = rng.normal(size=dim).astype(np.float32)
+    forms = {"float32": (vectors, query), "float16": (vectors.astype(np.float16), query.astype(np.float16)),
+             "int8": ((vectors * 32).astype(np.int8), (query * 32).astype(np.int8)),
+             f"float32_projected_{retrieval.PROJECTION_DIM}": (
+                 np.ascontiguousarray(vectors[:, :retrieval.PROJECTION_DIM]),
+                 np.ascontiguousarray(query[:retrieval.PROJECTION_DIM]))}
+    out = {}
+    for label, (matrix, vector) in forms.items():
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            matrix @ vector
+            times.append(1000 * (time.perf_counter() - start))
+        out[label] = round(statistics.median(times), 2)
+    return out
+
+
+def matrix_bytes(session, novel_id: int, dim: int) -> dict:
+    """What the cached matrix of a novel holds per paragraph, in memory, by part."""
+    novel = session.get(Novel, novel_id)
+    matrix = retrieval._load_matrix(session, novel, "bench", dim)
+    count = matrix.vectors.shape[0]
+    projection = matrix.projection.projected.nbytes if matrix.projection is not None else 0
+    centering = sum(getattr(matrix.centering, name).nbytes for name in (
+        "sentence_offsets", "sentence_norms", "window_norms", "paragraph_offsets", "paragraph_norms"))
+    if matrix.centering.sentence_hubness is not None:
+        centering += matrix.centering.sentence_hubness.nbytes
+    return {"paragraph_vectors": round(matrix.vectors.nbytes / count, 1),
+            "sentence_vectors_float32": round(matrix.sentences.nbytes / count, 1),
+            "projection": round(projection / count, 1),
+            "centring_and_windows": round(
+                (centering + matrix.window_norms.nbytes + matrix.window_next.nbytes) / count, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "recall.json"))
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for the embedder")
     parser.add_argument("--sizes", default=",".join(str(s) for s in SIZES))
+    parser.add_argument("--embedding-cache", default="",
+                        help="a pickle of text -> vector read before and written after the run (reruns embed less)")
     parser.add_argument("--large", default=LARGE_DEFAULT,
                         help="paragraph counts for the latency-only runs, comma-separated (0: skip)")
     args = parser.parse_args(argv)
@@ -463,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter()
     sizes = [int(s) for s in args.sizes.split(",")]
     cache = EmbeddingCache(retrieval.Embedder(default_embedder_path()))
+    if args.embedding_cache and Path(args.embedding_cache).is_file():
+        with open(args.embedding_cache, "rb") as handle:
+            cache.vectors = pickle.load(handle)
     fillers = filler(max(sizes))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -483,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
                  for size in args.large.split(",") if int(size) > 0]
     for row in large:
         print(f"{row['paragraphs']} paragraphs: {row}", flush=True)
+    if args.embedding_cache:
+        with open(args.embedding_cache, "wb") as handle:
+            pickle.dump(cache.vectors, handle)
     result = {
         "benchmark": "recall",
         "command": "python -m bench.recall " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -494,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         "embedder": cache.embedder.name,
         "embedding_seconds": round(cache.seconds, 1),
         "facts": len(FACTS),
+        "held_out_facts": len(HELD_OUT_FACTS),
         "what": __doc__.split("\n\n")[1].replace("\n", " "),
         "sizes": rows,
         "large": large,

@@ -86,6 +86,31 @@ STORM = [
 ]
 
 
+def test_name_terms_are_capitalised_words_not_starting_a_sentence():
+    assert retrieval.name_terms("Where did Aldous Fenwick go? Mara knew. She told Tomas.") == {"aldous", "fenwick",
+                                                                                               "tomas"}
+    assert retrieval.name_terms("Where did the keeper hide the key?") == set()
+
+
+def test_fused_lexical_side_looks_for_names_unless_the_query_is_all_lower_case(Session):
+    with Session() as s, s.begin():
+        novel_id = store.create_novel(s, "Names").id
+        store.add_paragraph(s, novel_id, "The tower stood alone on the point.")
+        store.add_paragraph(s, novel_id, "Fenwick mended the nets by the boathouse.")
+        for _ in range(6):
+            store.add_paragraph(s, novel_id, "The sea was grey and the gulls were loud.")
+
+    def found(query: str, **kwargs) -> set[int]:
+        with Session() as s:
+            hits = retrieval.lexical_top_k(s, novel_id, query, 10, rare_only=True, **kwargs)
+            return {store.get_paragraph(s, pid).position for pid, _ in hits}
+
+    assert found("Did Fenwick ever climb the tower?") == {1, 2}
+    assert found("Did Fenwick ever climb the tower?", names_only=True) == {2}
+    assert found("Where does the tower stand?", names_only=True) == set()
+    assert found("fenwick tower", names_only=True) == {1, 2}
+
+
 def test_fused_finds_a_name_only_the_lexical_index_finds(Session, embedder):
     # A character called Brick: to MiniLM the name is a building material, and the question's other words match
     # every storm paragraph, so the vectors rank Brick's paragraph last; the name is rare in the novel, so the
