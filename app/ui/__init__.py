@@ -35,6 +35,9 @@ CSS = """
 .lh-para:hover { background: var(--background-fill-secondary); }
 .lh-written { border-left: 3px solid var(--color-accent); padding-left: 0.4em; }
 .lh-focus { background: var(--color-accent-soft); }
+.lh-badge { margin-left: 0.5em; padding: 0 0.45em; border-radius: 0.7em; font-size: 0.75em; white-space: nowrap;
+            background: var(--background-fill-secondary); border: 1px solid var(--border-color-primary);
+            color: var(--body-text-color-subdued); }
 """
 # The Write tab's keyboard and flow, in the page (no round trip): Ctrl+Enter (or Cmd+Enter) in the instruction box
 # runs Next step; a click on a paragraph chooses it in the editor; and each redraw of the manuscript scrolls to the
@@ -148,8 +151,8 @@ def build_app(config: Config, source: ModelSource, installed=None):
     """The whole app. `installed` (a `services.Services`) lets tests share one store and model with handlers."""
     import gradio as gr
 
-    from app.ui import (alternatives, chapters, context, library, manuscript, memory_tab, reader, services,
-                        settings, story_chart, write)
+    from app.ui import (alternatives, chapters, context, library, manuscript, memory_tab, reader, redraw,
+                        services, settings, story_chart, write)
     from app.ui.common import GENERATION, bind, components, handler, outputs, to_components
     from app.wiring import open_parts
 
@@ -164,60 +167,73 @@ def build_app(config: Config, source: ModelSource, installed=None):
                                   secret=_browser_secret(config))
         header_md = gr.Markdown(header(None), elem_id="header")
         with gr.Tabs(selected="library") as tabs:
-            with gr.Tab("Library", id="library"):
+            with gr.Tab("Library", id="library") as library_tab_block:
                 library_tab = library.build()
-            with gr.Tab("Write", id="write"):
+            with gr.Tab("Write", id="write") as write_tab_block:
                 write_tab = write.build()
                 chapters_panel = chapters.build()
                 versions_tab = alternatives.build()
-            with gr.Tab("Memory", id="memory"):
+            with gr.Tab("Memory", id="memory") as memory_tab_block:
                 memory_ui = memory_tab.build()
             with gr.Tab("Context", id="context") as context_tab_block:
                 context_tab = context.build()
             with gr.Tab("Settings", id="settings"):
                 settings_tab = settings.build()
-            with gr.Tab("Reader", id="reader"):
+            with gr.Tab("Reader", id="reader") as reader_tab_block:
                 reader_tab = reader.build()
             with gr.Tab("Story chart", id="chart") as chart_tab_block:
                 chart_tab = story_chart.build()
 
-        # Every tab's refresh with its tab's components by role: after the open novel changes, all are redrawn. The
-        # Story chart is drawn when it is opened instead (its figures took 220 ms of a 1.3 s save at 300 paragraphs,
-        # bench/manuscript_ui.py).
-        tab_refreshes = [
-            (library.refresh, components(library_tab, novel_id=novel_state)),
-            (write.refresh, components(write_tab)),
-            (chapters.refresh, components(chapters_panel)),
-            (alternatives.refresh, components(versions_tab)),
-            (memory_tab.refresh, components(memory_ui)),
-            (settings.refresh, components(settings_tab)),
-            (reader.refresh, components(reader_tab)),
-        ]
-        all_outputs = [header_md] + [component for refresh, roles in tab_refreshes
-                                     for component in outputs(refresh, roles)]
+        # Which parts redraw together (app/ui/redraw.py). After an edit only the tab it came from is drawn again;
+        # the others are drawn when they are opened, if the novel changed since. The Context tab and the Story chart
+        # are drawn on every opening (the one reads the instruction box, the other's figures cost the most).
+        write_panel = redraw.Panel("write", [(write.refresh, components(write_tab)),
+                                             (chapters.refresh, components(chapters_panel)),
+                                             (alternatives.refresh, components(versions_tab))])
+        memory_panel = redraw.Panel("memory", [(memory_tab.refresh, components(memory_ui))])
+        reader_panel = redraw.Panel("reader", [(reader.refresh, components(reader_tab))])
+        library_panel = redraw.Panel("library", [(library.refresh, components(library_tab, novel_id=novel_state))])
+        reselect = manuscript.reselect_event(write_tab.editor, novel_state)
+        # After the open novel itself changed (opened, renamed, deleted, imported; a page load): the header, the
+        # Library the writer is on, the Settings form, and the Write tab, ready when it is clicked.
+        identity_refreshes = [(settings.refresh, components(settings_tab))]
+        all_outputs = [header_md] + library_panel.outputs + write_panel.outputs + [
+            component for refresh, roles in identity_refreshes for component in outputs(refresh, roles)]
 
         @handler
         def refresh_all(novel_id) -> dict:
-            values = {header_md: header(novel_id)}
-            for refresh, roles in tab_refreshes:
+            values = {header_md: header(novel_id), **library_panel.values(novel_id), **write_panel.values(novel_id)}
+            for refresh, roles in identity_refreshes:
                 values.update(to_components(refresh(novel_id), roles))
             return values
 
-        def on_novel_changed(dependency):
-            """After an event that may have changed the open novel or its text: remember it, redraw every tab."""
+        def on_novel_opened(dependency):
+            """After an event that may have changed which novel is open: remember it, redraw what shows it."""
             return dependency.then(remember_novel, [novel_state], [browser], queue=False) \
-                .then(refresh_all, [novel_state], all_outputs) \
-                .then(**manuscript.reselect_event(write_tab.editor, novel_state))
+                .then(refresh_all, [novel_state], all_outputs).then(**reselect)
 
-        library.wire(library_tab, novel_state, on_novel_changed)
-        write.wire(write_tab, novel_state, on_novel_changed)
-        chapters.wire(chapters_panel, novel_state, on_novel_changed)
-        alternatives.wire(versions_tab, novel_state, on_novel_changed)
-        memory_tab.wire(memory_ui, novel_state, on_novel_changed)
+        def on_change_in(panel: redraw.Panel):
+            """`on_novel_changed` for the events of `panel`'s tab: that tab is drawn again at once (the Write tab's
+            editor then reloads its paragraph); the other tabs when they are next opened."""
+            def on_novel_changed(dependency):
+                drawn = dependency.then(**panel.draw_event(novel_state))
+                return drawn.then(**reselect) if panel is write_panel else drawn
+            return on_novel_changed
+
+        library.wire(library_tab, novel_state, on_novel_opened)
+        write.wire(write_tab, novel_state, on_change_in(write_panel))
+        chapters.wire(chapters_panel, novel_state, on_change_in(write_panel))
+        alternatives.wire(versions_tab, novel_state, on_change_in(write_panel))
+        memory_tab.wire(memory_ui, novel_state, on_change_in(memory_panel))
         context.wire(context_tab, context_tab_block, novel_state, write_tab.instruction_box)
         settings.wire(settings_tab, novel_state)
-        reader.wire(reader_tab, novel_state, on_novel_changed)
+        reader.wire(reader_tab, novel_state, on_change_in(reader_panel))
         story_chart.wire(chart_tab, chart_tab_block, novel_state)
+        for block, panel in [(write_tab_block, write_panel), (memory_tab_block, memory_panel),
+                             (reader_tab_block, reader_panel), (library_tab_block, library_panel)]:
+            opened_tab = block.select(**panel.when_stale_event(novel_state), queue=False)
+            if panel is write_panel:
+                opened_tab.then(**reselect)
 
         # Create: save the novel, show the Write tab, stream the opening, then redraw everything.
         created = library_tab.create_btn.click(
@@ -226,12 +242,12 @@ def build_app(config: Config, source: ModelSource, installed=None):
         opened = created.success(lambda: gr.Tabs(selected="write"), None, [tabs], queue=False) \
             .then(remember_novel, [novel_state], [browser], queue=False) \
             .then(refresh_all, [novel_state], all_outputs)
-        on_novel_changed(opened.then(inputs=[novel_state], **bind(write.start_story, components(write_tab)),
-                                     **GENERATION))
+        started = opened.then(inputs=[novel_state], **bind(write.start_story, components(write_tab)), **GENERATION)
+        on_change_in(write_panel)(started)
 
         # A reload: the browser still knows which novel was open.
         demo.load(restore_novel, [browser], [novel_state]).then(refresh_all, [novel_state], all_outputs) \
-            .then(**manuscript.reselect_event(write_tab.editor, novel_state))
+            .then(**reselect)
     return demo
 
 
