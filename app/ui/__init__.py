@@ -40,9 +40,11 @@ CSS = """
             color: var(--body-text-color-subdued); }
 """
 # The Write tab's keyboard and flow, in the page (no round trip): Ctrl+Enter (or Cmd+Enter) in the instruction box
-# runs Next step; a click on a paragraph chooses it in the editor; and each redraw of the manuscript scrolls to the
-# paragraph just edited (window.lhFocus, set when the editor's number changes), to a new last paragraph after a
-# step, or else back to where the writer was (a redraw replaces the manuscript's element, which would jump to the top).
+# runs Next step; a click on a paragraph chooses it in the editor; choosing a paragraph by number brings it into view;
+# and after each redraw of the manuscript the paragraph the editor just moved to (window.lhFocus, set when the
+# editor's number changes, app/ui/manuscript.py) or else a new last paragraph (a step, Add at end) is brought into
+# view and marked. Gradio 6 redraws an HTML component by patching its nodes in place (the manuscript's element stays,
+# and so does its scroll), so a redraw is noticed from the mutations inside #manuscript, once per frame.
 SCRIPT = """
 <script>
 (() => {
@@ -60,28 +62,50 @@ SCRIPT = """
     input.dispatchEvent(new Event('input', {bubbles: true}));
     input.dispatchEvent(new Event('change', {bubbles: true}));
   });
-  let last = {box: null, count: -1, scroll: 0};
-  const place = () => {
-    const box = document.querySelector('#manuscript .lh-manuscript');
-    if (!box || box === last.box) return;
+  // A focus is for the redraw that follows the editor's move (an edit's response comes first, its redraw next).
+  const FOCUS_MS = 5000;
+  const manuscript = () => document.querySelector('#manuscript .lh-manuscript');
+  const reveal = (box, target) => {
+    const boxRect = box.getBoundingClientRect(), rect = target.getBoundingClientRect();
+    if (rect.top < boxRect.top || rect.bottom > boxRect.bottom) {
+      box.scrollTop += rect.top - boxRect.top - Math.max((box.clientHeight - rect.height) / 2, 24);
+    }
+    target.scrollIntoView({block: 'nearest'});
+  };
+  window.lhShow = (position) => {
+    const box = manuscript();
+    const target = box?.querySelector(`.lh-para[data-position="${position}"]`);
+    if (target) reveal(box, target);
+  };
+  let last = {heading: null, count: -1};
+  let scheduled = false;
+  const settle = () => {
+    scheduled = false;
+    const box = manuscript();
+    if (!box) return;
     const paragraphs = box.querySelectorAll('.lh-para');
+    const heading = box.querySelector('h2')?.textContent ?? '';
+    const focus = window.lhFocus;
     let target = null;
-    if (window.lhFocus) {
-      target = box.querySelector(`.lh-para[data-position="${window.lhFocus}"]`);
+    if (focus && Date.now() - focus.at < FOCUS_MS) {
+      target = box.querySelector(`.lh-para[data-position="${focus.position}"]`);
       window.lhFocus = null;
-    } else if (last.count >= 0 && paragraphs.length > last.count) {
+    } else if (heading === last.heading && paragraphs.length > last.count) {
       target = paragraphs[paragraphs.length - 1];
     }
+    box.querySelectorAll('.lh-focus').forEach((element) => element.classList.remove('lh-focus'));
     if (target) {
-      box.scrollTop += target.getBoundingClientRect().top - box.getBoundingClientRect().top - 24;
+      reveal(box, target);
       target.classList.add('lh-focus');
-    } else {
-      box.scrollTop = last.scroll;
     }
-    last = {box: box, count: paragraphs.length, scroll: box.scrollTop};
-    box.addEventListener('scroll', () => { if (last.box === box) last.scroll = box.scrollTop; });
+    last = {heading: heading, count: paragraphs.length};
   };
-  new MutationObserver(place).observe(document.documentElement, {childList: true, subtree: true});
+  const inManuscript = (node) => (node.nodeType === 1 ? node : node.parentElement)?.closest('#manuscript');
+  new MutationObserver((mutations) => {
+    if (scheduled || !mutations.some((mutation) => inManuscript(mutation.target))) return;
+    scheduled = true;
+    requestAnimationFrame(settle);
+  }).observe(document.documentElement, {childList: true, subtree: true, characterData: true});
 })();
 </script>
 """

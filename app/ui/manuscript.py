@@ -27,8 +27,9 @@ MAX_PARAGRAPH_CHARS = 2_000_000
 EDITOR_ROLES = ("para_number", "para_box", "para_read", "para_words_md")
 # Word counts as the writer types: one request at a time, the last keystroke's text winning, no queue.
 AS_YOU_TYPE = {"queue": False, "trigger_mode": "always_last", "show_progress": "hidden"}
-# The next redraw of the manuscript scrolls to this paragraph (see SCROLL_SCRIPT in app/ui/__init__.py).
-FOCUS_PARAGRAPH = "(n) => { window.lhFocus = n; }"
+# The paragraph the editor moved to is brought into view now, and again after the redraw that follows an edit
+# (see SCRIPT in app/ui/__init__.py).
+FOCUS_PARAGRAPH = "(n) => { window.lhFocus = {position: n, at: Date.now()}; window.lhShow && window.lhShow(n); }"
 
 
 def versions_badge(count: int) -> str:
