@@ -44,7 +44,7 @@ CSS = """
 # and after each redraw of the manuscript the paragraph the editor just moved to (window.lhFocus, set when the
 # editor's number changes, app/ui/manuscript.py) or else a new last paragraph (a step, Add at end) is brought into
 # view and marked. Gradio 6 redraws an HTML component by patching its nodes in place (the manuscript's element stays,
-# and so does its scroll), so a redraw is noticed from the mutations inside #manuscript, once per frame.
+# and so does its scroll), so a redraw is noticed from the mutations of the manuscript's nodes, once per frame.
 SCRIPT = """
 <script>
 (() => {
@@ -100,9 +100,14 @@ SCRIPT = """
     }
     last = {heading: heading, count: paragraphs.length};
   };
-  const inManuscript = (node) => (node.nodeType === 1 ? node : node.parentElement)?.closest('#manuscript');
+  // The manuscript's own nodes only: Gradio's progress overlay inside #manuscript changes when an event starts,
+  // before the new text has arrived.
+  const isText = (node) => !!(node.nodeType === 1 ? node : node.parentElement)?.closest('#manuscript .lh-manuscript');
+  const isDrawn = (mutation) => isText(mutation.target)
+    || Array.from(mutation.addedNodes).some((node) => node.nodeType === 1 && node.closest('#manuscript')
+                                          && (node.matches('.lh-manuscript') || node.querySelector('.lh-manuscript')));
   new MutationObserver((mutations) => {
-    if (scheduled || !mutations.some((mutation) => inManuscript(mutation.target))) return;
+    if (scheduled || !mutations.some(isDrawn)) return;
     scheduled = true;
     requestAnimationFrame(settle);
   }).observe(document.documentElement, {childList: true, subtree: true, characterData: true});

@@ -316,8 +316,9 @@ def reselect_event(panel: EditorPanel, novel_state: gr.State) -> dict:
 
 def wire(panel: EditorPanel, novel_state: gr.State, on_novel_changed) -> None:
     roles = components(panel)
+    # Queued: a warning (unsaved typing kept) reaches the page only from a queued event.
     panel.para_number.change(inputs=[novel_state, panel.para_number, panel.para_box, panel.para_read],
-                             **bind(select_paragraph, roles), queue=False)
+                             **bind(select_paragraph, roles), show_progress="hidden")
     panel.discard_btn.click(inputs=[novel_state, panel.para_read], **bind(discard_changes, roles), queue=False)
     panel.para_number.change(None, [panel.para_number], None, js=FOCUS_PARAGRAPH, queue=False)
     panel.para_box.change(words_line, [panel.para_box], [panel.para_words_md], **AS_YOU_TYPE)
