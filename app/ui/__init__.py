@@ -1,7 +1,9 @@
 """The Gradio app: `build_app(...)` assembles the tabs, `launch(...)` serves it on 127.0.0.1 by default.
 
-One module per tab (library, write with its manuscript editor, chapters panel and versions panel, memory_tab, context, settings, reader, story_chart), each with `build()` and
-`wire()` over plain handler functions. The open novel's id lives in a `gr.State` and, so that a reload restores it,
+One module per tab (library, write with its manuscript editor, chapters panel and versions panel, memory_tab,
+context, settings, reader, story_chart), each with `build()` and `wire()` over plain handler functions. After an
+edit only the tab it came from is redrawn; the others are redrawn when next opened, if the novel changed since
+(app/ui/redraw.py). The open novel's id lives in a `gr.State` and, so that a reload restores it,
 in the browser's localStorage (`gr.BrowserState`). Nothing of the data dir is served: Gradio gets its contents as
 blocked paths (all but Gradio's own upload and cache folder, `<data dir>/gradio`, which it serves from), and an
 export is copied to a fresh temp folder before it is offered for download. `guard.HostOriginGuard` sits in front of

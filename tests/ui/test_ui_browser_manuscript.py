@@ -1,7 +1,9 @@
 """The manuscript editor in real headless Chromium against the served app (issue 14): choose a paragraph by a click,
 insert one of your own between two (positions and retrieval checked in the database), edit one in place with the
 word count following the typing, a stale tab refused, delete and undo; and, with the real default model, type your
-own paragraph, see it verbatim in the next step's context, and let the model continue with Ctrl+Enter.
+own paragraph, see it verbatim in the next step's context, and let the model continue with Ctrl+Enter. In a long
+chapter: an insert brings the new paragraph into view, a paragraph with versions kept carries a badge, unsaved
+typing survives choosing another paragraph, and the Memory and Reader tabs show an edit when opened.
 
 Screenshots go to docs/screenshots/14-*.png.
 """

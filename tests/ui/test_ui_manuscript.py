@@ -1,6 +1,7 @@
 """The Write tab's manuscript editor called as plain handlers over a real SQLite store and the real MiniLM embedder
 (issue 14): every edit kind and its undo/redo through the Write tab's buttons, version checks against a stale tab,
-bad input, the Update memory now button, and the manuscript's marks."""
+bad input, the Update memory now button, the manuscript's marks (written, versions kept), unsaved typing kept, and
+which events redraw which tab (app/ui/redraw.py)."""
 
 from __future__ import annotations
 
