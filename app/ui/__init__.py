@@ -262,7 +262,7 @@ def build_app(config: Config, source: ModelSource, installed=None):
         story_chart.wire(chart_tab, chart_tab_block, novel_state)
         for block, panel in [(write_tab_block, write_panel), (memory_tab_block, memory_panel),
                              (reader_tab_block, reader_panel), (library_tab_block, library_panel)]:
-            opened_tab = block.select(**panel.when_stale_event(novel_state), queue=False)
+            opened_tab = block.select(**panel.when_stale_event(novel_state))
             if panel is write_panel:
                 opened_tab.then(**reselect)
 

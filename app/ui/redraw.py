@@ -63,7 +63,9 @@ class Panel:
             return self.values(novel_id)
 
         draw.__name__ = f"draw_{self.name}"
-        return {"fn": draw, "inputs": [novel_state], "outputs": self.outputs}
+        # Not queued: a read of the store, sent back as the answer to its request instead of a queue round trip
+        # (the edit before it in the chain is queued, and that is what orders writes).
+        return {"fn": draw, "inputs": [novel_state], "outputs": self.outputs, "queue": False}
 
     def when_stale_event(self, novel_state: gr.State) -> dict:
         """Draw it only if the novel changed since it was drawn (the tab's select event)."""
@@ -75,4 +77,4 @@ class Panel:
             return self.values(novel_id)
 
         draw_if_stale.__name__ = f"draw_{self.name}_if_stale"
-        return {"fn": draw_if_stale, "inputs": [novel_state, self.drawn], "outputs": self.outputs}
+        return {"fn": draw_if_stale, "inputs": [novel_state, self.drawn], "outputs": self.outputs, "queue": False}
