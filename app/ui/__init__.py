@@ -241,7 +241,7 @@ def build_app(config: Config, source: ModelSource, installed=None):
         def on_novel_opened(dependency):
             """After an event that may have changed which novel is open: remember it, redraw what shows it."""
             return dependency.then(remember_novel, [novel_state], [browser], queue=False) \
-                .then(refresh_all, [novel_state], all_outputs).then(**reselect)
+                .then(refresh_all, [novel_state], all_outputs, queue=False).then(**reselect)
 
         def on_change_in(panel: redraw.Panel):
             """`on_novel_changed` for the events of `panel`'s tab: that tab is drawn again at once (the Write tab's
@@ -272,13 +272,14 @@ def build_app(config: Config, source: ModelSource, installed=None):
             **bind(library.create_novel, components(library_tab, novel_id=novel_state)))
         opened = created.success(lambda: gr.Tabs(selected="write"), None, [tabs], queue=False) \
             .then(remember_novel, [novel_state], [browser], queue=False) \
-            .then(refresh_all, [novel_state], all_outputs)
+            .then(refresh_all, [novel_state], all_outputs, queue=False)
         started = opened.then(inputs=[novel_state], **bind(write.start_story, components(write_tab)), **GENERATION)
         on_change_in(write_panel)(started)
 
         # A reload: the browser still knows which novel was open.
-        demo.load(restore_novel, [browser], [novel_state]).then(refresh_all, [novel_state], all_outputs) \
-            .then(**reselect)
+        # Not queued (reads only): each queued event of the chain costs the page a queue round trip.
+        demo.load(restore_novel, [browser], [novel_state], queue=False) \
+            .then(refresh_all, [novel_state], all_outputs, queue=False).then(**reselect)
     return demo
 
 
