@@ -21,7 +21,8 @@ Each timing is split, from the page's own clock, into `handler` (the server's ev
 each call's duration), `transfer` (the rest until the last response arrived: queueing, Gradio's pre- and
 post-processing, the network, the round trips between chained events), and `render` (from the last response to the
 frame drawn with the result); `bytes` is what the page received. Reload also has `boot`: from navigation start to
-the page's first call to the server (loading Gradio's frontend).
+the page's first call to the server; its `transfer` also holds the frontend building every tab's components, which
+runs on the page's one thread between the responses.
 Target: under one second each, for the chaptered novel.
 """
 
