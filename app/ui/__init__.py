@@ -1,7 +1,9 @@
 """The Gradio app: `build_app(...)` assembles the tabs, `launch(...)` serves it on 127.0.0.1 by default.
 
-One module per tab (library, write with its manuscript editor, chapters panel and versions panel, memory_tab, context, settings, reader, story_chart), each with `build()` and
-`wire()` over plain handler functions. The open novel's id lives in a `gr.State` and, so that a reload restores it,
+One module per tab (library, write with its manuscript editor, chapters panel and versions panel, memory_tab,
+context, settings, reader, story_chart), each with `build()` and `wire()` over plain handler functions. After an
+edit only the tab it came from is redrawn; the others are redrawn when next opened, if the novel changed since
+(app/ui/redraw.py). The open novel's id lives in a `gr.State` and, so that a reload restores it,
 in the browser's localStorage (`gr.BrowserState`). Nothing of the data dir is served: Gradio gets its contents as
 blocked paths (all but Gradio's own upload and cache folder, `<data dir>/gradio`, which it serves from), and an
 export is copied to a fresh temp folder before it is offered for download. `guard.HostOriginGuard` sits in front of
@@ -35,11 +37,16 @@ CSS = """
 .lh-para:hover { background: var(--background-fill-secondary); }
 .lh-written { border-left: 3px solid var(--color-accent); padding-left: 0.4em; }
 .lh-focus { background: var(--color-accent-soft); }
+.lh-badge { margin-left: 0.5em; padding: 0 0.45em; border-radius: 0.7em; font-size: 0.75em; white-space: nowrap;
+            background: var(--background-fill-secondary); border: 1px solid var(--border-color-primary);
+            color: var(--body-text-color-subdued); }
 """
 # The Write tab's keyboard and flow, in the page (no round trip): Ctrl+Enter (or Cmd+Enter) in the instruction box
-# runs Next step; a click on a paragraph chooses it in the editor; and each redraw of the manuscript scrolls to the
-# paragraph just edited (window.lhFocus, set when the editor's number changes), to a new last paragraph after a
-# step, or else back to where the writer was (a redraw replaces the manuscript's element, which would jump to the top).
+# runs Next step; a click on a paragraph chooses it in the editor; choosing a paragraph by number brings it into view;
+# and after each redraw of the manuscript the paragraph the editor just moved to (window.lhFocus, set when the
+# editor's number changes, app/ui/manuscript.py) or else a new last paragraph (a step, Add at end) is brought into
+# view and marked. Gradio 6 redraws an HTML component by patching its nodes in place (the manuscript's element stays,
+# and so does its scroll), so a redraw is noticed from the mutations of the manuscript's nodes, once per frame.
 SCRIPT = """
 <script>
 (() => {
@@ -57,28 +64,55 @@ SCRIPT = """
     input.dispatchEvent(new Event('input', {bubbles: true}));
     input.dispatchEvent(new Event('change', {bubbles: true}));
   });
-  let last = {box: null, count: -1, scroll: 0};
-  const place = () => {
-    const box = document.querySelector('#manuscript .lh-manuscript');
-    if (!box || box === last.box) return;
+  // A focus is for the redraw that follows the editor's move (an edit's response comes first, its redraw next).
+  const FOCUS_MS = 5000;
+  const manuscript = () => document.querySelector('#manuscript .lh-manuscript');
+  const reveal = (box, target) => {
+    const boxRect = box.getBoundingClientRect(), rect = target.getBoundingClientRect();
+    if (rect.top < boxRect.top || rect.bottom > boxRect.bottom) {
+      box.scrollTop += rect.top - boxRect.top - Math.max((box.clientHeight - rect.height) / 2, 24);
+    }
+    target.scrollIntoView({block: 'nearest'});
+  };
+  window.lhShow = (position) => {
+    const box = manuscript();
+    const target = box?.querySelector(`.lh-para[data-position="${position}"]`);
+    if (target) reveal(box, target);
+  };
+  let last = {heading: null, count: -1};
+  let scheduled = false;
+  const settle = () => {
+    scheduled = false;
+    const box = manuscript();
+    if (!box) return;
     const paragraphs = box.querySelectorAll('.lh-para');
+    const heading = box.querySelector('h2')?.textContent ?? '';
+    const focus = window.lhFocus;
     let target = null;
-    if (window.lhFocus) {
-      target = box.querySelector(`.lh-para[data-position="${window.lhFocus}"]`);
+    if (focus && Date.now() - focus.at < FOCUS_MS) {
+      target = box.querySelector(`.lh-para[data-position="${focus.position}"]`);
       window.lhFocus = null;
-    } else if (last.count >= 0 && paragraphs.length > last.count) {
+    } else if (heading === last.heading && paragraphs.length > last.count) {
       target = paragraphs[paragraphs.length - 1];
     }
+    box.querySelectorAll('.lh-focus').forEach((element) => element.classList.remove('lh-focus'));
     if (target) {
-      box.scrollTop += target.getBoundingClientRect().top - box.getBoundingClientRect().top - 24;
+      reveal(box, target);
       target.classList.add('lh-focus');
-    } else {
-      box.scrollTop = last.scroll;
     }
-    last = {box: box, count: paragraphs.length, scroll: box.scrollTop};
-    box.addEventListener('scroll', () => { if (last.box === box) last.scroll = box.scrollTop; });
+    last = {heading: heading, count: paragraphs.length};
   };
-  new MutationObserver(place).observe(document.documentElement, {childList: true, subtree: true});
+  // The manuscript's own nodes only: Gradio's progress overlay inside #manuscript changes when an event starts,
+  // before the new text has arrived.
+  const isText = (node) => !!(node.nodeType === 1 ? node : node.parentElement)?.closest('#manuscript .lh-manuscript');
+  const isDrawn = (mutation) => isText(mutation.target)
+    || Array.from(mutation.addedNodes).some((node) => node.nodeType === 1 && node.closest('#manuscript')
+                                          && (node.matches('.lh-manuscript') || node.querySelector('.lh-manuscript')));
+  new MutationObserver((mutations) => {
+    if (scheduled || !mutations.some(isDrawn)) return;
+    scheduled = true;
+    requestAnimationFrame(settle);
+  }).observe(document.documentElement, {childList: true, subtree: true, characterData: true});
 })();
 </script>
 """
@@ -148,8 +182,8 @@ def build_app(config: Config, source: ModelSource, installed=None):
     """The whole app. `installed` (a `services.Services`) lets tests share one store and model with handlers."""
     import gradio as gr
 
-    from app.ui import (alternatives, chapters, context, library, manuscript, memory_tab, reader, services,
-                        settings, story_chart, write)
+    from app.ui import (alternatives, chapters, context, library, manuscript, memory_tab, reader, redraw,
+                        services, settings, story_chart, write)
     from app.ui.common import GENERATION, bind, components, handler, outputs, to_components
     from app.wiring import open_parts
 
@@ -164,60 +198,73 @@ def build_app(config: Config, source: ModelSource, installed=None):
                                   secret=_browser_secret(config))
         header_md = gr.Markdown(header(None), elem_id="header")
         with gr.Tabs(selected="library") as tabs:
-            with gr.Tab("Library", id="library"):
+            with gr.Tab("Library", id="library") as library_tab_block:
                 library_tab = library.build()
-            with gr.Tab("Write", id="write"):
+            with gr.Tab("Write", id="write") as write_tab_block:
                 write_tab = write.build()
                 chapters_panel = chapters.build()
                 versions_tab = alternatives.build()
-            with gr.Tab("Memory", id="memory"):
+            with gr.Tab("Memory", id="memory") as memory_tab_block:
                 memory_ui = memory_tab.build()
             with gr.Tab("Context", id="context") as context_tab_block:
                 context_tab = context.build()
             with gr.Tab("Settings", id="settings"):
                 settings_tab = settings.build()
-            with gr.Tab("Reader", id="reader"):
+            with gr.Tab("Reader", id="reader") as reader_tab_block:
                 reader_tab = reader.build()
             with gr.Tab("Story chart", id="chart") as chart_tab_block:
                 chart_tab = story_chart.build()
 
-        # Every tab's refresh with its tab's components by role: after the open novel changes, all are redrawn. The
-        # Story chart is drawn when it is opened instead (its figures took 220 ms of a 1.3 s save at 300 paragraphs,
-        # bench/manuscript_ui.py).
-        tab_refreshes = [
-            (library.refresh, components(library_tab, novel_id=novel_state)),
-            (write.refresh, components(write_tab)),
-            (chapters.refresh, components(chapters_panel)),
-            (alternatives.refresh, components(versions_tab)),
-            (memory_tab.refresh, components(memory_ui)),
-            (settings.refresh, components(settings_tab)),
-            (reader.refresh, components(reader_tab)),
-        ]
-        all_outputs = [header_md] + [component for refresh, roles in tab_refreshes
-                                     for component in outputs(refresh, roles)]
+        # Which parts redraw together (app/ui/redraw.py). After an edit only the tab it came from is drawn again;
+        # the others are drawn when they are opened, if the novel changed since. The Context tab and the Story chart
+        # are drawn on every opening (the one reads the instruction box, the other's figures cost the most).
+        write_panel = redraw.Panel("write", [(write.refresh, components(write_tab)),
+                                             (chapters.refresh, components(chapters_panel)),
+                                             (alternatives.refresh, components(versions_tab))])
+        memory_panel = redraw.Panel("memory", [(memory_tab.refresh, components(memory_ui))])
+        reader_panel = redraw.Panel("reader", [(reader.refresh, components(reader_tab))])
+        library_panel = redraw.Panel("library", [(library.refresh, components(library_tab, novel_id=novel_state))])
+        reselect = manuscript.reselect_event(write_tab.editor, novel_state)
+        # After the open novel itself changed (opened, renamed, deleted, imported; a page load): the header, the
+        # Library the writer is on, the Settings form, and the Write tab, ready when it is clicked.
+        identity_refreshes = [(settings.refresh, components(settings_tab))]
+        all_outputs = [header_md] + library_panel.outputs + write_panel.outputs + [
+            component for refresh, roles in identity_refreshes for component in outputs(refresh, roles)]
 
         @handler
         def refresh_all(novel_id) -> dict:
-            values = {header_md: header(novel_id)}
-            for refresh, roles in tab_refreshes:
+            values = {header_md: header(novel_id), **library_panel.values(novel_id), **write_panel.values(novel_id)}
+            for refresh, roles in identity_refreshes:
                 values.update(to_components(refresh(novel_id), roles))
             return values
 
-        def on_novel_changed(dependency):
-            """After an event that may have changed the open novel or its text: remember it, redraw every tab."""
+        def on_novel_opened(dependency):
+            """After an event that may have changed which novel is open: remember it, redraw what shows it."""
             return dependency.then(remember_novel, [novel_state], [browser], queue=False) \
-                .then(refresh_all, [novel_state], all_outputs) \
-                .then(**manuscript.reselect_event(write_tab.editor, novel_state))
+                .then(refresh_all, [novel_state], all_outputs, queue=False).then(**reselect)
 
-        library.wire(library_tab, novel_state, on_novel_changed)
-        write.wire(write_tab, novel_state, on_novel_changed)
-        chapters.wire(chapters_panel, novel_state, on_novel_changed)
-        alternatives.wire(versions_tab, novel_state, on_novel_changed)
-        memory_tab.wire(memory_ui, novel_state, on_novel_changed)
+        def on_change_in(panel: redraw.Panel):
+            """`on_novel_changed` for the events of `panel`'s tab: that tab is drawn again at once (the Write tab's
+            editor then reloads its paragraph); the other tabs when they are next opened."""
+            def on_novel_changed(dependency):
+                drawn = dependency.then(**panel.draw_event(novel_state))
+                return drawn.then(**reselect) if panel is write_panel else drawn
+            return on_novel_changed
+
+        library.wire(library_tab, novel_state, on_novel_opened)
+        write.wire(write_tab, novel_state, on_change_in(write_panel))
+        chapters.wire(chapters_panel, novel_state, on_change_in(write_panel))
+        alternatives.wire(versions_tab, novel_state, on_change_in(write_panel))
+        memory_tab.wire(memory_ui, novel_state, on_change_in(memory_panel))
         context.wire(context_tab, context_tab_block, novel_state, write_tab.instruction_box)
         settings.wire(settings_tab, novel_state)
-        reader.wire(reader_tab, novel_state, on_novel_changed)
+        reader.wire(reader_tab, novel_state, on_change_in(reader_panel))
         story_chart.wire(chart_tab, chart_tab_block, novel_state)
+        for block, panel in [(write_tab_block, write_panel), (memory_tab_block, memory_panel),
+                             (reader_tab_block, reader_panel), (library_tab_block, library_panel)]:
+            opened_tab = block.select(**panel.when_stale_event(novel_state))
+            if panel is write_panel:
+                opened_tab.then(**reselect)
 
         # Create: save the novel, show the Write tab, stream the opening, then redraw everything.
         created = library_tab.create_btn.click(
@@ -225,13 +272,14 @@ def build_app(config: Config, source: ModelSource, installed=None):
             **bind(library.create_novel, components(library_tab, novel_id=novel_state)))
         opened = created.success(lambda: gr.Tabs(selected="write"), None, [tabs], queue=False) \
             .then(remember_novel, [novel_state], [browser], queue=False) \
-            .then(refresh_all, [novel_state], all_outputs)
-        on_novel_changed(opened.then(inputs=[novel_state], **bind(write.start_story, components(write_tab)),
-                                     **GENERATION))
+            .then(refresh_all, [novel_state], all_outputs, queue=False)
+        started = opened.then(inputs=[novel_state], **bind(write.start_story, components(write_tab)), **GENERATION)
+        on_change_in(write_panel)(started)
 
         # A reload: the browser still knows which novel was open.
-        demo.load(restore_novel, [browser], [novel_state]).then(refresh_all, [novel_state], all_outputs) \
-            .then(**manuscript.reselect_event(write_tab.editor, novel_state))
+        # Not queued (reads only): each queued event of the chain costs the page a queue round trip.
+        demo.load(restore_novel, [browser], [novel_state], queue=False) \
+            .then(refresh_all, [novel_state], all_outputs, queue=False).then(**reselect)
     return demo
 
 

@@ -42,19 +42,21 @@ CUSTOM_PLAN = "(my own instruction)"
 
 def _novel_view(novel_id: int) -> dict:
     """What the tab shows, read in one short transaction."""
-    from memory import revisions, store
+    from memory import alternatives, revisions, store
 
     with services.current().session() as session:
         novel = store.get_novel(session, novel_id)
         rows = store.paragraphs(session, novel_id)
         paragraphs = [(p.position, p.text) for p in rows]
         written = {p.position for p in rows if p.origin == "written"}
+        kept_by_id = alternatives.counts(session, novel_id)
+        kept = {p.position: kept_by_id[p.id] for p in rows if p.id in kept_by_id}
         plans = pending_plans(session, novel_id)
         chapters = store.chapters(session, novel_id)
         open_chapter = chapters[-1] if chapters else None
         shown = ([(p.position, p.text) for p in rows if p.chapter_id == open_chapter.id]
                  if open_chapter is not None else paragraphs)
-        return {"title": novel.title, "paragraphs": paragraphs, "written": written, "plans": plans,
+        return {"title": novel.title, "paragraphs": paragraphs, "written": written, "kept": kept, "plans": plans,
                 "shown": shown, "chapter_title": open_chapter.title if open_chapter is not None else None,
                 "chapters": len(chapters),
                 "can_undo": revisions.can_undo(session, novel_id),
@@ -122,7 +124,7 @@ def refresh(novel_id):
     plans = view["plans"]
     settings, _ = load_settings(int(novel_id))
     return {
-        "manuscript_html": manuscript_html(shown_title(view), view["shown"], view["written"]),
+        "manuscript_html": manuscript_html(shown_title(view), view["shown"], view["written"], view["kept"]),
         "plan_radio": gr.update(choices=[(plan, plan) for plan in plans], value=plans[0] if plans else None),
         "instruction_box": plans[0] if plans else "",
         "counts_md": counts_line(view["paragraphs"]),

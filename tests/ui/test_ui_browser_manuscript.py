@@ -1,7 +1,9 @@
 """The manuscript editor in real headless Chromium against the served app (issue 14): choose a paragraph by a click,
 insert one of your own between two (positions and retrieval checked in the database), edit one in place with the
 word count following the typing, a stale tab refused, delete and undo; and, with the real default model, type your
-own paragraph, see it verbatim in the next step's context, and let the model continue with Ctrl+Enter.
+own paragraph, see it verbatim in the next step's context, and let the model continue with Ctrl+Enter. In a long
+chapter: an insert brings the new paragraph into view, a paragraph with versions kept carries a badge, unsaved
+typing survives choosing another paragraph, and the Memory and Reader tabs show an edit when opened.
 
 Screenshots go to docs/screenshots/14-*.png.
 """
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from memory import retrieval, store
+from memory import alternatives, retrieval, store
 from memory.db import open_database
 from tests.ui.test_ui_browser import (  # noqa: F401 (fixtures)
     docs_shots,
@@ -53,9 +55,38 @@ def _open_novel(page, url: str, novel_id: int) -> None:
     _open_tab(page, "Write")
 
 
+def _long_chapter(count: int) -> list[str]:
+    """`count` paragraphs of about 40 words: more than the manuscript's box shows at once."""
+    return [f"Night {number}: the ferry crossed the sound in the grey before dawn, and Orla kept her hands in her "
+            f"coat while the engine knocked below like a heart that had missed a beat, and the gulls followed the "
+            f"wake and fell away one by one." for number in range(1, count + 1)]
+
+
+# Whether paragraph `position` is inside both the manuscript's scrolling box and the window.
+IN_VIEW = """(position) => {
+  const box = document.querySelector('#manuscript .lh-manuscript');
+  const paragraph = box.querySelector(`.lh-para[data-position="${position}"]`);
+  if (!paragraph) return false;
+  const outer = box.getBoundingClientRect(), rect = paragraph.getBoundingClientRect();
+  return rect.top >= outer.top - 1 && rect.bottom <= outer.bottom + 1 && rect.top >= -1
+      && rect.bottom <= window.innerHeight + 1;
+}"""
+
+
+def _wait_in_view(page, position: int, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if page.evaluate(IN_VIEW, position):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"paragraph {position} is not in view")
+
+
 def _paragraph_texts(page) -> list[str]:
-    return [text.split(" ", 1)[1] if " " in text else text
-            for text in page.locator("#manuscript .lh-para").all_inner_texts()]
+    texts = page.locator("#manuscript .lh-para").evaluate_all(
+        "paragraphs => paragraphs.map(p => Array.from(p.childNodes).filter(n => n.nodeType === 3)"
+        ".map(n => n.textContent).join('').trim())")
+    return texts
 
 
 def _wait_paragraphs(page, expected: list[str], timeout_s: float = 30) -> None:
@@ -195,4 +226,83 @@ def test_type_your_own_paragraph_and_the_real_model_continues_from_it(chromium, 
     # The step's memory caught up with the writer's paragraph: Update memory now has nothing left to read.
     page.locator("#update_memory_btn").click()
     _wait_text(page.locator("#write_status"), "up to date", 60_000)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(480)
+def test_a_long_chapter_scrolls_to_the_new_paragraph_marks_versions_keeps_unsaved_typing_and_other_tabs_follow(
+        chromium, served_app, embedder):  # noqa: F811
+    url, data_dir, log = served_app
+    chapter = _long_chapter(40)
+    session_factory, novel_id = _seed(data_dir, embedder, chapter)
+    with session_factory() as session, session.begin():
+        third = store.paragraph_at(session, novel_id, 3).id
+        alternatives.keep(session, third, alternatives.Version(text="Night 3, told another way.", kind="version"))
+    page = chromium.new_context(viewport={"width": 1280, "height": 1400}).new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    _open_novel(page, url, novel_id)
+    _wait_paragraphs(page, chapter)
+    box = "document.querySelector('#manuscript .lh-manuscript')"
+    assert page.evaluate(f"{box}.scrollHeight > {box}.clientHeight + 200"), "the chapter fits without scrolling"
+
+    # The paragraph with another version kept carries a badge; no other paragraph does.
+    badges = page.locator("#manuscript .lh-para .lh-badge")
+    assert badges.count() == 1 and badges.first.inner_text() == "2 versions"
+    assert page.locator("#manuscript .lh-para").nth(2).locator(".lh-badge").count() == 1
+    _shot(page, "versions-badge")
+
+    # An insert after paragraph 30, with the manuscript scrolled to its top: the new paragraph 31 comes into view.
+    number = page.locator("#para_number input").first
+    number.fill("30")
+    number.press("Enter")
+    _wait_text(_textarea(page, "para_box"), "Night 30:", 15_000)
+    page.evaluate(f"{box}.scrollTop = 0")
+    assert not page.evaluate(IN_VIEW, 31)
+    _textarea(page, "new_paragraph_box").fill(MINE)
+    page.locator("#insert_after_btn").click()
+    _wait_text(page.locator("#edit_status"), "31", 30_000)
+    _wait_paragraphs(page, [*chapter[:30], MINE, *chapter[30:]])
+    _wait_in_view(page, 31)
+    assert page.locator("#manuscript .lh-para[data-position='31']").inner_text().endswith(MINE)
+    # Add at end, scrolled to the top again: the new last paragraph comes into view.
+    page.evaluate(f"{box}.scrollTop = 0")
+    _textarea(page, "new_paragraph_box").fill("The last light of Skerry went out behind them.")
+    page.locator("#add_end_btn").click()
+    _wait_text(page.locator("#counts_md"), "42 paragraphs", 30_000)
+    _wait_in_view(page, 42)
+    _shot(page, "scroll-to-new")
+
+    # Unsaved typing in paragraph 5: a click on paragraph 6 warns and keeps it; Discard changes lets go of it.
+    page.evaluate(f"{box}.scrollTop = 0")
+    page.locator("#manuscript .lh-para").nth(4).click()
+    editor = _textarea(page, "para_box")
+    _wait_text(editor, "Night 5:", 15_000)
+    editor.fill("Night 5, rewritten by hand and not saved yet.")
+    page.locator("#manuscript .lh-para").nth(5).click()
+    warning = page.locator('[data-testid="toast-body"]').filter(has_text="not saved")
+    warning.first.wait_for(timeout=15_000)
+    page.wait_for_timeout(500)
+    assert editor.input_value() == "Night 5, rewritten by hand and not saved yet."
+    assert number.input_value() == "5"
+    _shot(page, "unsaved-warning")
+    page.locator("#para_discard_btn").click()
+    _wait_text(editor, "Night 5: the ferry", 15_000)
+    page.locator("#manuscript .lh-para").nth(5).click()
+    _wait_text(editor, "Night 6:", 15_000)
+
+    # An edit saved in the Write tab shows in the Memory and Reader tabs when they are opened.
+    editor.fill("Night 6: the foghorn sounded twice from the headland.")
+    page.locator("#para_save_btn").click()
+    _wait_text(page.locator("#edit_status"), "Saved paragraph 6", 30_000)
+    _open_tab(page, "Memory")
+    page.get_by_text("Long-term memory: every paragraph").click()
+    _wait_text(page.locator("#paragraph_table"), "the foghorn sounded twice", 30_000)
+    _open_tab(page, "Reader")
+    _wait_text(page.locator("#reader_story"), "the foghorn sounded twice", 30_000)
+    _open_tab(page, "Library")
+    _open_tab(page, "Write")
+    _wait_text(page.locator("#manuscript"), "the foghorn sounded twice", 15_000)
+    assert not errors, f"the page raised JavaScript errors: {errors}"
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]

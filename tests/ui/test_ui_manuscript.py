@@ -1,14 +1,15 @@
 """The Write tab's manuscript editor called as plain handlers over a real SQLite store and the real MiniLM embedder
 (issue 14): every edit kind and its undo/redo through the Write tab's buttons, version checks against a stale tab,
-bad input, the Update memory now button, and the manuscript's marks."""
+bad input, the Update memory now button, the manuscript's marks (written, versions kept), unsaved typing kept, and
+which events redraw which tab (app/ui/redraw.py)."""
 
 from __future__ import annotations
 
 import gradio as gr
 import pytest
 
-from app.ui import library, manuscript, services, write
-from memory import store
+from app.ui import library, manuscript, redraw, services, write
+from memory import alternatives, store
 
 MINE = "Orla rowed out to the skerry at dawn with her father's brass telescope."
 
@@ -89,7 +90,7 @@ def test_reselect_keeps_unsaved_typing_and_reloads_otherwise(with_embedder):
     novel_id = _novel(["first", "second"])
     read = _read(novel_id, 2)
     manuscript.save_paragraph(novel_id, "second, saved elsewhere", _read(novel_id, 2))
-    assert manuscript.reselect(novel_id, 2, "my unsaved typing", read) == {}
+    assert manuscript.reselect(novel_id, 2, "my unsaved typing", read) == {"para_read": read}
     reloaded = manuscript.reselect(novel_id, 2, read["text"], read)
     assert reloaded["para_read"]["text"] == "second, saved elsewhere"
 
@@ -141,3 +142,70 @@ def test_the_app_builds_with_the_editor(ui_services):
     demo = build_app(ui_services.config, ui_services.source, installed=ui_services)
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
     assert {"para_number", "para_box", "para_save_btn", "add_end_btn", "update_memory_btn"} <= ids
+
+
+def test_choosing_another_paragraph_keeps_unsaved_typing_until_saved_or_discarded(with_embedder):
+    novel_id = _novel(["first", "second", "third"])
+    read = _read(novel_id, 2)
+    with pytest.warns(UserWarning, match="Paragraph 2 has changes that are not saved"):
+        kept = manuscript.select_paragraph(novel_id, 3, "second, typed and not saved", read)
+    # The editor stays on paragraph 2 with the typing; only the number goes back.
+    assert kept == {"para_number": 2}
+    for edit in (lambda: manuscript.delete_paragraph(novel_id, read, "second, typed and not saved"),
+                 lambda: manuscript.move_down(novel_id, read, "second, typed and not saved")):
+        with pytest.raises(gr.Error, match="not saved"):
+            edit()
+    inserted = manuscript.insert_after(novel_id, MINE, read, "second, typed and not saved")
+    assert "para_box" not in inserted and "unsaved changes stay" in inserted["edit_status_md"]
+    assert [text for text, _ in _texts(with_embedder, novel_id)] == ["first", "second", MINE, "third"]
+    discarded = manuscript.discard_changes(novel_id, read)
+    assert discarded["para_read"]["text"] == "second" and discarded["para_box"]["value"] == "second"
+    moved_on = manuscript.select_paragraph(novel_id, 4, "second", discarded["para_read"])
+    assert moved_on["para_read"]["text"] == "third"
+
+
+def test_paragraphs_with_other_versions_carry_a_badge(with_embedder):
+    novel_id = _novel(["first", "second", "third"])
+    with services.current().session() as session, session.begin():
+        second = store.paragraph_at(session, novel_id, 2).id
+        alternatives.keep(session, second, alternatives.Version(text="second, another take", kind="version"))
+    html = write.refresh(novel_id)["manuscript_html"]
+    marked = [chunk for chunk in html.split("<p ")[1:] if "lh-badge" in chunk]
+    assert len(marked) == 1 and "data-position='2'" in marked[0] and "2 versions" in marked[0]
+
+
+def test_a_tab_is_drawn_again_on_opening_only_when_the_novel_changed_since(with_embedder):
+    import gradio as gr
+
+    novel_id = _novel(["first", "second"])
+    with gr.Blocks():
+        box = gr.HTML()
+        panel = redraw.Panel("write", [(write.refresh, {"manuscript_html": box, "plan_radio": gr.Radio(),
+                                                        "instruction_box": gr.Textbox(), "counts_md": gr.Markdown(),
+                                                        "draft_box": gr.Textbox(), "undo_btn": gr.Button(),
+                                                        "redo_btn": gr.Button(), "receiver_md": gr.Markdown()})])
+    when_stale = panel.when_stale_event(gr.State())["fn"]
+    drawn = when_stale(novel_id, None)
+    stamp = drawn[panel.drawn]
+    assert "second" in drawn[box]
+    assert when_stale(novel_id, stamp) == {panel.drawn: stamp}
+    manuscript.save_paragraph(novel_id, "second, edited in the Write tab", _read(novel_id, 2))
+    again = when_stale(novel_id, stamp)
+    assert again[panel.drawn] != stamp and "second, edited in the Write tab" in again[box]
+    write.undo(novel_id)
+    assert when_stale(novel_id, again[panel.drawn])[panel.drawn] != again[panel.drawn]
+
+
+def test_an_edit_redraws_the_write_tab_only_and_the_other_tabs_when_opened(ui_services):
+    from app.ui import build_app
+
+    demo = build_app(ui_services.config, ui_services.source, installed=ui_services)
+    by_id = {getattr(block, "elem_id", None): block for block in demo.blocks.values()}
+    memory_table, reader_story = by_id["paragraph_table"], by_id["reader_story"]
+    manuscript_box = by_id["manuscript"]
+    filling = {name: {fn.name for fn in demo.fns.values() if block in fn.outputs}
+               for name, block in [("memory", memory_table), ("reader", reader_story), ("write", manuscript_box)]}
+    # The Memory tab's own save fills its table; no edit elsewhere does.
+    assert filling["memory"] == {"draw_memory", "draw_memory_if_stale", "save_paragraph_edits"}
+    assert filling["reader"] == {"draw_reader", "draw_reader_if_stale"}
+    assert filling["write"] == {"refresh_all", "draw_write", "draw_write_if_stale"}
