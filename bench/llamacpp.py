@@ -9,6 +9,8 @@ after the first one. `prefill_tokens_per_step` counts what each backend actually
 every prompt whole, llama.cpp only what a prompt does not share with the one before.
 
     python -m bench.llamacpp --rounds 2 --new-tokens 48 --out bench/results/llamacpp.json
+
+bench/llamacpp_steps.py measures the same two backends over real engine steps instead.
 """
 
 from __future__ import annotations

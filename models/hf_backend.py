@@ -6,6 +6,11 @@ as `cache=` (`past_key_values=` and `cache_params=` warn and go away in 5.40): a
 (`LinearAttentionLayer`) hold conv and recurrent states of fixed size, and hybrid layers
 (`LinearAttentionAndFullAttentionLayer`) hold both. `TransformersState` wraps that cache plus the number of tokens
 read; this module serializes it layer by layer to safetensors (never pickle) and back.
+
+Prefix reuse (issue 16): a model whose every cache layer is a plain `DynamicLayer` (full attention only) keeps the
+state it advanced last. A fresh state's first prompt that starts with the same tokens starts from a copy of that
+cache cropped to the common prefix (`copy.deepcopy`, then `DynamicCache.crop(-n)`), so one step's prompts read
+their shared start once, as llama.cpp does with its context. `reads` counts every token the model actually reads.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import functools
 import hashlib
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -27,12 +32,18 @@ STATE_FORMAT = "longhand-hf-cache/1"
 PREFILL_CHUNK = 512
 # Models with no position limit (pure recurrent ones) report this as their context window.
 UNBOUNDED_CONTEXT = 1 << 30
+# Below this many shared tokens a prompt is read whole: copying the whole previous cache costs about as much as
+# reading a few tokens (SmolLM2-135M fp32: 46 kB of keys and values per token, prefill ~200 tokens/s on a core).
+MIN_REUSED_TOKENS = 16
 
 
 @dataclass
 class TransformersState:
     cache: object  # transformers.DynamicCache
     length: int = 0  # tokens read so far
+    # The tokens read, in order, when every one went through this backend's `prefill`/`step` (a restored state
+    # knows only its length): what prefix reuse compares.
+    tokens: list[int] = field(default_factory=list)
 
 
 class EmptyStateError(RuntimeError):
@@ -43,16 +54,17 @@ class _CacheClasses(NamedTuple):
     cache: type  # DynamicCache
     attention_layer: type  # CacheLayerMixin: keys/values
     linear_layer: type  # LinearAttentionCacheLayerMixin: conv and recurrent states
+    dynamic_layer: type  # DynamicLayer: full attention, croppable
 
 
 @functools.cache
 def _cache_classes() -> _CacheClasses:
     # Imported on first use: models.loading imports this module at start-up and keeps transformers off that path.
     from transformers import DynamicCache
-    from transformers.cache_utils import CacheLayerMixin, LinearAttentionCacheLayerMixin
+    from transformers.cache_utils import CacheLayerMixin, DynamicLayer, LinearAttentionCacheLayerMixin
 
     return _CacheClasses(cache=DynamicCache, attention_layer=CacheLayerMixin,
-                         linear_layer=LinearAttentionCacheLayerMixin)
+                         linear_layer=LinearAttentionCacheLayerMixin, dynamic_layer=DynamicLayer)
 
 
 def _linear_layer(layer) -> bool:
@@ -99,6 +111,10 @@ class TransformersBackend:
         self.context_window = int(window) if window and not self.fixed_size_state else UNBOUNDED_CONTEXT
         self.eos_token_ids = self._eos_ids()
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+        # Only plain full-attention layers can be cut back to a prefix and read on from there.
+        self.reuses_prefix = bool(layers) and all(type(layer) is _cache_classes().dynamic_layer for layer in layers)
+        self._recent: TransformersState | None = None  # the state advanced last (prefix reuse starts from it)
+        self.reads = 0  # tokens read by the model since load
 
     def _eos_ids(self) -> list[int]:
         ids: set[int] = set()
@@ -135,14 +151,34 @@ class TransformersBackend:
             kwargs["logits_to_keep"] = 1
         out = self.model(**kwargs)
         state.length += len(ids)
+        state.tokens.extend(ids)
+        self.reads += len(ids)
+        self._recent = state
         return out.logits[0, -1].float()  # [V]
+
+    def _reuse_prefix(self, state: TransformersState, ids: list[int]) -> int:
+        """Start the fresh `state` from the recent state's cache cut back to the prefix it shares with `ids` (at
+        most all but the last token: its logits are needed); return how many tokens of `ids` that covers."""
+        recent = self._recent
+        if (not self.reuses_prefix or state.length or recent is None or recent is state
+                or len(recent.tokens) != recent.length):
+            return 0
+        common = min(_common_prefix(recent.tokens, ids), len(ids) - 1)
+        if common < MIN_REUSED_TOKENS:
+            return 0
+        cache = copy.deepcopy(recent.cache)
+        cache.crop(common - recent.length)  # a negative count: the tokens to drop from the end
+        state.cache, state.length, state.tokens = cache, common, list(ids[:common])
+        return common
 
     def prefill(self, state: TransformersState, ids: list[int]) -> torch.Tensor:
         if not ids:
             raise ValueError("prefill needs at least one token")
+        ids = [int(i) for i in ids]
+        start = self._reuse_prefix(state, ids)
         logits = None
-        for start in range(0, len(ids), PREFILL_CHUNK):
-            logits = self._forward(state, ids[start:start + PREFILL_CHUNK])
+        for begin in range(start, len(ids), PREFILL_CHUNK):
+            logits = self._forward(state, ids[begin:begin + PREFILL_CHUNK])
         return logits
 
     def step(self, state: TransformersState, token_id: int) -> torch.Tensor:
@@ -151,7 +187,7 @@ class TransformersBackend:
     # State --------------------------------------------------------------------------------------------------
 
     def clone_state(self, state: TransformersState) -> TransformersState:
-        return TransformersState(copy.deepcopy(state.cache), state.length)
+        return TransformersState(copy.deepcopy(state.cache), state.length, list(state.tokens))
 
     def _tensors(self, state: TransformersState) -> dict[str, torch.Tensor]:
         """Every tensor the cache holds, by `layer.kind[.slot]` name; an error if a state that read text has none."""
@@ -221,6 +257,14 @@ class TransformersBackend:
             layers[i].cumulative_length = value
         state.length = length
         return state
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def _restore_layer(layer, values: dict[str, torch.Tensor]) -> None:

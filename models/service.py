@@ -249,10 +249,35 @@ def _without_prefix(pieces: Iterator[str], prefix: str) -> Iterator[str]:
         yield head
 
 
-def _llamacpp_threads() -> int:
-    """Half the cores, at least one: llama.cpp's threads spin-wait for each other, and on a machine whose cores are
-    busy with other work two threads decoded 20x slower than one (bench/results/llamacpp.json)."""
-    return max(1, (os.cpu_count() or 2) // 2)
+def _llamacpp_threads(cpuinfo: str | None = None) -> int:
+    """One thread per physical core this process may use, as llama.cpp's own tools default to.
+
+    Measured on a 2-core machine without hyperthreads (bench/results/llamacpp.json, proxy step, load 0.4-1.4):
+    2 threads 6.1 s a step, 1 thread 9.1 s. A second thread on the same physical core (a hyperthread) only
+    competes for that core's vector units, and threads that spin-wait for each other collapse when other work
+    holds the cores (two threads decoded 20x slower than one on that machine under the load of other test runs):
+    a busy shared machine should pass `threads=1`. Half the logical CPUs when /proc/cpuinfo does not say."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    cores = _physical_cores(cpuinfo)
+    if cores is None:
+        return max(1, allowed // 2)
+    return max(1, min(cores, allowed))
+
+
+def _physical_cores(cpuinfo: str | None = None) -> int | None:
+    """Distinct (physical id, core id) pairs in /proc/cpuinfo; None where there is no such file or field."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    cores = set()
+    for block in cpuinfo.strip().split("\n\n"):
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        if "core id" in fields:
+            cores.add((fields.get("physical id", "0"), fields["core id"]))
+    return len(cores) or None
 
 
 def _use_llamacpp(choice: str, device: torch.device, report: LoadReport) -> bool:

@@ -21,8 +21,10 @@ PROMPT_ONLY = "prompt-only"
 MANUSCRIPT_STATE = "manuscript-state"
 
 # Sections in the order the inspector lists them; slots not listed here (voice, words) belong to the instruction.
-SECTION_ORDER = ("instruction", "premise", "outline", "style", "bible", "synopsis", "chapters", "chapter_so_far",
-                 "memory", "retrieved", "last_paragraph", "plan")
+# The premise and the memory lead: the memory and plans prompts of the same step start with the same two sections
+# (worded the same), so a backend that reuses a shared prompt prefix reads them once per step (issue 16).
+SECTION_ORDER = ("instruction", "premise", "memory", "outline", "style", "bible", "synopsis", "chapters",
+                 "chapter_so_far", "retrieved", "last_paragraph", "plan")
 # What `_Fitter.drop_one` removes first, then shortens; the instruction and the plan are not in it: never cut.
 TRUNCATION_ORDER = ("retrieved", "triggered lore", "outline", "style", "chapters", "always-on lore",
                     "last_paragraph", "memory", "chapter_so_far", "synopsis", "premise")

@@ -268,7 +268,8 @@ class ModelStages:
         after the last try the extractive fallback (the old memory plus the chunk's most salient sentence) is
         used, with origin "extractive" and a notice."""
         max_words = int(view.setting("memory_words"))
-        rendered = self.prompts.render("memory", memory=memory, paragraph=text, max_words=max_words)
+        rendered = self.prompts.render("memory", premise=view.premise, memory=memory, paragraph=text,
+                                       max_words=max_words)
         problem = ""
         for attempt in range(self.attempts(view)):
             yield Event("reset", "Updating the memory…" if not attempt else f"Retrying the memory ({problem}).")

@@ -34,9 +34,9 @@ def test_slot_text_is_inserted_literally_and_empty_blocks_vanish():
     user = rendered.messages[-1]["content"]
     assert "A {{plan}} premise" in user
     assert "Story bible" not in user and "Earlier passages" not in user and "Outline" not in user
-    assert "What happened so far: She has the key." in user
+    assert "Summary so far: She has the key." in user
     assert rendered.section_text("plan") == "Open the door."
-    assert "What happened so far" in rendered.section_text("memory")
+    assert "Summary so far" in rendered.section_text("memory")
 
 
 def test_render_refuses_missing_and_unknown_slots():
@@ -44,7 +44,7 @@ def test_render_refuses_missing_and_unknown_slots():
     with pytest.raises(TemplateError, match="needs slot"):
         library.render("memory", memory="x", paragraph="y")
     with pytest.raises(TemplateError, match="no slot"):
-        library.render("memory", memory="x", paragraph="y", max_words=10, extra="z")
+        library.render("memory", premise="", memory="x", paragraph="y", max_words=10, extra="z")
 
 
 def test_template_syntax_errors_name_the_file():
