@@ -108,7 +108,8 @@ def write(args) -> int:
                       "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads":
                                   args.threads, "load_average_now": list(os.getloadavg())},
-                      "model": engine.generator.name, "requested": {"steps": args.steps, "seed": args.seed},
+                      "model": engine.generator.name, "backend": type(engine.generator.backend).__name__,
+                      "requested": {"steps": args.steps, "seed": args.seed},
                       "completed_rounds": round_number - 1 + (run is runs[-1]),
                       "wall_seconds": round(time.perf_counter() - started, 1), "runs": runs}
             out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -197,7 +198,7 @@ def measure(args) -> int:
         "command": "python -m bench.continuity " + " ".join(sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "parts": [{"file": f, "label": p["label"], "command": p["command"], "commit": p["commit"],
-                   "model": p["model"], "completed_rounds": p["completed_rounds"], "wall_seconds": p["wall_seconds"],
+                   "model": p["model"], "backend": p.get("backend"), "completed_rounds": p["completed_rounds"], "wall_seconds": p["wall_seconds"],
                    "machine": p["machine"]} for f, p in zip(args.files, parts)],
         "by_condition": by_condition,
         "runs": runs,
