@@ -137,14 +137,14 @@ class ModelStages:
         return title, outline
 
     def paragraph(self, view: NovelView, preview: ContextPreview, cancel, notices: list[str],
-                  state=None, voice: Voice | None = None) -> Iterator[Event]:
+                  state=None, voice: Voice | None = None, lengthen: bool = True) -> Iterator[Event]:
         """Stream the paragraph (retrying a bounded number of times); the last event's text is the paragraph.
 
         Each try is parsed, stripped of leaked prompt text, cleared of sentences repeated from earlier paragraphs and
         checked for `voice`; a try that fails is retried. After the last try, a usable paragraph in the wrong voice
         (or mostly repeating earlier ones) is kept with a notice; none at all raises `EngineError`. The kept
-        paragraph is continued by the model when it stops far short of `paragraph_words` (`_lengthen`) and trimmed at
-        a sentence end when it runs far past it. Every repair is a notice."""
+        paragraph is continued by the model when it stops far short of `paragraph_words` (`_lengthen`; not when
+        `lengthen` is off) and trimmed at a sentence end when it runs far past it. Every repair is a notice."""
         earlier = [text for _, text in view.paragraphs]
         problem = ""
         kept_anyway: tuple[str, str, list[str]] | None = None  # (text, why it failed, its repairs)
@@ -154,8 +154,9 @@ class ModelStages:
             raw = yield from self._paragraph_attempt(view, preview, attempt, cancel, state)
             candidate, problem, repairs = self._check_paragraph(raw, earlier, voice)
             if candidate is not None and not problem:
-                candidate = yield from self._lengthen(view, preview, candidate, earlier, voice, cancel, state,
-                                                      repairs, notices)
+                if lengthen:
+                    candidate = yield from self._lengthen(view, preview, candidate, earlier, voice, cancel, state,
+                                                          repairs, notices)
                 yield Event("paragraph", self._finish_paragraph(view, candidate, repairs, notices))
                 return
             # Kept as the last resort: the first usable try, one in the wrong voice before one that repeats.
@@ -170,7 +171,8 @@ class ModelStages:
             else:
                 notices.append(f"Every try was written {why.removeprefix('it was written ')}; the first was kept: "
                                "rewrite it or retry.")
-            text = yield from self._lengthen(view, preview, text, earlier, voice, cancel, state, repairs, notices)
+            if lengthen:
+                text = yield from self._lengthen(view, preview, text, earlier, voice, cancel, state, repairs, notices)
             yield Event("paragraph", self._finish_paragraph(view, text, repairs, notices))
             return
         raise EngineError(f"The model gave no usable paragraph in {self.attempts(view)} tries ({problem}); "
