@@ -33,6 +33,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 STRATEGIES = ("instruction", "document")
+# A paragraph under this share of `paragraph_words` counts as short (the engine continues it: app/engine/stages.py
+# CONTINUE_BELOW; the same figure is written here so the bench runs in checkouts that lack it).
+CONTINUE_BELOW = 0.7
 
 
 def _commit(root: Path) -> str | None:
@@ -148,8 +151,10 @@ def run_figures(run: dict) -> dict:
         "length_score": (round(sum(continuity.length_score(len(p.split()), target) for p in paragraphs) / count, 1)
                          if count else None),
         "words_mean": round(sum(len(p.split()) for p in paragraphs) / count, 1) if count else None,
+        "short_paragraphs": sum(len(p.split()) < target * CONTINUE_BELOW for p in paragraphs),
         "seconds_per_step": round(run["seconds"] / max(1, run["steps"]), 1),
         "repairs": sum(n.startswith("Paragraph repaired") for n in run["notices"]),
+        "continued": sum(n.startswith("Paragraph repaired") and "continued from" in n for n in run["notices"]),
     }
 
 
@@ -177,6 +182,8 @@ def aggregate(rows: list[dict]) -> dict:
         "length_score": weighted("length_score", lambda r: r["paragraphs"]),
         "seconds_per_step": weighted("seconds_per_step", lambda r: r["paragraphs"]),
         "repairs": sum(r["repairs"] for r in rows),
+        "short_paragraphs": sum(r["short_paragraphs"] for r in rows),
+        "continued": sum(r["continued"] for r in rows),
     }
 
 
