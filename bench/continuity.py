@@ -7,15 +7,19 @@ memory), restarts (paragraphs after the first that open like a new story), leaks
 labels, section markers, the instruction or talk about the text), memory movement (share of steps whose memory
 changed and names something of the new paragraph), memory copies (share of memories with more than half their
 words in one run from a paragraph), extractive memory fallbacks, voice (share of paragraphs in the third person,
-past tense the write mode asks for) and LongWriter's length score against `paragraph_words`.
+past tense the write mode asks for), LongWriter's length score against `paragraph_words`, and the paragraphs saved
+short (under CONTINUE_BELOW of it) or continued by the engine because they came out short.
 
 Two phases, so the engine of another checkout (the code before the guards) can write with the same bench:
 `write` auto-writes and stores the raw texts in a JSON file (it needs only app APIs older checkouts have);
 `measure` computes the figures of one or more written files with this checkout's measures.
 
-    nice python -m bench.continuity write --label after --strategies instruction document --steps 4 \\
+    nice python -m bench.continuity write --label after --strategies instruction document --steps 8 \\
         --premises lighthouse detective generation_ship --out /tmp/after.json
-    (cd <checkout before> && nice python /path/to/bench/continuity.py write --label before ...)
+    (one process per strategy, `--strategies instruction` and `--strategies document`, writes both at once)
+    (copy this file into <checkout before>/bench/, then there: nice python -m bench.continuity write --label before
+     --strategies instruction --commit <sha> ...; run as a script from here, bench/kernels.py would shadow the
+     `kernels` package transformers imports)
     python -m bench.continuity measure /tmp/before.json /tmp/after.json --out bench/results/continuity.json
 """
 
