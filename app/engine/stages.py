@@ -203,17 +203,19 @@ class ModelStages:
         own prompt with `text` as the answer so far, asked for about the missing words (at most `attempts` requests,
         until it is long enough). A continuation is kept only when it is story: parsed, stripped of leaked prompt
         text, no sentence repeated from earlier paragraphs or from `text`, in `voice`. Returns the text; what was
-        added goes into `repairs`, a continuation that added nothing into a notice."""
+        added goes into `repairs`, a refused continuation that added nothing into a notice (none when the model
+        ended the paragraph at once: its call)."""
         target = int(view.setting("paragraph_words"))
         written = len(text.split())
         if written >= target * CONTINUE_BELOW:
             return text
-        problem = ""
+        problem = ""  # why the last continuation was refused; "" when the model ended the paragraph itself
         for attempt in range(self.attempts(view)):
             yield Event("progress", f"Continuing the paragraph ({len(text.split())} words of about {target})…")
             raw = yield from self._continuation_attempt(view, preview, text, earlier, attempt, cancel, state)
             if not raw.strip():
-                problem = "it ended the paragraph there"
+                # The model ended the paragraph there: its call, with the length in plain view (no notice).
+                problem = ""
                 break
             addition, problem = self._check_continuation(raw, text, earlier, voice)
             if addition:
@@ -222,7 +224,7 @@ class ModelStages:
                     break
         if len(text.split()) > written:
             repairs.append(f"continued from {written} to {len(text.split())} words (about {target} asked)")
-        else:
+        elif problem:
             notices.append(f"The paragraph stopped at {written} words of about {target}, and the model's "
                            f"continuation added nothing usable ({problem}): it was "
                            "kept as written; extend it in the manuscript, or retry.")
@@ -230,8 +232,9 @@ class ModelStages:
 
     def _continuation_attempt(self, view: NovelView, preview: ContextPreview, text: str, earlier: list[str],
                               attempt: int, cancel, state) -> Iterator[Event]:
-        """One request to continue `text`: its pieces as token events (a space first, so the shown paragraph
-        reads on), stopped at a blank line; returns the raw continuation. `state` is cloned, never advanced."""
+        """One request to continue `text`: its pieces as token events (the first with a space before it, so the
+        shown paragraph reads on), stopped at a blank line; returns the raw continuation. `state` is cloned, never
+        advanced."""
         target = int(view.setting("paragraph_words"))
         missing = max(1, target - len(text.split()))
         penalties = view.config.penalty_params()
@@ -242,9 +245,10 @@ class ModelStages:
             penalties=penalties, max_new_tokens=min(int(view.setting("max_new_tokens")), int(missing * 1.6) + 16),
             cancel=cancel, penalty_history=history, state=attempt_state)
         raw = ""
-        yield Event("token", " ")
         try:
             for piece in stream:
+                if not raw.strip() and piece.strip() and not piece[:1].isspace():
+                    piece = " " + piece
                 raw += piece
                 yield Event("token", piece)
                 if "\n\n" in raw.strip():

@@ -161,3 +161,12 @@ def test_a_paragraph_near_its_length_is_not_continued(session_factory, embedder,
     engine, generator = started(session_factory, embedder, novel_id, continuation=[MORE])
     _, outcome = run(engine.step(novel_id, "Mara climbs the tower."))
     assert outcome.paragraph == GOOD["paragraph"] and not generator.calls_for("continuation")
+
+
+def test_a_model_that_ends_the_paragraph_at_once_is_not_asked_again(session_factory, embedder, novel_id):
+    with session_factory() as session, session.begin():
+        store.update_novel_settings(session, novel_id, {"paragraph_words": 40})
+    engine, generator = started(session_factory, embedder, novel_id, paragraph=[SHORT], continuation=[""])
+    events, outcome = run(engine.step(novel_id, "Mara climbs the tower."))
+    assert outcome.paragraph == SHORT and len(generator.calls_for("continuation")) == 1
+    assert not any("stopped at" in n or "continued from" in n for n in _notices(events))
