@@ -91,7 +91,8 @@ def write(args) -> int:
             runs.append({"premise": premise.id, "strategy": strategy, "seconds": 0.0, "steps": 0, "notices": [],
                          "error": None, "novel_id": create_novel(session_factory, embedder, premise,
                                                                  settings=settings)})
-    root = Path.cwd()
+    # The code that writes is what was imported now: a commit made while the bench runs does not change it.
+    commit = args.commit or _commit(Path.cwd())
     out = Path(args.out)
     started = time.perf_counter()
     for round_number in range(1, args.steps + 1):
@@ -111,7 +112,7 @@ def write(args) -> int:
             run.update(_texts(session_factory, run["novel_id"]))
             result = {"benchmark": "continuity-write", "label": args.label,
                       "command": "python -m bench.continuity " + " ".join(sys.argv[1:]),
-                      "commit": args.commit or _commit(root),
+                      "commit": commit,
                       "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads":
                                   args.threads, "load_average_now": list(os.getloadavg())},
