@@ -7,15 +7,19 @@ memory), restarts (paragraphs after the first that open like a new story), leaks
 labels, section markers, the instruction or talk about the text), memory movement (share of steps whose memory
 changed and names something of the new paragraph), memory copies (share of memories with more than half their
 words in one run from a paragraph), extractive memory fallbacks, voice (share of paragraphs in the third person,
-past tense the write mode asks for) and LongWriter's length score against `paragraph_words`.
+past tense the write mode asks for), LongWriter's length score against `paragraph_words`, and the paragraphs saved
+short (under CONTINUE_BELOW of it) or continued by the engine because they came out short.
 
 Two phases, so the engine of another checkout (the code before the guards) can write with the same bench:
 `write` auto-writes and stores the raw texts in a JSON file (it needs only app APIs older checkouts have);
 `measure` computes the figures of one or more written files with this checkout's measures.
 
-    nice python -m bench.continuity write --label after --strategies instruction document --steps 4 \\
+    nice python -m bench.continuity write --label after --strategies instruction document --steps 8 \\
         --premises lighthouse detective generation_ship --out /tmp/after.json
-    (cd <checkout before> && nice python /path/to/bench/continuity.py write --label before ...)
+    (one process per strategy, `--strategies instruction` and `--strategies document`, writes both at once)
+    (copy this file into <checkout before>/bench/, then there: nice python -m bench.continuity write --label before
+     --strategies instruction --commit <sha> ...; run as a script from here, bench/kernels.py would shadow the
+     `kernels` package transformers imports)
     python -m bench.continuity measure /tmp/before.json /tmp/after.json --out bench/results/continuity.json
 """
 
@@ -33,6 +37,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 STRATEGIES = ("instruction", "document")
+# A paragraph under this share of `paragraph_words` counts as short (the engine continues it: app/engine/stages.py
+# CONTINUE_BELOW; the same figure is written here so the bench runs in checkouts that lack it).
+CONTINUE_BELOW = 0.7
 
 
 def _commit(root: Path) -> str | None:
@@ -84,7 +91,8 @@ def write(args) -> int:
             runs.append({"premise": premise.id, "strategy": strategy, "seconds": 0.0, "steps": 0, "notices": [],
                          "error": None, "novel_id": create_novel(session_factory, embedder, premise,
                                                                  settings=settings)})
-    root = Path.cwd()
+    # The code that writes is what was imported now: a commit made while the bench runs does not change it.
+    commit = args.commit or _commit(Path.cwd())
     out = Path(args.out)
     started = time.perf_counter()
     for round_number in range(1, args.steps + 1):
@@ -104,11 +112,12 @@ def write(args) -> int:
             run.update(_texts(session_factory, run["novel_id"]))
             result = {"benchmark": "continuity-write", "label": args.label,
                       "command": "python -m bench.continuity " + " ".join(sys.argv[1:]),
-                      "commit": args.commit or _commit(root),
+                      "commit": commit,
                       "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads":
                                   args.threads, "load_average_now": list(os.getloadavg())},
-                      "model": engine.generator.name, "requested": {"steps": args.steps, "seed": args.seed},
+                      "model": engine.generator.name, "backend": type(engine.generator.backend).__name__,
+                      "requested": {"steps": args.steps, "seed": args.seed},
                       "completed_rounds": round_number - 1 + (run is runs[-1]),
                       "wall_seconds": round(time.perf_counter() - started, 1), "runs": runs}
             out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -147,8 +156,10 @@ def run_figures(run: dict) -> dict:
         "length_score": (round(sum(continuity.length_score(len(p.split()), target) for p in paragraphs) / count, 1)
                          if count else None),
         "words_mean": round(sum(len(p.split()) for p in paragraphs) / count, 1) if count else None,
+        "short_paragraphs": sum(len(p.split()) < target * CONTINUE_BELOW for p in paragraphs),
         "seconds_per_step": round(run["seconds"] / max(1, run["steps"]), 1),
         "repairs": sum(n.startswith("Paragraph repaired") for n in run["notices"]),
+        "continued": sum(n.startswith("Paragraph repaired") and "continued from" in n for n in run["notices"]),
     }
 
 
@@ -176,6 +187,8 @@ def aggregate(rows: list[dict]) -> dict:
         "length_score": weighted("length_score", lambda r: r["paragraphs"]),
         "seconds_per_step": weighted("seconds_per_step", lambda r: r["paragraphs"]),
         "repairs": sum(r["repairs"] for r in rows),
+        "short_paragraphs": sum(r["short_paragraphs"] for r in rows),
+        "continued": sum(r["continued"] for r in rows),
     }
 
 
@@ -197,7 +210,7 @@ def measure(args) -> int:
         "command": "python -m bench.continuity " + " ".join(sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "parts": [{"file": f, "label": p["label"], "command": p["command"], "commit": p["commit"],
-                   "model": p["model"], "completed_rounds": p["completed_rounds"], "wall_seconds": p["wall_seconds"],
+                   "model": p["model"], "backend": p.get("backend"), "completed_rounds": p["completed_rounds"], "wall_seconds": p["wall_seconds"],
                    "machine": p["machine"]} for f, p in zip(args.files, parts)],
         "by_condition": by_condition,
         "runs": runs,

@@ -27,8 +27,16 @@ should may might must let chapter part mr mrs ms dr sir lady lord god today tomo
 wednesday thursday friday saturday sunday january february march april june july august september october november
 december nothing everything something someone everyone nobody somebody everybody another such both either neither
 again soon later never always sometimes often together alone instead otherwise however meanwhile suddenly finally
+long new old many few most more much other others little great small big dark years days hours moments minutes
+decades like yet
 """.split())
 _CAPITALIZED = re.compile(r"\b[A-Z][a-z]+(?:['’][a-z]+)?\b")
+# A pronoun's or a name's contraction ("They'd", "Mara's"): the word is what stands before it.
+_CONTRACTION = re.compile(r"['’](?:s|d|ll|re|ve|m|t)$")
+# Where a word opens a sentence or a line of dialogue: nothing before it but quotes, brackets or dashes.
+_OPENING_PREFIX = re.compile(r"^[\s\"“”'‘’(\[—–-]*$")
+# Endings of common words that open sentences ("Slowly", "Centuries", "Approaching"), never taken for a name there.
+_COMMON_ENDING = re.compile(r"(?:ly|ing|ed|ies|ness|ment|tion|sion|ous|ful|less|able|ible|wards?)$")
 _CONTENT_WORD = re.compile(r"[a-z]{4,}")
 
 # A paragraph that opens like a new story: fairy-tale formulas, dated openings, headings.
@@ -94,10 +102,21 @@ MODE_VOICES = {"write": Voice("third", "past"), "interactive": Voice("second", "
 
 
 def entities(text: str) -> set[str]:
-    """Names of characters and places in `text`: capitalized words that are not function words or pronouns,
-    lower-cased. A capitalized word seen only at a sentence start counts too when it is no common word."""
-    names = {re.sub(r"['’]s$", "", match.lower()) for match in _CAPITALIZED.findall(text)}
-    return names - _NOT_NAMES
+    """Names of characters and places in `text`, lower-cased: capitalized words that are not function words or
+    pronouns. A capitalized word that opens a sentence (or a line of dialogue) is a name only when it is capitalized
+    elsewhere too, or it is never written in lower case in `text` and has no common word's ending: "Slowly",
+    "Centuries" and "Rain ... the rain" are sentence openers, "Mara kept the lighthouse" names Mara."""
+    lower = set(re.findall(r"\b[a-z]+\b", text))
+    inside: set[str] = set()
+    opening: set[str] = set()
+    for sentence in sentences(text):
+        for match in _CAPITALIZED.finditer(sentence):
+            word = _CONTRACTION.sub("", match.group().lower())
+            opens = bool(_OPENING_PREFIX.match(sentence[:match.start()]))
+            (opening if opens else inside).add(word)
+    kept_openers = {word for word in opening if word in inside
+                    or (word not in lower and not (len(word) > 4 and _COMMON_ENDING.search(word)))}
+    return (inside | kept_openers) - _NOT_NAMES
 
 
 def content_words(text: str) -> set[str]:

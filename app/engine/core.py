@@ -321,11 +321,12 @@ class Engine(VersionsMixin):
         return (yield from self._write_versions(view, cancel, one_version, count))
 
     def _stream_paragraph(self, view: NovelView, preview: ContextPreview, cancel, notices: list[str], *,
-                          mode: str, state=None) -> Iterator[Event]:
-        """The paragraph stage's events, passed on (checked for the voice `mode` asks for); returns the
-        paragraph."""
+                          mode: str, state=None, lengthen: bool = True) -> Iterator[Event]:
+        """The paragraph stage's events, passed on (checked for the voice `mode` asks for; a short one continued
+        unless `lengthen` is off); returns the paragraph."""
         paragraph = ""
-        for event in self.stages.paragraph(view, preview, cancel, notices, state=state, voice=MODE_VOICES[mode]):
+        for event in self.stages.paragraph(view, preview, cancel, notices, state=state, voice=MODE_VOICES[mode],
+                                           lengthen=lengthen):
             if event.kind == "paragraph":
                 paragraph = event.text
             yield event

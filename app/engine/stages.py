@@ -83,6 +83,10 @@ def _latest_within(texts: list[str], max_words: int) -> list[str]:
 # (LongWriter's length score: 83 at 1.5x, 93 at 1.2x).
 TRIM_ABOVE = 1.5
 TRIM_TO = 1.2
+# A paragraph shorter than this many times `paragraph_words` is continued by the model toward the target (the
+# length score is 79 at 0.7x, 50 at 0.5x); a continuation needs this many words of new story to be kept.
+CONTINUE_BELOW = 0.7
+MIN_CONTINUATION_WORDS = 3
 
 
 @dataclass
@@ -133,13 +137,14 @@ class ModelStages:
         return title, outline
 
     def paragraph(self, view: NovelView, preview: ContextPreview, cancel, notices: list[str],
-                  state=None, voice: Voice | None = None) -> Iterator[Event]:
+                  state=None, voice: Voice | None = None, lengthen: bool = True) -> Iterator[Event]:
         """Stream the paragraph (retrying a bounded number of times); the last event's text is the paragraph.
 
         Each try is parsed, stripped of leaked prompt text, cleared of sentences repeated from earlier paragraphs and
         checked for `voice`; a try that fails is retried. After the last try, a usable paragraph in the wrong voice
         (or mostly repeating earlier ones) is kept with a notice; none at all raises `EngineError`. The kept
-        paragraph is trimmed at a sentence end when it runs far past `paragraph_words`. Every repair is a notice."""
+        paragraph is continued by the model when it stops far short of `paragraph_words` (`_lengthen`; not when
+        `lengthen` is off) and trimmed at a sentence end when it runs far past it. Every repair is a notice."""
         earlier = [text for _, text in view.paragraphs]
         problem = ""
         kept_anyway: tuple[str, str, list[str]] | None = None  # (text, why it failed, its repairs)
@@ -149,6 +154,9 @@ class ModelStages:
             raw = yield from self._paragraph_attempt(view, preview, attempt, cancel, state)
             candidate, problem, repairs = self._check_paragraph(raw, earlier, voice)
             if candidate is not None and not problem:
+                if lengthen:
+                    candidate = yield from self._lengthen(view, preview, candidate, earlier, voice, cancel, state,
+                                                          repairs, notices)
                 yield Event("paragraph", self._finish_paragraph(view, candidate, repairs, notices))
                 return
             # Kept as the last resort: the first usable try, one in the wrong voice before one that repeats.
@@ -163,6 +171,8 @@ class ModelStages:
             else:
                 notices.append(f"Every try was written {why.removeprefix('it was written ')}; the first was kept: "
                                "rewrite it or retry.")
+            if lengthen:
+                text = yield from self._lengthen(view, preview, text, earlier, voice, cancel, state, repairs, notices)
             yield Event("paragraph", self._finish_paragraph(view, text, repairs, notices))
             return
         raise EngineError(f"The model gave no usable paragraph in {self.attempts(view)} tries ({problem}); "
@@ -186,6 +196,85 @@ class ModelStages:
             repairs.append(fresh.problem)
         wrong_voice = voice_problem(fresh.value, voice) if voice is not None else ""
         return fresh.value, f"it was written {wrong_voice}" if wrong_voice else "", repairs
+
+    def _lengthen(self, view: NovelView, preview: ContextPreview, text: str, earlier: list[str],
+                  voice: Voice | None, cancel, state, repairs: list[str], notices: list[str]) -> Iterator[Event]:
+        """`text` continued by the model when it is shorter than CONTINUE_BELOW times `paragraph_words`: the step's
+        own prompt with `text` as the answer so far, asked for about the missing words (at most `attempts` requests,
+        until it is long enough). A continuation is kept only when it is story: parsed, stripped of leaked prompt
+        text, no sentence repeated from earlier paragraphs or from `text`, in `voice`. Returns the text; what was
+        added goes into `repairs`, a refused continuation that added nothing into a notice (none when the model
+        ended the paragraph at once: its call)."""
+        target = int(view.setting("paragraph_words"))
+        written = len(text.split())
+        if written >= target * CONTINUE_BELOW:
+            return text
+        problem = ""  # why the last continuation was refused; "" when the model ended the paragraph itself
+        for attempt in range(self.attempts(view)):
+            yield Event("progress", f"Continuing the paragraph ({len(text.split())} words of about {target})…")
+            raw = yield from self._continuation_attempt(view, preview, text, earlier, attempt, cancel, state)
+            if not raw.strip():
+                # The model ended the paragraph there: its call, with the length in plain view (no notice).
+                problem = ""
+                break
+            addition, problem = self._check_continuation(raw, text, earlier, voice)
+            if addition:
+                text = f"{text} {addition}"
+                if len(text.split()) >= target * CONTINUE_BELOW:
+                    break
+        if len(text.split()) > written:
+            repairs.append(f"continued from {written} to {len(text.split())} words (about {target} asked)")
+        elif problem:
+            notices.append(f"The paragraph stopped at {written} words of about {target}, and the model's "
+                           f"continuation added nothing usable ({problem}): it was "
+                           "kept as written; extend it in the manuscript, or retry.")
+        return text
+
+    def _continuation_attempt(self, view: NovelView, preview: ContextPreview, text: str, earlier: list[str],
+                              attempt: int, cancel, state) -> Iterator[Event]:
+        """One request to continue `text`: its pieces as token events (the first with a space before it, so the
+        shown paragraph reads on), stopped at a blank line; returns the raw continuation. `state` is cloned, never
+        advanced."""
+        target = int(view.setting("paragraph_words"))
+        missing = max(1, target - len(text.split()))
+        penalties = view.config.penalty_params()
+        history = "\n\n".join([*earlier, text]) if penalties.active else ""
+        attempt_state = self.generator.backend.clone_state(state) if state is not None else None
+        stream = self.generator.stream(
+            preview.prompt_text + text, sampling=self._sampling(view, self.attempts(view) + attempt),
+            penalties=penalties, max_new_tokens=min(int(view.setting("max_new_tokens")), int(missing * 1.6) + 16),
+            cancel=cancel, penalty_history=history, state=attempt_state)
+        raw = ""
+        try:
+            for piece in stream:
+                if not raw.strip() and piece.strip() and not piece[:1].isspace():
+                    piece = " " + piece
+                raw += piece
+                yield Event("token", piece)
+                if "\n\n" in raw.strip():
+                    break
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        return raw
+
+    @staticmethod
+    def _check_continuation(raw: str, text: str, earlier: list[str], voice: Voice | None) -> tuple[str, str]:
+        """(the story a continuation adds to `text`, or "", and why not) for one request's raw answer."""
+        parsed = parse_paragraph(raw.strip().split("\n\n")[0], min_words=MIN_CONTINUATION_WORDS)
+        if not parsed.ok:
+            return "", parsed.problem
+        stripped = strip_leaks(parsed.value)
+        if len(words(stripped.text)) < MIN_CONTINUATION_WORDS:
+            return "", "it was prompt text, not story"
+        fresh = drop_repeated_sentences(stripped.text, [*earlier, text], min_words=MIN_CONTINUATION_WORDS)
+        if not fresh.ok:
+            return "", "it repeated the paragraph or earlier ones"
+        wrong_voice = voice_problem(fresh.value, voice) if voice is not None else ""
+        if wrong_voice:
+            return "", f"it was written {wrong_voice}"
+        return fresh.value, ""
 
     @staticmethod
     def _finish_paragraph(view: NovelView, text: str, repairs: list[str], notices: list[str]) -> str:

@@ -105,7 +105,8 @@ class VersionsMixin:
         before, preview = self._rewrite_preview(view, target, instruction, mode)
         if preview.dropped:
             notices.append("To fit the context budget, left out: " + ", ".join(preview.dropped) + ".")
-        text = yield from self._stream_paragraph(before, preview, cancel, notices, mode=mode)
+        # Not lengthened: a rewrite's length is the writer's instruction's ("half as long").
+        text = yield from self._stream_paragraph(before, preview, cancel, notices, mode=mode, lengthen=False)
         for notice in notices:
             yield Event("notice", notice)
         if cancel is not None and cancel.is_set():

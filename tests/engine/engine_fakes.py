@@ -115,12 +115,15 @@ class FakeBackend:
 class ScriptedGenerator:
     """A TextGenerator look-alike. `script[stage]` is a list of answers used in order (the last one repeats);
     an answer is a string, an exception instance (raised after half the words are streamed), or a callable
-    taking the Call and returning a string. One word (with its leading space) is one token."""
+    taking the Call and returning a string. One word (with its leading space) is one token.
+
+    A prompt that extends an earlier paragraph or opening prompt (the engine asking to continue a short paragraph)
+    is the stage "continuation"; by default the model has nothing to add (it ends at once)."""
 
     name = "scripted"
 
     def __init__(self, script: dict | None = None, *, stateful: bool = False, context_window: int = 4096):
-        defaults = {**{k: [v] for k, v in GOOD.items()}, "memory": [moving_memory]}
+        defaults = {**{k: [v] for k, v in GOOD.items()}, "memory": [moving_memory], "continuation": [""]}
         self.script = {stage: list(answers) for stage, answers in {**defaults, **(script or {})}.items()}
         self.calls: list[Call] = []
         self.cancel_after_pieces: int | None = None  # set the cancel event after this many pieces of a paragraph
@@ -145,6 +148,10 @@ class ScriptedGenerator:
                penalty_history="", state=None, info=None):
         assert isinstance(prompt, str), "the engine sends rendered prompt text"
         stage = stage_of(prompt)
+        if stage in ("paragraph", "opening") and any(
+                c.stage in ("paragraph", "opening") and len(prompt) > len(c.prompt) and prompt.startswith(c.prompt)
+                for c in self.calls):
+            stage = "continuation"
         call = Call(stage, prompt, max_new_tokens, None if state is None else list(state["read"]), penalties)
         self.calls.append(call)
         answers = self.script[stage]

@@ -34,6 +34,13 @@ STRANGER = "In 2017, a woman named Julia opened a bakery in Paris. Her bread was
 def test_entities_are_names_not_sentence_openers():
     assert entities(P1) == {"mara", "skerry"}
     assert entities("She walked. Then the boat came. It was late.") == set()
+    # Contractions of pronouns, common words that open sentences, and a word the text also writes in lower case.
+    assert entities("They'd gone. Slowly the tide turned. Centuries passed. Rain fell, and the rain did not stop.") \
+        == set()
+    # A name that only ever opens sentences is still a name; one capitalized mid-sentence makes its openers count.
+    assert entities("Mara's lamp burned. Mara waited.") == {"mara"}
+    assert entities("Slowly came the dawn. Slowly was the name the keeper gave his dog, and Mara laughed at Slowly.") \
+        == {"slowly", "mara"}
 
 
 def test_carry_over_needs_a_shared_name():

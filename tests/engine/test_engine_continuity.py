@@ -119,3 +119,54 @@ def test_the_document_strategy_sends_the_manuscript_as_plain_text(session_factor
     assert prompt.endswith(GOOD["opening"] + "\n\n")  # the model continues the manuscript itself
     assert "What happens next: Mara climbs the tower." in prompt
     assert outcome.paragraph == GOOD["paragraph"]
+
+
+SHORT = "Mara climbed the spiral stair with the note in her fist."
+MORE = (" The lamp room smelled of paraffin and salt. She read the words again by the last light: do not light the "
+        "lamp tonight. The hand that wrote it was hers.")
+
+
+def test_a_short_paragraph_is_continued_within_the_bound(session_factory, embedder, novel_id):
+    with session_factory() as session, session.begin():
+        store.update_novel_settings(session, novel_id, {"paragraph_words": 40})
+    engine, generator = started(session_factory, embedder, novel_id, paragraph=[SHORT], continuation=[MORE])
+    events, outcome = run(engine.step(novel_id, "Mara climbs the tower."))
+    assert outcome.paragraph == SHORT + MORE
+    [continuation] = generator.calls_for("continuation")
+    # The step's own prompt with the short paragraph as the answer so far, asked for about the missing words.
+    assert continuation.prompt == generator.calls_for("paragraph")[-1].prompt + SHORT
+    assert continuation.max_new_tokens == int((40 - len(SHORT.split())) * 1.6) + 16
+    assert any(f"continued from {len(SHORT.split())} to {len((SHORT + MORE).split())} words" in n
+               for n in _notices(events))
+    with session_factory() as session:
+        assert store.paragraphs(session, novel_id)[-1].text == SHORT + MORE
+
+
+def test_a_continuation_that_repeats_or_leaks_is_refused_and_the_short_paragraph_kept(session_factory, embedder,
+                                                                                       novel_id):
+    with session_factory() as session, session.begin():
+        store.update_novel_settings(session, novel_id, {"paragraph_words": 40})
+    engine, generator = started(session_factory, embedder, novel_id, paragraph=[SHORT],
+                                continuation=[" " + GOOD["opening"], " Write the next paragraph, about 40 words."])
+    events, outcome = run(engine.step(novel_id, "Mara climbs the tower."))
+    assert outcome.paragraph == SHORT
+    assert len(generator.calls_for("continuation")) == ATTEMPTS
+    assert any(n.startswith(f"The paragraph stopped at {len(SHORT.split())} words of about 40")
+               and "prompt text" in n for n in _notices(events))
+
+
+def test_a_paragraph_near_its_length_is_not_continued(session_factory, embedder, novel_id):
+    with session_factory() as session, session.begin():
+        store.update_novel_settings(session, novel_id, {"paragraph_words": 40})
+    engine, generator = started(session_factory, embedder, novel_id, continuation=[MORE])
+    _, outcome = run(engine.step(novel_id, "Mara climbs the tower."))
+    assert outcome.paragraph == GOOD["paragraph"] and not generator.calls_for("continuation")
+
+
+def test_a_model_that_ends_the_paragraph_at_once_is_not_asked_again(session_factory, embedder, novel_id):
+    with session_factory() as session, session.begin():
+        store.update_novel_settings(session, novel_id, {"paragraph_words": 40})
+    engine, generator = started(session_factory, embedder, novel_id, paragraph=[SHORT], continuation=[""])
+    events, outcome = run(engine.step(novel_id, "Mara climbs the tower."))
+    assert outcome.paragraph == SHORT and len(generator.calls_for("continuation")) == 1
+    assert not any("stopped at" in n or "continued from" in n for n in _notices(events))
