@@ -211,7 +211,7 @@ def build_app(config: Config, source: ModelSource, installed=None):
 
         library.wire(library_tab, novel_state, on_novel_changed)
         write.wire(write_tab, novel_state, on_novel_changed)
-        chapters.wire(chapters_panel, novel_state, on_novel_changed)
+        chapters.wire(chapters_panel, novel_state, on_novel_changed, stream_to=write_tab)
         alternatives.wire(versions_tab, novel_state, on_novel_changed)
         memory_tab.wire(memory_ui, novel_state, on_novel_changed)
         context.wire(context_tab, context_tab_block, novel_state, write_tab.instruction_box)
