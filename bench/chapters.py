@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chapter-words", type=int, default=1200,
                         help="the most words of a chapter a summary prompt holds (the middle is cut first)")
     parser.add_argument("--attempts", type=int, default=3, help="tries per summary (the novel's max_attempts)")
+    parser.add_argument("--prompts-dir", default=None,
+                        help="a prompts folder to measure instead of prompts/ (to compare a changed template)")
     parser.add_argument("--out", default="bench/results/chapters.json")
     args = parser.parse_args(argv)
     load_at_start = list(os.getloadavg())
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from app.config import Config, default_data_dir
     from app.engine.context import PROMPT_ONLY, build_context
+    from app.engine.prompts import PromptLibrary
     from app.wiring import open_parts
     from memory import chapters as book_store
     from memory import store
@@ -173,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parts = open_parts(config, models_dir=default_data_dir() / "models")
     session_factory = parts.session_factory
     engine = parts.engine(parts.models.generator())
+    if args.prompts_dir is not None:
+        engine.prompts = PromptLibrary(args.prompts_dir)
     book = synthesize(args.chapters, args.paragraphs, args.seed)
 
     started = time.monotonic()
@@ -266,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
                     "load_average_at_start": load_at_start, "load_average_now": list(os.getloadavg())},
         "model": engine.generator.name,
-        "requested": {"chapter_words": args.chapter_words, "attempts": args.attempts, "seed": args.seed},
+        "requested": {"chapter_words": args.chapter_words, "attempts": args.attempts, "seed": args.seed,
+                      "prompts_dir": str(engine.prompts.prompts_dir)},
         "manuscript": {"chapters": args.chapters, "paragraphs": args.chapters * args.paragraphs,
                        "facts": len(FACTS), "facts_in_chapters": [1, 2], "asked_in_chapter": args.chapters},
         "context_budget": budget,

@@ -357,7 +357,7 @@ def write_to_chapter(novel_id, through, per_chapter, progress=gr.Progress()):
             yield event
 
     frame: dict = {}
-    for frame in write._run(novel_id, events, f"writing until the end of chapter {through} ({steps} steps)"):
+    for frame in write._run(novel_id, events, f"writing until the end of chapter {through} ({steps} step{'' if steps == 1 else 's'})"):
         yield {**frame, "chapters_status": frame["status_md"]}
     with services.current().session() as session:
         open_chapter = book.chapter_overview(session, novel_id)[-1]
