@@ -171,7 +171,11 @@ def test_propose_an_outline_then_write_until_the_end_of_chapter_one(chromium, se
     per_chapter.fill("3")
     per_chapter.press("Tab")
     page.locator("#write_chapters_btn").click()
-    _wait_text(page.locator("#write_status"), "Writing until the end of chapter 1 (1 steps)", 60_000)
+    draft = _textarea(page, "draft_box")
+    deadline = time.monotonic() + 600
+    while not draft.input_value() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert draft.input_value(), "no paragraph streamed into the draft box"
     _wait_text(page.locator("#chapters_status"), "Closing 'Chapter 1'", 600_000)
     _shot(page, "write-to-chapter-closing")
     _wait_text(page.locator("#chapters_status"), "Chapter 1 is written and closed; new steps go into chapter 2",
