@@ -1,9 +1,9 @@
 """The chapters panel of the Write tab: the chapter list with word counts; new, rename, reorder, move a paragraph,
 merge and delete (with confirmation, undoable like every edit); close a chapter (its summary and the synopsis are
-then written by the model); the selected chapter's summary and the synopsis, editable, with history and restore. Above them, the outline by
-chapter (the model proposes one line per chapter) and "write until the end of chapter N" (auto-write that closes
-each chapter when it holds the paragraphs asked for), streaming into the Write tab's draft box and status line like
-Auto-write, and stopped by either Stop button.
+then written by the model); the selected chapter's summary and the synopsis, editable, with history and restore.
+Above them, the outline by chapter (the model proposes one line per chapter) and "write until the end of chapter N"
+(auto-write that closes each chapter when it holds the paragraphs asked for), streaming into the Write tab's draft
+box and status line like Auto-write, and stopped by either Stop button.
 
 Handlers are plain functions returning {role: value}; each calls one store or engine function per action. A
 summary or synopsis edited in another tab is never overwritten: saves carry the version the page read.
