@@ -302,8 +302,8 @@ def propose_outline(novel_id, count):
     cancel = svc.cancel_event(key)
     try:
         loading = svc.loaded_generator() is None
-        yield {"chapters_status": f"Proposing an outline of {count} chapters"
-                                  + (" (loading the model first; the first time takes a while)…" if loading else "…")}
+        waiting = " (loading the model first; the first time takes a while)…" if loading else "…"
+        yield {"chapters_status": f"Proposing an outline of {count} chapters{waiting}"}
         try:
             lines = svc.engine().chapter_outliner(novel_id).propose(novel_id, count, cancel=cancel)
         except Cancelled:
@@ -357,7 +357,8 @@ def write_to_chapter(novel_id, through, per_chapter, progress=gr.Progress()):
             yield event
 
     frame: dict = {}
-    for frame in write._run(novel_id, events, f"writing until the end of chapter {through} ({steps} step{'' if steps == 1 else 's'})"):
+    what = f"writing until the end of chapter {through} ({steps} step{'' if steps == 1 else 's'})"
+    for frame in write._run(novel_id, events, what):
         yield {**frame, "chapters_status": frame["status_md"]}
     with services.current().session() as session:
         open_chapter = book.chapter_overview(session, novel_id)[-1]
