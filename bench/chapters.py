@@ -1,21 +1,22 @@
 """Long-range recall and summary faithfulness of the three memory tiers (issue 15), with the default model.
 
-A synthesized manuscript (default 10 chapters x 30 paragraphs; writing it with the default model would take hours
-on a CPU) with facts planted in chapters 1-2; chapters 1..N-1 are closed and summarized by the real default model
+A synthesized manuscript (default 10 chapters x 30 paragraphs; writing it with the default model would take hours on
+a CPU) with facts planted in chapters 1-2; chapters 1..N-1 are closed and summarized by the real default model
 (prompts/chapter_summary.txt), the synopsis rebuilt from those summaries; then, in the open last chapter, two plans
 per fact ask about it: a direct one (it shares words with the fact) and an indirect one (only the character's name).
-For each plan the step's context is built twice with the real MiniLM embedder and retrieval: flat (today's engine: short-term memory, top-k paragraphs, last paragraph) and with the tiers (plus the
-synopsis, the chapter summaries most relevant to the plan, the open chapter's summary). A fact "reaches the
-context" when its answer word is in the prompt text. Also the context tokens each uses.
+For each plan the step's context is built twice with the real MiniLM embedder and retrieval: flat (today's engine:
+short-term memory, top-k paragraphs, last paragraph) and with the tiers (plus the synopsis, the chapter summaries
+most relevant to the plan, the open chapter's summary). A fact "reaches the context" when its answer word is in the
+prompt text. Also the context tokens each uses.
 
 The short-term memory is empty in both arms (no step was written; the synthesized paragraphs are imported), so
 "flat" is retrieval plus the last paragraph, and the tiers add only what the summaries say.
 
 Faithfulness: the share of named entities (capitalized names of the synthesized cast and places) of a chapter that
 its summary keeps (all of the chapter's, and those it introduces: first seen in it), the share of the summaries'
-entities the synopsis keeps, and copying: every answer the model gave (the rejected tries too, recorded by a
-wrapper around the generator) is checked sentence by sentence with app.engine.parsing.copies_text; the summarizer
-refuses an answer most of whose sentences are copied, so the copy figures are given before and after that guard.
+entities the synopsis keeps, and copying: every answer the model gave (the rejected tries too, recorded by a wrapper
+around the generator) is checked sentence by sentence with app.engine.parsing.copies_text; the summarizer refuses an
+answer most of whose sentences are copied, so the copy figures are given before and after that guard.
 
     nice -n 10 python -m bench.chapters --attempts 1 --out bench/results/chapters.json
 """
