@@ -50,6 +50,15 @@ def chapter_plan(outline: str, position: int) -> str | None:
     return None
 
 
+def outline_chapters(outline: str) -> int:
+    """How many chapters the outline by chapter plans (lines "Chapter 1: ...", "Chapter 2: ..." without a gap);
+    0 when the outline is not by chapter."""
+    count = 0
+    while chapter_plan(outline, count + 1) is not None:
+        count += 1
+    return count
+
+
 @dataclass
 class ChapterOutliner:
     session_factory: object

@@ -253,7 +253,7 @@ def build_app(config: Config, source: ModelSource, installed=None):
 
         library.wire(library_tab, novel_state, on_novel_opened)
         write.wire(write_tab, novel_state, on_change_in(write_panel))
-        chapters.wire(chapters_panel, novel_state, on_change_in(write_panel))
+        chapters.wire(chapters_panel, novel_state, on_change_in(write_panel), stream_to=write_tab)
         alternatives.wire(versions_tab, novel_state, on_change_in(write_panel))
         memory_tab.wire(memory_ui, novel_state, on_change_in(memory_panel))
         context.wire(context_tab, context_tab_block, novel_state, write_tab.instruction_box)

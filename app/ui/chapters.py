@@ -1,6 +1,9 @@
 """The chapters panel of the Write tab: the chapter list with word counts; new, rename, reorder, move a paragraph,
 merge and delete (with confirmation, undoable like every edit); close a chapter (its summary and the synopsis are
 then written by the model); the selected chapter's summary and the synopsis, editable, with history and restore.
+Above them, the outline by chapter (the model proposes one line per chapter) and "write until the end of chapter N"
+(auto-write that closes each chapter when it holds the paragraphs asked for), streaming into the Write tab's draft
+box and status line like Auto-write, and stopped by either Stop button.
 
 Handlers are plain functions returning {role: value}; each calls one store or engine function per action. A
 summary or synopsis edited in another tab is never overwritten: saves carry the version the page read.
@@ -15,11 +18,20 @@ import gradio as gr
 from memory import chapters as book
 from memory import store
 
-from app.ui import services
+from app.engine import Cancelled
+from app.engine.chapter_outline import outline_chapters
+from app.ui import services, write
 from app.ui.common import GENERATION, InputError, bind, clean_text, components, handler, require_novel, returns
 
 TABLE_HEADERS = ["#", "chapter", "paragraphs", "words", "state"]
 DELETE_CONFIRM = "Yes, delete this chapter and its paragraphs (Undo brings them back)"
+# The outline by chapter the panel asks for: at least 2 lines (the outliner refuses fewer), at most what the
+# default model can plan in one answer of OUTLINE_TOKENS_PER_CHAPTER tokens a line.
+OUTLINE_CHAPTERS = (2, 30)
+# Paragraphs a chapter holds before "write until the end of chapter N" closes it, and the most steps one run
+# writes (as Auto-write).
+PARAGRAPHS_PER_CHAPTER = (1, 50)
+MAX_STEPS = 100
 
 
 def chapter_filter(paragraphs: list[tuple[int, str]], positions: tuple[int, ...]) -> list[tuple[int, str]]:
@@ -52,6 +64,7 @@ def _panel(novel_id: int, chapter_id: int | None) -> dict:
         summaries = book.summary_history(session, chapter_id)
         synopses = book.synopsis_history(session, novel_id)
         texts = [(p.position, p.text) for p in book.chapter_paragraphs(session, chapter_id)]
+        outline = store.story(store.get_novel(session, novel_id))["outline"]
     read = {"chapter_id": chapter_id, "chapter_version": selected.version,
             "summary_version": summaries[-1].version if summaries else 0,
             "synopsis_version": synopses[-1].version if synopses else 0}
@@ -68,22 +81,25 @@ def _panel(novel_id: int, chapter_id: int | None) -> dict:
         "synopsis_history": gr.update(choices=_history_choices(synopses), value=None),
         "read_state": read,
         "delete_confirm": False,
+        "chapter_outline_box": outline,
     }
 
 
 PANEL = ("chapters_table", "chapter_pick", "title_box", "chapter_text", "summary_box", "summary_history",
-         "synopsis_box", "synopsis_history", "read_state", "delete_confirm")
+         "synopsis_box", "synopsis_history", "read_state", "delete_confirm", "chapter_outline_box")
 
 
 @handler
-@returns(*PANEL, "chapters_status")
+@returns(*PANEL)
 def refresh(novel_id):
+    """The panel for the open novel. The status line is left as it is: every tab is redrawn after an action, and
+    the action's own message must stay readable."""
     if novel_id in (None, ""):
         return {"chapters_table": [], "chapter_pick": gr.update(choices=[], value=None), "title_box": "",
                 "chapter_text": "", "summary_box": "", "summary_history": gr.update(choices=[], value=None),
                 "synopsis_box": "", "synopsis_history": gr.update(choices=[], value=None), "read_state": {},
-                "delete_confirm": False, "chapters_status": ""}
-    return {**_panel(int(novel_id), None), "chapters_status": ""}
+                "delete_confirm": False, "chapter_outline_box": ""}
+    return _panel(int(novel_id), None)
 
 
 @handler
@@ -260,6 +276,98 @@ def restore_synopsis(novel_id, read, version):
                                                             f"{saved.version}.")
 
 
+# ---------------------------------------------------------------- outline by chapter, write to a chapter
+
+
+def _whole_number(value, field: str, bounds: tuple[int, int]) -> int:
+    low, high = bounds
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{field} needs a whole number from {low} to {high}.") from None
+    if not number.is_integer() or not low <= number <= high:
+        raise InputError(f"{field} needs a whole number from {low} to {high}, not {value}.")
+    return int(number)
+
+
+@handler
+@returns(*PANEL, "chapters_status")
+def propose_outline(novel_id, count):
+    """The model proposes what happens in each of `count` chapters; saved as the novel's outline (one undoable edit,
+    refused when the outline was edited meanwhile). Stop ends it and keeps the old outline."""
+    novel_id = require_novel(novel_id)
+    count = _whole_number(count, "The number of chapters in the outline", OUTLINE_CHAPTERS)
+    svc = services.current()
+    key = f"novel-{novel_id}"
+    cancel = svc.cancel_event(key)
+    try:
+        loading = svc.loaded_generator() is None
+        waiting = " (loading the model first; the first time takes a while)…" if loading else "…"
+        yield {"chapters_status": f"Proposing an outline of {count} chapters{waiting}"}
+        try:
+            lines = svc.engine().chapter_outliner(novel_id).propose(novel_id, count, cancel=cancel)
+        except Cancelled:
+            yield _done(novel_id, None, "Stopped. The outline was not changed.")
+            return
+        short = "" if len(lines) == count else f" (the model planned {len(lines)} of the {count} asked for)"
+        yield _done(novel_id, None, f"Saved an outline of {len(lines)} chapters{short}; each chapter's first step "
+                                    "follows its line. Edit it in the Memory tab; Undo restores the old one.")
+    finally:
+        svc.finished(key, cancel)
+
+
+def plan_to_chapter(novel_id: int, through: int, per_chapter: int) -> int:
+    """The steps "write until the end of chapter `through`" will write, or `InputError` saying why it cannot: the
+    chapter is closed already, it is beyond the outline by chapter, or the run would be longer than MAX_STEPS."""
+    with services.current().session() as session:
+        overview = book.chapter_overview(session, novel_id)
+        outline = store.story(store.get_novel(session, novel_id))["outline"]
+    open_chapter = overview[-1]
+    if through < open_chapter.position:
+        raise InputError(f"Chapter {through} is closed already: steps now go into chapter {open_chapter.position} "
+                         f"({open_chapter.title!r}). Give {open_chapter.position} or a later chapter.")
+    planned = outline_chapters(outline)
+    if planned and through > planned:
+        raise InputError(f"The outline by chapter plans {planned} chapters: write until chapter {planned} at most, "
+                         "or propose a longer outline first.")
+    # The open chapter is filled up to `per_chapter` (one that holds more is closed as it is), each later one from
+    # empty.
+    steps = max(0, per_chapter - open_chapter.paragraphs) + (through - open_chapter.position) * per_chapter
+    if steps > MAX_STEPS:
+        raise InputError(f"That is {steps} steps; one run writes at most {MAX_STEPS}. Give an earlier chapter or "
+                         "fewer paragraphs per chapter.")
+    return steps
+
+
+@handler
+@returns("draft_box", "status_md", "chapters_status")
+def write_to_chapter(novel_id, through, per_chapter, progress=gr.Progress()):
+    """Auto-write until the end of chapter `through`: the open chapter fills to `per_chapter` paragraphs, is closed
+    (the model writes its summary and the synopsis) and the next one opens. Streams like Auto-write; every
+    finished step and close is saved, Stop ends after the current token."""
+    novel_id = require_novel(novel_id)
+    through = _whole_number(through, "The chapter to write until", (1, 1000))
+    per_chapter = _whole_number(per_chapter, "Paragraphs per chapter", PARAGRAPHS_PER_CHAPTER)
+    steps = plan_to_chapter(novel_id, through, per_chapter)
+
+    def events(engine, cancel):
+        for event in engine.write_chapters(novel_id, through, per_chapter, cancel=cancel):
+            if event.kind == "progress" and event.total:
+                progress((event.done, event.total), desc=f"step {event.done + 1} of {event.total}")
+            yield event
+
+    frame: dict = {}
+    what = f"writing until the end of chapter {through} ({steps} step{'' if steps == 1 else 's'})"
+    for frame in write._run(novel_id, events, what):
+        yield {**frame, "chapters_status": frame["status_md"]}
+    with services.current().session() as session:
+        open_chapter = book.chapter_overview(session, novel_id)[-1]
+    if open_chapter.position > through:
+        line = (f"Chapter {through} is written and closed; new steps go into chapter {open_chapter.position}. "
+                + frame.get("status_md", ""))
+        yield {"status_md": line, "chapters_status": line}
+
+
 # ---------------------------------------------------------------- layout
 
 
@@ -292,11 +400,46 @@ class ChaptersPanel:
     restore_synopsis_btn: gr.Button
     chapters_status: gr.Markdown
     read_state: gr.State
+    outline_chapters: gr.Number
+    propose_outline_btn: gr.Button
+    chapter_outline_box: gr.Textbox
+    through_chapter: gr.Number
+    per_chapter: gr.Number
+    write_chapters_btn: gr.Button
+    chapters_stop_btn: gr.Button
+
+
+def _build_plan_row() -> dict:
+    """The outline by chapter and "write until the end of chapter N"."""
+    with gr.Row(elem_id="chapter_plan_row"):
+        with gr.Column(scale=1, min_width=220):
+            outline_chapters = gr.Number(value=5, precision=0, minimum=OUTLINE_CHAPTERS[0],
+                                         maximum=OUTLINE_CHAPTERS[1], label="Chapters in the outline",
+                                         elem_id="outline_chapters")
+            propose_outline_btn = gr.Button("Propose an outline by chapter", elem_id="propose_outline_btn")
+        chapter_outline_box = gr.Textbox(label="Outline (one line per chapter; edit it in the Memory tab)", lines=4,
+                                         max_lines=12, interactive=False, scale=2, elem_id="chapter_outline_box")
+        with gr.Column(scale=1, min_width=220):
+            with gr.Row():
+                through_chapter = gr.Number(value=1, precision=0, minimum=1, label="Write until the end of chapter",
+                                            elem_id="through_chapter")
+                per_chapter = gr.Number(value=3, precision=0, minimum=PARAGRAPHS_PER_CHAPTER[0],
+                                        maximum=PARAGRAPHS_PER_CHAPTER[1], label="Paragraphs per chapter",
+                                        elem_id="per_chapter")
+            with gr.Row():
+                write_chapters_btn = gr.Button("Write to the end of chapter N", variant="primary",
+                                               elem_id="write_chapters_btn")
+                chapters_stop_btn = gr.Button("Stop", variant="stop", elem_id="chapters_stop_btn")
+    return {"outline_chapters": outline_chapters, "propose_outline_btn": propose_outline_btn,
+            "chapter_outline_box": chapter_outline_box, "through_chapter": through_chapter,
+            "per_chapter": per_chapter, "write_chapters_btn": write_chapters_btn,
+            "chapters_stop_btn": chapters_stop_btn}
 
 
 def build() -> ChaptersPanel:
     with gr.Accordion("Chapters, summaries and synopsis", open=True, elem_id="chapters_panel"):
         chapters_status = gr.Markdown("", elem_id="chapters_status")
+        plan_row = _build_plan_row()
         with gr.Row():
             with gr.Column(scale=2):
                 chapters_table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, label="Chapters",
@@ -343,12 +486,13 @@ def build() -> ChaptersPanel:
                          move_up_btn, move_down_btn, paragraph_number, move_paragraph_btn, merge_btn, delete_confirm,
                          delete_btn, close_btn, summarize_btn, summary_box, save_summary_btn, summary_history,
                          restore_summary_btn, synopsis_box, save_synopsis_btn, rebuild_synopsis_btn, synopsis_history,
-                         restore_synopsis_btn, chapters_status, read_state)
+                         restore_synopsis_btn, chapters_status, read_state, **plan_row)
 
 
-def wire(panel: ChaptersPanel, novel_state: gr.State, on_novel_changed) -> None:
-    """Actions that change the manuscript redraw every tab (`on_novel_changed`); summary edits redraw the panel."""
-    roles = components(panel)
+def wire(panel: ChaptersPanel, novel_state: gr.State, on_novel_changed, stream_to) -> None:
+    """Actions that change the manuscript redraw every tab (`on_novel_changed`); summary edits redraw the panel.
+    Writing to a chapter streams into `stream_to` (the Write tab: its draft box and status line)."""
+    roles = {**components(panel), "draft_box": stream_to.draft_box, "status_md": stream_to.status_md}
     read = panel.read_state
     panel.chapter_pick.input(inputs=[novel_state, panel.chapter_pick], **bind(select, roles), queue=False)
     manuscript_changes = [
@@ -362,10 +506,16 @@ def wire(panel: ChaptersPanel, novel_state: gr.State, on_novel_changed) -> None:
     ]
     for button, fn, inputs in manuscript_changes:
         on_novel_changed(button.click(inputs=inputs, **bind(fn, roles)))
-    generating = [(panel.close_btn, close), (panel.summarize_btn, summarize),
-                  (panel.rebuild_synopsis_btn, rebuild_synopsis)]
-    for button, fn in generating:
+    # Closing opens a new chapter, which the Write tab then shows.
+    on_novel_changed(panel.close_btn.click(inputs=[novel_state, read], **bind(close, roles), **GENERATION))
+    for button, fn in [(panel.summarize_btn, summarize), (panel.rebuild_synopsis_btn, rebuild_synopsis)]:
         button.click(inputs=[novel_state, read], **bind(fn, roles), **GENERATION)
+    on_novel_changed(panel.propose_outline_btn.click(inputs=[novel_state, panel.outline_chapters],
+                                                     **bind(propose_outline, roles), **GENERATION))
+    on_novel_changed(panel.write_chapters_btn.click(
+        inputs=[novel_state, panel.through_chapter, panel.per_chapter], **bind(write_to_chapter, roles),
+        **{**GENERATION, "show_progress": "minimal"}, show_progress_on=[stream_to.status_md]))
+    panel.chapters_stop_btn.click(write.stop, [novel_state], [panel.chapters_status], queue=False)
     panel.save_summary_btn.click(inputs=[novel_state, read, panel.summary_box], **bind(save_summary, roles))
     panel.restore_summary_btn.click(inputs=[novel_state, read, panel.summary_history],
                                     **bind(restore_summary, roles))

@@ -180,6 +180,50 @@ def test_the_default_model_summarizes_a_chapter_or_says_why_not(session_factory,
             assert current.origin == "generated" and current.text.strip()
 
 
+CHAPTER = ["Mara kept the lighthouse on Skerry alone, and every morning she counted the gulls on the rocks.",
+           "One grey morning she found a green bottle in the weed, with a note inside written in her own hand.",
+           "The note said: do not light the lamp tonight. Jonah the ferryman laughed when she showed it to him.",
+           "At dusk the storm came in from the west, and Mara sat in the lamp room with the match unlit."]
+
+
+@pytest.fixture(scope="module")
+def default_llamacpp_generator(tmp_path_factory):
+    """The default model as the app runs it on a CPU: the SmolLM2-135M GGUF through llama.cpp."""
+    from app.offline import DEFAULT_LM_NAME, default_lm_path
+    from models.service import ModelSpec, load_generator
+
+    return load_generator(ModelSpec("gguf", str(default_lm_path()), DEFAULT_LM_NAME), device="cpu",
+                          dtype="float32", cache_dir=tmp_path_factory.mktemp("lm-cache"), gguf_backend="llama.cpp")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_default_model_writes_a_chapter_summary_saved_with_history_and_not_copied(
+        session_factory, embedder, novel_id, default_llamacpp_generator):
+    """The real default model summarizes one chapter: the summary is saved as version 1 of its history (origin
+    "generated"), is no paragraph of the chapter, and at most half its sentences are sentences of the chapter copied
+    out (the summarizer refuses more, bench/results/chapters.json says how often the default model does)."""
+    from app.engine.parsing import copies_text
+    from app.engine.text import sentences
+
+    with session_factory() as s, s.begin():
+        store.update_novel_settings(s, novel_id, {"sampling": {"seed": 11}, "max_attempts": 3})
+        for text in CHAPTER:
+            store.add_paragraph(s, novel_id, text)
+        chapter_id = store.last_chapter(s, novel_id).id
+    engine = Engine(session_factory, default_llamacpp_generator, embedder)
+    outcome = engine.summarizer(novel_id).summarize_chapter(novel_id, chapter_id)
+    print(f"the default model's summary: saved={outcome.saved} {outcome.text!r} {outcome.notice}")
+    assert outcome.saved, f"no summary in 3 tries: {outcome.notice}"
+    with session_factory() as s:
+        history = chapters.summary_history(s, chapter_id)
+    assert [(h.version, h.origin, h.text) for h in history] == [(1, "generated", outcome.text)]
+    assert outcome.text.strip() and all(outcome.text.strip() != text for text in CHAPTER)
+    parts = sentences(outcome.text)
+    copied = [part for part in parts if copies_text(part, "\n\n".join(CHAPTER))]
+    assert len(copied) * 2 <= len(parts), f"most of the summary is copied: {copied}"
+
+
 def test_auto_write_until_the_end_of_chapter_two_closes_chapters_as_it_goes(session_factory, embedder, novel_id):
     generator = ScriptedGenerator()
     engine = engine_for(session_factory, embedder, generator)

@@ -87,3 +87,84 @@ def test_the_write_tab_shows_the_open_chapter_only(novel, with_embedder):
     assert "One two three." not in shown["manuscript_html"]
     # The counts are the whole novel's.
     assert shown["counts_md"].startswith("4 paragraphs")
+
+
+# ---------------------------------------------------------------- outline by chapter, write to a chapter
+
+
+def _story(with_embedder, novel_id: int) -> dict:
+    with with_embedder.session() as s:
+        return store.story(store.get_novel(s, novel_id))
+
+
+def test_propose_an_outline_by_chapter_saves_it_and_shows_it(novel, with_embedder, scripted):
+    frames = list(panel.propose_outline(novel, 3))
+    assert frames[0]["chapters_status"].startswith("Proposing an outline of 3 chapters")
+    last = frames[-1]
+    assert last["chapters_status"].startswith("Saved an outline of 3 chapters")
+    assert last["chapter_outline_box"].splitlines()[1] == "Chapter 2: Mara rows to the reef to find who wrote it."
+    assert _story(with_embedder, novel)["outline"] == last["chapter_outline_box"]
+    assert len(scripted.calls_for("chapter_outline")) == 1
+    # Undo brings the old (empty) outline back.
+    assert with_embedder.engine().undo(novel)
+    assert _story(with_embedder, novel)["outline"] == ""
+
+
+@pytest.mark.parametrize("count", [1, 31, None, "three", 2.5])
+def test_an_outline_of_a_bad_number_of_chapters_is_refused_before_the_model_runs(novel, with_embedder, scripted,
+                                                                                 count):
+    with pytest.raises(gr.Error, match="whole number from 2 to 30"):
+        list(panel.propose_outline(novel, count))
+    assert scripted.calls == []
+
+
+def test_a_failed_outline_keeps_the_old_one_and_says_so(novel, with_embedder, scripted):
+    scripted.script["chapter_outline"] = ["nothing useful here"]
+    with pytest.raises(gr.Error, match="no usable outline"):
+        list(panel.propose_outline(novel, 3))
+    assert _story(with_embedder, novel)["outline"] == ""
+
+
+def test_write_until_the_end_of_chapter_two_closes_chapters_and_streams(novel, with_embedder, scripted):
+    list(panel.propose_outline(novel, 3))
+    frames = list(panel.write_to_chapter(novel, 2, 2))
+    assert frames[0]["status_md"].startswith("Writing until the end of chapter 2 (2 steps)")
+    assert any(frame["draft_box"] for frame in frames), "the paragraphs stream into the draft box"
+    assert any("Closing 'Chapter 1'" in frame["status_md"] for frame in frames)
+    assert frames[-1]["status_md"].startswith("Chapter 2 is written and closed; new steps go into chapter 3.")
+    assert frames[-1]["chapters_status"] == frames[-1]["status_md"]
+    shown = panel.refresh(novel)
+    # Chapter 1 already held 3 paragraphs (more than 2): it is closed at once; chapter 2 gets 2 new ones.
+    assert [row[2] for row in shown["chapters_table"]] == [3, 2, 0]
+    assert [row[4] for row in shown["chapters_table"]] == ["closed, summarized", "closed, summarized", "open"]
+    # Chapter 2's first step followed its line of the outline.
+    plans = [call.prompt for call in scripted.calls_for("paragraph")]
+    assert "Plan for the next paragraph: Mara rows to the reef to find who wrote it." in plans[0]
+
+
+def test_writing_to_a_chapter_refuses_bad_input_with_a_clear_message(novel, with_embedder, scripted):
+    list(panel.propose_outline(novel, 3))
+    with pytest.raises(gr.Error, match="plans 3 chapters: write until chapter 3 at most"):
+        list(panel.write_to_chapter(novel, 4, 2))
+    with pytest.raises(gr.Error, match="Paragraphs per chapter needs a whole number from 1 to 50"):
+        list(panel.write_to_chapter(novel, 2, 0))
+    with pytest.raises(gr.Error, match="The chapter to write until needs a whole number"):
+        list(panel.write_to_chapter(novel, None, 2))
+    with pytest.raises(gr.Error, match="at most 100"):
+        list(panel.write_to_chapter(novel, 3, 50))
+    panel.close(novel, panel.refresh(novel)["read_state"])
+    with pytest.raises(gr.Error, match="Chapter 1 is closed already: steps now go into chapter 2"):
+        list(panel.write_to_chapter(novel, 1, 2))
+    assert scripted.calls_for("paragraph") == []
+    with pytest.raises(gr.Error, match="No novel is open"):
+        list(panel.write_to_chapter(None, 2, 2))
+
+
+def test_stop_while_writing_to_a_chapter_saves_no_half_paragraph(novel, with_embedder, scripted):
+    scripted.cancel_after_pieces = 3
+    frames = list(panel.write_to_chapter(novel, 1, 4))
+    assert frames[-1]["status_md"].startswith("Stopped. Nothing of the unfinished paragraph was saved.")
+    with with_embedder.session() as s:
+        assert [p.text for p in store.paragraphs(s, novel)] == ["One two three.", "Four five.", "Six."]
+        assert not store.chapters(s, novel)[0].closed
+    assert panel.refresh(novel)["chapters_table"][0][4] == "open"
