@@ -8,6 +8,7 @@ draft; the engine commits a step only when it is complete, so Stop (or closing t
 from __future__ import annotations
 
 import html
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -110,13 +111,15 @@ def counts_line(paragraphs: list[tuple[int, str]]) -> str:
 
 
 @handler
-@returns("manuscript_html", "plan_radio", "instruction_box", "counts_md", "draft_box", "undo_btn", "redo_btn",
+@returns("manuscript_html", "plan_radio", "plans_shown", "counts_md", "draft_box", "undo_btn", "redo_btn",
          "receiver_md")
 def refresh(novel_id):
-    """Manuscript, plans, instruction, counts and button states for the open novel."""
+    """Manuscript, plans, counts and button states for the open novel. The instruction box is not redrawn here:
+    `plans_shown` changes only when the novel or its plans did, and only then is the box refilled with the first
+    plan (`first_plan`), so an edit elsewhere in the tab keeps what the writer was typing there."""
     if novel_id in (None, ""):
         return {"manuscript_html": manuscript_html("No novel open", []),
-                "plan_radio": gr.update(choices=[], value=None), "instruction_box": "",
+                "plan_radio": gr.update(choices=[], value=None), "plans_shown": _plans_key(None, []),
                 "counts_md": "Create or open a novel in the Library tab.", "draft_box": "",
                 "undo_btn": gr.update(interactive=False), "redo_btn": gr.update(interactive=False),
                 "receiver_md": ""}
@@ -126,13 +129,23 @@ def refresh(novel_id):
     return {
         "manuscript_html": manuscript_html(shown_title(view), view["shown"], view["written"], view["kept"]),
         "plan_radio": gr.update(choices=[(plan, plan) for plan in plans], value=plans[0] if plans else None),
-        "instruction_box": plans[0] if plans else "",
+        "plans_shown": _plans_key(int(novel_id), plans),
         "counts_md": counts_line(view["paragraphs"]),
         "draft_box": "",
         "undo_btn": gr.update(interactive=view["can_undo"]),
         "redo_btn": gr.update(interactive=view["can_redo"]),
         "receiver_md": receiver_line(settings.model),
     }
+
+
+def _plans_key(novel_id: int | None, plans: list[str]) -> str:
+    return json.dumps({"novel": novel_id, "plans": list(plans)})
+
+
+def first_plan(plans_shown: str | None) -> str:
+    """What the instruction box holds once new plans are shown: the first of them (empty when there is none)."""
+    plans = json.loads(plans_shown)["plans"] if plans_shown else []
+    return plans[0] if plans else ""
 
 
 def choose_plan(plan: str | None) -> str:
@@ -273,6 +286,9 @@ class WriteTab:
     draft_box: gr.Textbox
     status_md: gr.Markdown
     plan_radio: gr.Radio
+    # The novel and plans the instruction box was last filled from (JSON). A hidden component, not a gr.State: its
+    # change event fires in the browser for every redraw that changes it, queued or not.
+    plans_shown: gr.Textbox
     instruction_box: gr.Textbox
     next_step_btn: gr.Button
     retry_btn: gr.Button
@@ -298,6 +314,7 @@ def build() -> WriteTab:
         with gr.Column(scale=2):
             plan_radio = gr.Radio([], label="Plans for the next paragraph", elem_id="plan_radio",
                                   info="pick one; it is copied below, where you may rewrite it")
+            plans_shown = gr.Textbox(_plans_key(None, []), visible="hidden", elem_id="plans_shown")
             instruction_box = gr.Textbox(label="Instruction for the next paragraph", lines=4, elem_id="instruction_box",
                                          info="Ctrl+Enter runs Next step")
             with gr.Row():
@@ -313,7 +330,8 @@ def build() -> WriteTab:
                 auto_write_btn = gr.Button("Auto-write N", elem_id="auto_write_btn")
             update_memory_btn = gr.Button("Update memory now", elem_id="update_memory_btn")
     return WriteTab(manuscript_html=manuscript_box, counts_md=counts_md, receiver_md=receiver_md, draft_box=draft_box,
-                    status_md=status_md, plan_radio=plan_radio, instruction_box=instruction_box,
+                    status_md=status_md, plan_radio=plan_radio, plans_shown=plans_shown,
+                    instruction_box=instruction_box,
                     next_step_btn=next_step_btn, retry_btn=retry_btn, undo_btn=undo_btn, redo_btn=redo_btn,
                     auto_steps=auto_steps, auto_write_btn=auto_write_btn, stop_btn=stop_btn,
                     update_memory_btn=update_memory_btn, editor=editor)
@@ -322,6 +340,7 @@ def build() -> WriteTab:
 def wire(tab: WriteTab, novel_state: gr.State, on_novel_changed) -> None:
     roles = components(tab)
     tab.plan_radio.input(choose_plan, [tab.plan_radio], [tab.instruction_box], queue=False)
+    tab.plans_shown.change(first_plan, [tab.plans_shown], [tab.instruction_box], queue=False)
     running = [
         tab.next_step_btn.click(inputs=[novel_state, tab.instruction_box], **bind(next_step, roles), **GENERATION),
         tab.retry_btn.click(inputs=[novel_state], **bind(retry, roles), **GENERATION),

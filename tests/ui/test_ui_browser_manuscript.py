@@ -31,6 +31,7 @@ SHOTS = docs_shots()
 SEED = ["The ferry left Skerry harbour at midnight with no lights showing.",
         "Orla stood at the rail and counted the buoys as they passed.",
         "By two in the morning the fog had closed over the water."]
+TYPED_INSTRUCTION = "Orla signals the lighthouse with her torch, three short and one long."
 MINE = "Orla hid the green bottle under the third stair of the lighthouse, where only her father had ever looked."
 
 
@@ -137,7 +138,9 @@ def test_insert_between_edit_in_place_stale_tab_delete_and_undo(chromium, served
                                 text="Where is the green bottle hidden?")
         assert hits[0].paragraph.text == MINE and hits[0].paragraph.position == 2
 
-    # Edit paragraph 4 in place: the word count follows the typing, Save keeps it.
+    # Edit paragraph 4 in place: the word count follows the typing, Save keeps it. The instruction the writer is
+    # typing for the next step survives the Write tab's redraw after the save.
+    _textarea(page, "instruction_box").fill(TYPED_INSTRUCTION)
     number = page.locator("#para_number input").first
     number.fill("4")
     number.press("Enter")
@@ -148,6 +151,8 @@ def test_insert_between_edit_in_place_stale_tab_delete_and_undo(chromium, served
     page.locator("#para_save_btn").click()
     _wait_text(page.locator("#edit_status"), "Saved paragraph 4", 30_000)
     _wait_text(page.locator("#manuscript"), "the foghorn began", 15_000)
+    page.wait_for_timeout(1000)
+    assert _textarea(page, "instruction_box").input_value() == TYPED_INSTRUCTION
     _shot(page, "edit-in-place")
 
     # A second tab saves paragraph 1; the first, still showing the old version, is refused.
@@ -188,6 +193,13 @@ def test_insert_between_edit_in_place_stale_tab_delete_and_undo(chromium, served
     _wait_text(page.locator("#counts_md"), "4 paragraphs", 15_000)
     assert _saved(session_factory, novel_id)[1] == (2, MINE, "written")
     _shot(page, "delete-undone")
+
+    # New plans (here written by another client) do replace the instruction, once the tab is drawn again.
+    with session_factory() as session, session.begin():
+        store.set_plans(session, novel_id, ["Orla rings the harbour bell.", "Orla waits.", "Orla sleeps."])
+    _open_tab(page, "Memory")
+    _open_tab(page, "Write")
+    _wait_text(_textarea(page, "instruction_box"), "Orla rings the harbour bell.", 30_000)
     assert not errors, f"the page raised JavaScript errors: {errors}"
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 

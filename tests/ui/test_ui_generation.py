@@ -33,7 +33,7 @@ def test_opening_streams_token_by_token_then_saves(scripted, with_embedder):
     assert _texts(with_embedder, novel_id) == [GOOD["opening"]]
     refreshed = write.refresh(novel_id)
     manuscript, radio = refreshed["manuscript_html"], refreshed["plan_radio"]
-    instruction, counts = refreshed["instruction_box"], refreshed["counts_md"]
+    instruction, counts = write.first_plan(refreshed["plans_shown"]), refreshed["counts_md"]
     assert "The Keeper of Skerry" in manuscript and "data-position='1'" in manuscript
     assert len(radio["choices"]) == 3 and instruction == "Mara lights the lamp anyway and waits."
     assert "tokens (scripted)" in counts

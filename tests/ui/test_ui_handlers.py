@@ -371,7 +371,7 @@ def test_write_refresh_numbers_and_escapes_the_manuscript(ui_services):
         store.set_plans(s, novel_id, ["She reads it.", "She burns it.", "She hides it."])
     refreshed = write.refresh(novel_id)
     manuscript, radio = refreshed["manuscript_html"], refreshed["plan_radio"]
-    instruction, counts = refreshed["instruction_box"], refreshed["counts_md"]
+    instruction, counts = write.first_plan(refreshed["plans_shown"]), refreshed["counts_md"]
     assert "data-position='2'" in manuscript and "<script>" not in manuscript and "&lt;script&gt;" in manuscript
     assert [choice[0] for choice in radio["choices"]] == ["She reads it.", "She burns it.", "She hides it."]
     assert instruction == "She reads it."

@@ -181,7 +181,7 @@ def test_a_tab_is_drawn_again_on_opening_only_when_the_novel_changed_since(with_
     with gr.Blocks():
         box = gr.HTML()
         panel = redraw.Panel("write", [(write.refresh, {"manuscript_html": box, "plan_radio": gr.Radio(),
-                                                        "instruction_box": gr.Textbox(), "counts_md": gr.Markdown(),
+                                                        "plans_shown": gr.Textbox(), "counts_md": gr.Markdown(),
                                                         "draft_box": gr.Textbox(), "undo_btn": gr.Button(),
                                                         "redo_btn": gr.Button(), "receiver_md": gr.Markdown()})])
     when_stale = panel.when_stale_event(gr.State())["fn"]
