@@ -55,3 +55,12 @@ class Backend(Protocol):
     def state_nbytes(self, state: State) -> int:
         """Bytes the state's tensors occupy in memory."""
         ...
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two token lists share: what prefix reuse may keep of a state already read."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

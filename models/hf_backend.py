@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 
+from models.backend import common_prefix
 from models.state_io import pack, unpack
 
 STATE_FORMAT = "longhand-hf-cache/1"
@@ -163,7 +164,7 @@ class TransformersBackend:
         if (not self.reuses_prefix or state.length or recent is None or recent is state
                 or len(recent.tokens) != recent.length):
             return 0
-        common = min(_common_prefix(recent.tokens, ids), len(ids) - 1)
+        common = min(common_prefix(recent.tokens, ids), len(ids) - 1)
         if common < MIN_REUSED_TOKENS:
             return 0
         cache = copy.deepcopy(recent.cache)
@@ -257,14 +258,6 @@ class TransformersBackend:
             layers[i].cumulative_length = value
         state.length = length
         return state
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _restore_layer(layer, values: dict[str, torch.Tensor]) -> None:

@@ -30,6 +30,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from models import state_io
+from models.backend import common_prefix
 from models.errors import ModelLoadError
 
 STATE_FORMAT = "longhand-llamacpp-seq/1"
@@ -91,14 +92,6 @@ def _model_params(**overrides):
         yield
     finally:
         lib.llama_model_default_params = real
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class LlamaCppBackend:
@@ -226,7 +219,7 @@ class LlamaCppBackend:
 
     def _make_current(self, state: LlamaCppState) -> None:
         """Bring the context to exactly `state.tokens`, reading as little as it can."""
-        common = _common_prefix(self._context, state.tokens)
+        common = common_prefix(self._context, state.tokens)
         if common == len(self._context) == len(state.tokens):
             return
         if common < len(self._context):
@@ -258,7 +251,7 @@ class LlamaCppBackend:
             # Attention only: keep whatever start of the context the new text shares (a step's prompts share
             # their long start), drop the rest, read from there; at least one token, for the logits.
             target = state.tokens + ids
-            common = min(_common_prefix(self._context, target), len(target) - 1)
+            common = min(common_prefix(self._context, target), len(target) - 1)
             if common < len(self._context):
                 if common > 0 and self._lib.llama_memory_seq_rm(self._memory(), SEQ, common, -1):
                     del self._context[common:]

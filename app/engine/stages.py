@@ -10,6 +10,7 @@ orchestration (app/engine/core.py) does that.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 
 import numpy as np
@@ -245,7 +246,7 @@ class ModelStages:
             penalties=penalties, max_new_tokens=min(int(view.setting("max_new_tokens")), int(missing * 1.6) + 16),
             cancel=cancel, penalty_history=history, state=attempt_state)
         raw = ""
-        try:
+        with closing(stream):  # a stop at the blank line ends the model's generation there too
             for piece in stream:
                 if not raw.strip() and piece.strip() and not piece[:1].isspace():
                     piece = " " + piece
@@ -253,10 +254,6 @@ class ModelStages:
                 yield Event("token", piece)
                 if "\n\n" in raw.strip():
                     break
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
         return raw
 
     @staticmethod
@@ -301,7 +298,7 @@ class ModelStages:
             preview.prompt_text, sampling=self._sampling(view, attempt), penalties=penalties,
             max_new_tokens=int(view.setting("max_new_tokens")), cancel=cancel, penalty_history=history,
             state=attempt_state)
-        try:
+        with closing(stream):  # a stop at the blank line ends the model's generation there too
             for piece in stream:
                 raw += piece
                 yield Event("token", piece)
@@ -310,10 +307,6 @@ class ModelStages:
                     parsed = parse_paragraph(raw.strip().split("\n\n")[0])
                     if parsed.ok and len(parsed.value.split()) >= target * 0.6:
                         break
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
         return raw
 
     def memory(self, view: NovelView, paragraph: str, cancel, notices: list[str]) -> tuple[str, str]:
