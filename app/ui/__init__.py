@@ -16,7 +16,9 @@ import contextlib
 import io
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from starlette.middleware import Middleware
 
@@ -182,9 +184,7 @@ def build_app(config: Config, source: ModelSource, installed=None):
     """The whole app. `installed` (a `services.Services`) lets tests share one store and model with handlers."""
     import gradio as gr
 
-    from app.ui import (alternatives, chapters, context, library, manuscript, memory_tab, reader, redraw,
-                        services, settings, story_chart, write)
-    from app.ui.common import GENERATION, bind, components, handler, outputs, to_components
+    from app.ui import services
     from app.wiring import open_parts
 
     if installed is None:
@@ -193,94 +193,147 @@ def build_app(config: Config, source: ModelSource, installed=None):
 
     # delete_cache: downloads Gradio copied into its cache are removed after an hour.
     with gr.Blocks(title="Longhand", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        novel_state = gr.State(None)
-        browser = gr.BrowserState(remember_novel(None), storage_key="longhand-open-novel",
-                                  secret=_browser_secret(config))
-        header_md = gr.Markdown(header(None), elem_id="header")
-        with gr.Tabs(selected="library") as tabs:
-            with gr.Tab("Library", id="library") as library_tab_block:
-                library_tab = library.build()
-            with gr.Tab("Write", id="write") as write_tab_block:
-                write_tab = write.build()
-                chapters_panel = chapters.build()
-                versions_tab = alternatives.build()
-            with gr.Tab("Memory", id="memory") as memory_tab_block:
-                memory_ui = memory_tab.build()
-            with gr.Tab("Context", id="context") as context_tab_block:
-                context_tab = context.build()
-            with gr.Tab("Settings", id="settings"):
-                settings_tab = settings.build()
-            with gr.Tab("Reader", id="reader") as reader_tab_block:
-                reader_tab = reader.build()
-            with gr.Tab("Story chart", id="chart") as chart_tab_block:
-                chart_tab = story_chart.build()
-
-        # Which parts redraw together (app/ui/redraw.py). After an edit only the tab it came from is drawn again;
-        # the others are drawn when they are opened, if the novel changed since. The Context tab and the Story chart
-        # are drawn on every opening (the one reads the instruction box, the other's figures cost the most).
-        write_panel = redraw.Panel("write", [(write.refresh, components(write_tab)),
-                                             (chapters.refresh, components(chapters_panel)),
-                                             (alternatives.refresh, components(versions_tab))])
-        memory_panel = redraw.Panel("memory", [(memory_tab.refresh, components(memory_ui))])
-        reader_panel = redraw.Panel("reader", [(reader.refresh, components(reader_tab))])
-        library_panel = redraw.Panel("library", [(library.refresh, components(library_tab, novel_id=novel_state))])
-        reselect = manuscript.reselect_event(write_tab.editor, novel_state)
-        # After the open novel itself changed (opened, renamed, deleted, imported; a page load): the header, the
-        # Library the writer is on, the Settings form, and the Write tab, ready when it is clicked.
-        identity_refreshes = [(settings.refresh, components(settings_tab))]
-        all_outputs = [header_md] + library_panel.outputs + write_panel.outputs + [
-            component for refresh, roles in identity_refreshes for component in outputs(refresh, roles)]
-
-        @handler
-        def refresh_all(novel_id) -> dict:
-            values = {header_md: header(novel_id), **library_panel.values(novel_id), **write_panel.values(novel_id)}
-            for refresh, roles in identity_refreshes:
-                values.update(to_components(refresh(novel_id), roles))
-            return values
-
-        def on_novel_opened(dependency):
-            """After an event that may have changed which novel is open: remember it, redraw what shows it."""
-            return dependency.then(remember_novel, [novel_state], [browser], queue=False) \
-                .then(refresh_all, [novel_state], all_outputs, queue=False).then(**reselect)
-
-        def on_change_in(panel: redraw.Panel):
-            """`on_novel_changed` for the events of `panel`'s tab: that tab is drawn again at once (the Write tab's
-            editor then reloads its paragraph); the other tabs when they are next opened."""
-            def on_novel_changed(dependency):
-                drawn = dependency.then(**panel.draw_event(novel_state))
-                return drawn.then(**reselect) if panel is write_panel else drawn
-            return on_novel_changed
-
-        library.wire(library_tab, novel_state, on_novel_opened)
-        write.wire(write_tab, novel_state, on_change_in(write_panel))
-        chapters.wire(chapters_panel, novel_state, on_change_in(write_panel), stream_to=write_tab)
-        alternatives.wire(versions_tab, novel_state, on_change_in(write_panel))
-        memory_tab.wire(memory_ui, novel_state, on_change_in(memory_panel))
-        context.wire(context_tab, context_tab_block, novel_state, write_tab.instruction_box)
-        settings.wire(settings_tab, novel_state)
-        reader.wire(reader_tab, novel_state, on_change_in(reader_panel))
-        story_chart.wire(chart_tab, chart_tab_block, novel_state)
-        for block, panel in [(write_tab_block, write_panel), (memory_tab_block, memory_panel),
-                             (reader_tab_block, reader_panel), (library_tab_block, library_panel)]:
-            opened_tab = block.select(**panel.when_stale_event(novel_state))
-            if panel is write_panel:
-                opened_tab.then(**reselect)
-
-        # Create: save the novel, show the Write tab, stream the opening, then redraw everything.
-        created = library_tab.create_btn.click(
-            inputs=[library_tab.premise_box, library_tab.genre_box, library_tab.style_box, library_tab.model_box],
-            **bind(library.create_novel, components(library_tab, novel_id=novel_state)))
-        opened = created.success(lambda: gr.Tabs(selected="write"), None, [tabs], queue=False) \
-            .then(remember_novel, [novel_state], [browser], queue=False) \
-            .then(refresh_all, [novel_state], all_outputs, queue=False)
-        started = opened.then(inputs=[novel_state], **bind(write.start_story, components(write_tab)), **GENERATION)
-        on_change_in(write_panel)(started)
-
-        # A reload: the browser still knows which novel was open.
-        # Not queued (reads only): each queued event of the chain costs the page a queue round trip.
-        demo.load(restore_novel, [browser], [novel_state], queue=False) \
-            .then(refresh_all, [novel_state], all_outputs, queue=False).then(**reselect)
+        layout = _build_layout(config)
+        _wire(demo, layout)
     return demo
+
+
+@dataclass
+class _Layout:
+    """Every tab's components (each tab module's own dataclass) and the `gr.Tab` blocks whose opening redraws."""
+
+    novel_state: Any
+    browser: Any
+    header_md: Any
+    tabs: Any
+    library_tab: Any
+    library_block: Any
+    write_tab: Any
+    write_block: Any
+    chapters_panel: Any
+    versions_tab: Any
+    memory_ui: Any
+    memory_block: Any
+    context_tab: Any
+    context_block: Any
+    settings_tab: Any
+    reader_tab: Any
+    reader_block: Any
+    chart_tab: Any
+    chart_block: Any
+
+
+def _build_layout(config: Config) -> _Layout:
+    """The page: the header and seven tabs, each built by its module (inside the caller's `gr.Blocks`)."""
+    import gradio as gr
+
+    from app.ui import alternatives, chapters, context, library, memory_tab, reader, settings, story_chart, write
+
+    novel_state = gr.State(None)
+    browser = gr.BrowserState(remember_novel(None), storage_key="longhand-open-novel",
+                              secret=_browser_secret(config))
+    header_md = gr.Markdown(header(None), elem_id="header")
+    with gr.Tabs(selected="library") as tabs:
+        with gr.Tab("Library", id="library") as library_block:
+            library_tab = library.build()
+        with gr.Tab("Write", id="write") as write_block:
+            write_tab = write.build()
+            chapters_panel = chapters.build()
+            versions_tab = alternatives.build()
+        with gr.Tab("Memory", id="memory") as memory_block:
+            memory_ui = memory_tab.build()
+        with gr.Tab("Context", id="context") as context_block:
+            context_tab = context.build()
+        with gr.Tab("Settings", id="settings"):
+            settings_tab = settings.build()
+        with gr.Tab("Reader", id="reader") as reader_block:
+            reader_tab = reader.build()
+        with gr.Tab("Story chart", id="chart") as chart_block:
+            chart_tab = story_chart.build()
+    return _Layout(novel_state=novel_state, browser=browser, header_md=header_md, tabs=tabs,
+                   library_tab=library_tab, library_block=library_block, write_tab=write_tab,
+                   write_block=write_block, chapters_panel=chapters_panel, versions_tab=versions_tab,
+                   memory_ui=memory_ui, memory_block=memory_block, context_tab=context_tab,
+                   context_block=context_block, settings_tab=settings_tab, reader_tab=reader_tab,
+                   reader_block=reader_block, chart_tab=chart_tab, chart_block=chart_block)
+
+
+def _wire(demo, ui: _Layout) -> None:
+    """Every event of the page: each tab's own (its module's `wire()`), which parts redraw after them, opening a
+    tab, creating a novel, and the page load."""
+    import gradio as gr
+
+    from app.ui import (alternatives, chapters, context, library, manuscript, memory_tab, reader, redraw,
+                        settings, story_chart, write)
+    from app.ui.common import GENERATION, bind, components, handler, outputs, to_components
+
+    novel_state, write_tab = ui.novel_state, ui.write_tab
+    # Which parts redraw together (app/ui/redraw.py). After an edit only the tab it came from is drawn again;
+    # the others are drawn when they are opened, if the novel changed since. The Context tab and the Story chart
+    # are drawn on every opening (the one reads the instruction box, the other's figures cost the most).
+    write_panel = redraw.Panel("write", [(write.refresh, components(write_tab)),
+                                         (chapters.refresh, components(ui.chapters_panel)),
+                                         (alternatives.refresh, components(ui.versions_tab))])
+    memory_panel = redraw.Panel("memory", [(memory_tab.refresh, components(ui.memory_ui))])
+    reader_panel = redraw.Panel("reader", [(reader.refresh, components(ui.reader_tab))])
+    library_panel = redraw.Panel("library", [(library.refresh, components(ui.library_tab, novel_id=novel_state))])
+    reselect = manuscript.reselect_event(write_tab.editor, novel_state)
+    # After the open novel itself changed (opened, renamed, deleted, imported; a page load): the header, the
+    # Library the writer is on, the Settings form, and the Write tab, ready when it is clicked.
+    identity_refreshes = [(settings.refresh, components(ui.settings_tab))]
+    all_outputs = [ui.header_md] + library_panel.outputs + write_panel.outputs + [
+        component for refresh, roles in identity_refreshes for component in outputs(refresh, roles)]
+
+    @handler
+    def refresh_all(novel_id) -> dict:
+        values = {ui.header_md: header(novel_id), **library_panel.values(novel_id), **write_panel.values(novel_id)}
+        for refresh, roles in identity_refreshes:
+            values.update(to_components(refresh(novel_id), roles))
+        return values
+
+    def on_novel_opened(dependency):
+        """After an event that may have changed which novel is open: remember it, redraw what shows it."""
+        return dependency.then(remember_novel, [novel_state], [ui.browser], queue=False) \
+            .then(refresh_all, [novel_state], all_outputs, queue=False).then(**reselect)
+
+    def on_change_in(panel: redraw.Panel):
+        """`on_novel_changed` for the events of `panel`'s tab: that tab is drawn again at once (the Write tab's
+        editor then reloads its paragraph); the other tabs when they are next opened."""
+        def on_novel_changed(dependency):
+            drawn = dependency.then(**panel.draw_event(novel_state))
+            return drawn.then(**reselect) if panel is write_panel else drawn
+        return on_novel_changed
+
+    library.wire(ui.library_tab, novel_state, on_novel_opened)
+    write.wire(write_tab, novel_state, on_change_in(write_panel))
+    chapters.wire(ui.chapters_panel, novel_state, on_change_in(write_panel), stream_to=write_tab)
+    alternatives.wire(ui.versions_tab, novel_state, on_change_in(write_panel))
+    memory_tab.wire(ui.memory_ui, novel_state, on_change_in(memory_panel))
+    context.wire(ui.context_tab, ui.context_block, novel_state, write_tab.instruction_box)
+    settings.wire(ui.settings_tab, novel_state)
+    reader.wire(ui.reader_tab, novel_state, on_change_in(reader_panel))
+    story_chart.wire(ui.chart_tab, ui.chart_block, novel_state)
+    for block, panel in [(ui.write_block, write_panel), (ui.memory_block, memory_panel),
+                         (ui.reader_block, reader_panel), (ui.library_block, library_panel)]:
+        opened_tab = block.select(**panel.when_stale_event(novel_state))
+        if panel is write_panel:
+            opened_tab.then(**reselect)
+
+    # Create: save the novel, show the Write tab, stream the opening, then redraw everything.
+    library_tab = ui.library_tab
+    created = library_tab.create_btn.click(
+        inputs=[library_tab.premise_box, library_tab.genre_box, library_tab.style_box, library_tab.model_box],
+        **bind(library.create_novel, components(library_tab, novel_id=novel_state)))
+    opened = created.success(lambda: gr.Tabs(selected="write"), None, [ui.tabs], queue=False) \
+        .then(remember_novel, [novel_state], [ui.browser], queue=False) \
+        .then(refresh_all, [novel_state], all_outputs, queue=False)
+    started = opened.then(inputs=[novel_state], **bind(write.start_story, components(write_tab)), **GENERATION)
+    on_change_in(write_panel)(started)
+
+    # A reload: the browser still knows which novel was open.
+    # Not queued (reads only): each queued event of the chain costs the page a queue round trip.
+    demo.load(restore_novel, [ui.browser], [novel_state], queue=False) \
+        .then(refresh_all, [novel_state], all_outputs, queue=False).then(**reselect)
 
 
 def gradio_dir(config: Config) -> Path:
