@@ -230,7 +230,11 @@ def test_write_edit_memory_reload_and_inspect(chromium, served_app, shots: Path)
     _wait_text(_textarea(page, "context_box"), MEMORY_EDIT, 120_000)
     page.screenshot(path=str(shots / "5-context.png"), full_page=True)
 
-    # Two tabs on one novel: the second saves the memory, the first (now stale) is refused, visibly.
+    # Two tabs on one novel: the second saves the memory, the first (now stale) is refused, visibly. The first is
+    # on its Memory tab already: opening a tab redraws it when the novel changed (app/ui/redraw.py), which would
+    # make it fresh again.
+    _open_tab(page, "Memory")
+    _wait_text(_textarea(page, "memory_box"), MEMORY_EDIT, 30_000)
     second = profile.new_page()  # a second tab of the same browser profile
     second.goto(url)
     _wait_text(second.locator("#header"), "novel #", 60_000)
@@ -240,7 +244,6 @@ def test_write_edit_memory_reload_and_inspect(chromium, served_app, shots: Path)
     second.locator("#save_memory_btn").click()
     _wait_text(second.locator("#memory_status"), "Memory saved", 30_000)
     page.bring_to_front()  # a background tab does not animate, and its toast would not show in the screenshot
-    _open_tab(page, "Memory")
     _textarea(page, "memory_box").fill("Saved from the first tab, which is stale.")
     page.locator("#save_memory_btn").click()
     error = page.locator('[data-testid="toast-body"].error')
