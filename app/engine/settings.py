@@ -28,16 +28,17 @@ MODES = ("write", "interactive")
 # next paragraph) or "document" (prompts/continue_*.txt: the manuscript itself, continued; see PARAGRAPH_PROMPT).
 PARAGRAPH_PROMPTS = ("instruction", "document")
 # The default for the default model, by bench/continuity.py (bench/results/continuity.json): SmolLM2-135M-Instruct
-# through llama.cpp, default penalties, 3 premises x 4 steps per strategy (12 paragraphs each, 9 consecutive pairs;
-# the machine's load cut the 8 steps asked to 4). Instruction vs document, both with the guards: carry-over 3/9 vs
-# 3/9, restarts 1 vs 0, leaking paragraphs 0 vs 0, memory moved 12/12 vs 12/12, memories copying a paragraph 0/12
-# vs 2/12 (extractive fallbacks of a first memory), paragraphs in the asked voice 11/12 vs 12/12, length score 82
-# vs 94 (2 vs 0 paragraphs left short). The document strategy is as good or better on every paragraph measure (by
-# one or two paragraphs of twelve, except the length score), but it stays the per-novel choice, not the default:
-# under a tight context budget its prompt loses the plan ("What happens next"), which the instruction prompt never
-# drops (tests/engine/test_engine_scripted.py::test_budget_drops_least_important_sections_first_and_never_the_plan
-# fails with "document"); make it the default once the context fitting keeps its plan. Before the guards (5b4915b,
-# instruction, 8 paragraphs): 2 leaked meta-text, memory moved 0.63, copies 0.38, length 84.
+# through llama.cpp, default penalties, 3 premises x 8 steps per strategy (24 paragraphs each, 21 consecutive pairs),
+# on the prompts that open alike for prefix reuse (issue 16). Instruction vs document, both with the guards:
+# carry-over 9/21 vs 6/21, restarts 2 vs 0, leaking paragraphs 0 vs 0, memory moved 24/24 vs 24/24, memories
+# copying a paragraph 0.25 vs 0.17 (extractive fallbacks 7 vs 8), paragraphs in the asked voice 24/24 vs 22/24,
+# length score 84 vs 86 (short paragraphs continued 4 vs 7, 3 vs 3 left short). Instruction keeps the story's names
+# going and its voice better, document restarts less and copies less: carry-over is the point, so instruction stays
+# the default and document the per-novel choice (also for models without a chat template). Document could not be
+# the default as it is anyway: under a tight context budget its prompt loses the plan ("What happens next"), which
+# the instruction prompt never drops (tests/engine/test_engine_scripted.py::
+# test_budget_drops_least_important_sections_first_and_never_the_plan fails with "document"). Before the guards
+# (5b4915b, instruction, 8 paragraphs): 2 leaked meta-text, memory moved 0.63, copies 0.38, length 84.
 PARAGRAPH_PROMPT = "instruction"
 MAX_MODEL_CHARS = 4096
 MAX_OUTLINE_CHARS = 100_000
