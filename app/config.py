@@ -19,6 +19,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # How a .gguf runs: llama.cpp (quantized, several times faster on a CPU) or transformers (dequantized); "auto" takes
 # llama.cpp on the CPU when llama-cpp-python is installed (bench/results/llamacpp.json).
 GGUF_BACKENDS = ("auto", "llama.cpp", "transformers")
+GGUF_REQUANTIZE = ("auto", "off")
 DEFAULT_MODEL = "default"
 DEFAULT_EMBEDDER = "default"
 
@@ -43,6 +44,7 @@ class Config:
     device: str = "auto"
     dtype: str = "auto"
     gguf_backend: str = "auto"
+    gguf_requantize: str = "auto"  # "auto": llama.cpp reads a Q4_1/Q5_1 GGUF through a Q8_0 copy (models/requantize.py)
     host: str = "127.0.0.1"
     port: int = 7860
     allow_download: bool = False
@@ -141,6 +143,7 @@ SETTINGS = {
     "device": ("LONGHAND_DEVICE", _parse_choice(DEVICES)),
     "dtype": ("LONGHAND_DTYPE", _parse_choice(DTYPES)),
     "gguf_backend": ("LONGHAND_GGUF_BACKEND", _parse_choice(GGUF_BACKENDS)),
+    "gguf_requantize": ("LONGHAND_GGUF_REQUANTIZE", _parse_choice(GGUF_REQUANTIZE)),
     "host": ("LONGHAND_HOST", _parse_str),
     "port": ("LONGHAND_PORT", _parse_port),
     "allow_download": ("LONGHAND_ALLOW_DOWNLOAD", _parse_bool),
@@ -164,6 +167,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", help=f"one of {', '.join(DTYPES)}")
     group.add_argument("--gguf-backend", help=f"how a .gguf runs: one of {', '.join(GGUF_BACKENDS)} (auto: llama.cpp "
                        "on the CPU when it is installed, else transformers)")
+    group.add_argument("--gguf-requantize", help=f"one of {', '.join(GGUF_REQUANTIZE)} (auto: llama.cpp reads a Q4_1 or "
+                       "Q5_1 .gguf through a Q8_0 copy made once in the data dir, which prefills several times faster; "
+                       "off: the file as it is)")
     group.add_argument("--host", help="address to listen on (default 127.0.0.1, this machine only)")
     group.add_argument("--port", help="port to listen on (default 7860)")
     group.add_argument("--allow-download", action="store_const", const=True,

@@ -72,7 +72,8 @@ class ModelService:
                 self._generator = None
                 self._generator = load_generator(source, device=device, dtype=dtype, cache_dir=self.models_dir,
                                                  trust_remote_code=self.config.trust_remote_code,
-                                                 gguf_backend=self.config.gguf_backend)
+                                                 gguf_backend=self.config.gguf_backend,
+                                                 gguf_requantize=self.config.gguf_requantize)
                 self._generator_key = key
             return self._generator
 

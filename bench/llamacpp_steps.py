@@ -28,8 +28,10 @@ from pathlib import Path
 from bench.report import commit, machine, write_result
 
 # "transformers-whole" is the transformers path with prefix reuse off: every prompt read whole, as the default path
-# read them before issue 16 (the baseline its 3x target is set against).
-BACKENDS = ("llama.cpp", "transformers", "transformers-whole")
+# read them before issue 16 (the baseline its 3x target is set against). "llama.cpp" is the app's path (a Q4_1 file
+# read through its Q8_0 copy, models/requantize.py); "llama.cpp-original" reads the Q4_1 file as it is.
+BACKENDS = ("llama.cpp", "llama.cpp-original", "transformers", "transformers-whole")
+LLAMACPP = ("llama.cpp", "llama.cpp-original")
 
 
 @dataclass
@@ -105,17 +107,33 @@ def _summary(runs: dict[str, list[StepFigures]]) -> dict:
 
 
 def _ratios(summary: dict, threads: list[int], baseline: str = "transformers") -> dict:
-    """Seconds per step of the `baseline` path over llama.cpp's, per thread count and best against best."""
+    """Seconds per step of the `baseline` path over each llama.cpp path's, per thread count and best against best;
+    and the same ratio at equal decode work ("@N same decode"): each side's decode time rescaled to the mean number
+    of tokens both decoded, since sampled paragraphs differ in length from one path to the other."""
     ratios = {}
-    for count in threads:
-        llama, other = summary.get(f"llama.cpp@{count}"), summary.get(f"{baseline}@{count}")
-        if llama and other:
-            ratios[f"@{count}"] = round(other["seconds_per_step_median"] / llama["seconds_per_step_median"], 2)
-    best = {name: min((s["seconds_per_step_median"] for k, s in summary.items() if k.startswith(name + "@")),
-                      default=None) for name in ("llama.cpp", baseline)}
-    if all(best.values()):
-        ratios["best_vs_best"] = round(best[baseline] / best["llama.cpp"], 2)
+    for llama_name in LLAMACPP:
+        tag = "" if llama_name == "llama.cpp" else f" {llama_name}"
+        for count in threads:
+            llama, other = summary.get(f"{llama_name}@{count}"), summary.get(f"{baseline}@{count}")
+            if llama and other:
+                ratios[f"@{count}{tag}"] = round(other["seconds_per_step_median"]
+                                                 / llama["seconds_per_step_median"], 2)
+                tokens = (llama["decode_tokens_per_step"] + other["decode_tokens_per_step"]) / 2
+                ratios[f"@{count}{tag} same decode"] = round(_same_decode(other, tokens)
+                                                             / _same_decode(llama, tokens), 2)
+        best = {name: min((s["seconds_per_step_median"] for k, s in summary.items() if k.startswith(name + "@")),
+                          default=None) for name in (llama_name, baseline)}
+        if all(best.values()):
+            ratios[f"best_vs_best{tag}"] = round(best[baseline] / best[llama_name], 2)
     return ratios
+
+
+def _same_decode(figures: dict, tokens: float) -> float:
+    """Mean seconds per step (after the opening) with `tokens` decoded at the path's own decode rate."""
+    later = figures["steps"][1:] or figures["steps"]
+    prefill = statistics.mean(step["prefill_s"] for step in later)
+    other = statistics.mean(step["seconds"] - step["prefill_s"] - step["decode_s"] for step in later)
+    return prefill + other + tokens / figures["decode_tok_s"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,9 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     configs = []  # (key, threads, engine, meter, novel id)
     for count in args.threads:
         for name in args.backends:
-            if name == "llama.cpp":
+            if name in LLAMACPP:
                 generator = load_generator(source, device="cpu", cache_dir=args.cache_dir, threads=count,
-                                           gguf_backend="llama.cpp")
+                                           gguf_backend="llama.cpp",
+                                           gguf_requantize="off" if name == "llama.cpp-original" else "auto")
             else:
                 # One transformers model per variant for every thread count: torch's thread count is set before
                 # each step.
@@ -198,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python -m bench.llamacpp_steps " + " ".join(argv if argv is not None else sys.argv[1:]),
         "what": "the real engine: opening + N steps of one demo novel per configuration, alternating; default "
-                "SmolLM2-135M-Instruct Q4_1 GGUF through llama.cpp and through transformers (fp32); CPU",
+                "SmolLM2-135M-Instruct Q4_1 GGUF through llama.cpp (its Q8_0 copy, or the file as it is) and through "
+                "transformers (fp32); CPU",
         "commit": commit("app", "models", "prompts", "bench"),
         "machine": machine(load_average_at_start=load_at_start, load_average_at_end=list(os.getloadavg())),
         "settings": settings, "premise": args.premise, "load_seconds": round(load_s, 1),

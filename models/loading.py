@@ -45,6 +45,7 @@ class LoadReport:
     seconds: float = 0.0
     backend: str = "transformers"  # "transformers", "llama.cpp" or "native": what runs the model
     notice: str = ""  # one line the UI shows when the load fell back (llama.cpp missing: transformers instead)
+    note: str = ""  # one line on what was loaded instead of the file itself (llama.cpp's Q8_0 copy of a Q4_1 GGUF)
 
 
 def resolve_device(device: str) -> torch.device:

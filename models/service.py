@@ -25,6 +25,7 @@ from models.sampling import PenaltyParams, SamplingParams
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 Prompt = Union[str, Sequence[Message]]
 GGUF_BACKENDS = ("auto", "llama.cpp", "transformers")
+GGUF_REQUANTIZE = ("auto", "off")
 CHATS_KEPT = 16
 
 
@@ -180,6 +181,7 @@ def load_generator(
     trust_remote_code: bool = False,
     threads: int | None = None,
     gguf_backend: str = "auto",
+    gguf_requantize: str = "auto",
 ) -> TextGenerator:
     """Load `source` (kind, location, name) or raise `ModelLoadError` with one line saying what to do.
 
@@ -187,7 +189,9 @@ def load_generator(
     thread can decode many times faster than OpenMP's default, which spins waiting for cores it cannot get).
     `gguf_backend` ("auto", "llama.cpp" or "transformers") says how a .gguf runs: "auto" takes llama.cpp on the
     CPU when llama-cpp-python is installed and falls back to transformers with a one-line notice
-    (`load_report.notice`) when it is not.
+    (`load_report.notice`) when it is not. `gguf_requantize` "auto" lets llama.cpp read a Q4_1 or Q5_1 file
+    through a Q8_0 copy made once in `cache_dir` (models/requantize.py; `load_report.note` says so); "off" loads
+    the file as it is.
     """
     kind, location, name = source.kind, str(source.location), source.name
     if threads is not None:
@@ -206,8 +210,10 @@ def load_generator(
         from models.loading import _identity
 
         started = time.perf_counter()
-        backend = load_llamacpp_backend(Path(location), name=name, threads=threads or _llamacpp_threads(),
-                                        identity=_identity(Path(location)))
+        threads = threads or _llamacpp_threads()
+        path = _llamacpp_file(Path(location), requantize=gguf_requantize, cache_dir=Path(cache_dir), threads=threads,
+                              report=report)
+        backend = load_llamacpp_backend(path, name=name, threads=threads, identity=_identity(path))
         report.seconds, report.backend = time.perf_counter() - started, "llama.cpp"
     elif kind == "gguf":
         backend = load_gguf_backend(
@@ -278,6 +284,21 @@ def _physical_cores(cpuinfo: str | None = None) -> int | None:
         if "core id" in fields:
             cores.add((fields.get("physical id", "0"), fields["core id"]))
     return len(cores) or None
+
+
+def _llamacpp_file(path: Path, *, requantize: str, cache_dir: Path, threads: int, report: LoadReport) -> Path:
+    """The GGUF llama.cpp loads: `path`, or its fast copy (models/requantize.py) when `requantize` is "auto"."""
+    if requantize not in GGUF_REQUANTIZE:
+        raise ModelLoadError(f"Unknown GGUF requantize choice {requantize!r}: use one of {', '.join(GGUF_REQUANTIZE)}.")
+    if requantize == "off" or not path.is_file():
+        return path
+    from models.requantize import fast_copy
+
+    loaded, note = fast_copy(path, cache_dir=cache_dir, threads=threads)
+    report.loaded_from, report.note = str(loaded), note
+    if note:
+        print(f"longhand: {note}", file=sys.stderr)
+    return loaded
 
 
 def _use_llamacpp(choice: str, device: torch.device, report: LoadReport) -> bool:

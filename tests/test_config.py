@@ -19,6 +19,7 @@ def test_defaults_put_data_outside_the_repo_and_bind_localhost(tmp_path):
     assert config.port == 7860
     assert config.model == "default"
     assert config.allow_download is False and config.trust_remote_code is False and config.share is False
+    assert config.gguf_backend == "auto" and config.gguf_requantize == "auto"
 
 
 def test_xdg_data_home_is_honoured(tmp_path):
@@ -32,6 +33,7 @@ def test_environment_fills_what_flags_leave_out(tmp_path):
         "LONGHAND_PORT": "9000",
         "LONGHAND_DEVICE": "cpu",
         "LONGHAND_ALLOW_DOWNLOAD": "yes",
+        "LONGHAND_GGUF_REQUANTIZE": "off",
         "LONGHAND_DATABASE_URL": "postgresql+psycopg://u@localhost/longhand",
     }
     config = load_config(parse([]), environ=env)
@@ -39,6 +41,7 @@ def test_environment_fills_what_flags_leave_out(tmp_path):
     assert config.port == 9000
     assert config.device == "cpu"
     assert config.allow_download is True
+    assert config.gguf_requantize == "off"
     assert config.database_url == "postgresql+psycopg://u@localhost/longhand"
 
 
@@ -67,6 +70,7 @@ def test_database_url_follows_data_dir(tmp_path):
         ([], {"LONGHAND_SHARE": "maybe"}, "LONGHAND_SHARE must be a boolean"),
         (["--auth", "nocolon"], {}, "--auth must look like user:password"),
         (["--model", "  "], {}, "--model must not be empty"),
+        (["--gguf-requantize", "q4_0"], {}, "--gguf-requantize must be one of auto, off"),
     ],
 )
 def test_bad_settings_name_the_setting(argv, env, message):
