@@ -138,12 +138,21 @@ class Engine(VersionsMixin):
         """This engine over the novel's own model (its settings' model, device and dtype), when it resolves models
         itself; else itself. A copy, so a step already running keeps the model it started with; the model service
         refuses a server this launch does not allow (app.config.check_model_allowed) before anything is sent."""
-        if self.models is None:
-            return self
-        bound = copy.copy(self)
-        bound.models = None
-        bound.generator = self.models.generator(view.config.model, view.config.device, view.config.dtype)
-        return bound
+        engine = self
+        if self.models is not None:
+            engine = copy.copy(self)
+            engine.models = None
+            engine.generator = self.models.generator(view.config.model, view.config.device, view.config.dtype)
+        engine._tell_load_notice(view)
+        return engine
+
+    def _tell_load_notice(self, view: NovelView) -> None:
+        """A model that loaded degraded (llama.cpp missing: the GGUF runs through transformers, slower) says so in
+        every step's notices, which the Write tab shows, not only on the console it was printed to."""
+        report = getattr(self.generator, "load_report", None)
+        notice = getattr(report, "notice", "")
+        if notice and notice not in view.notices:
+            view.notices.append(notice)
 
     # ----------------------------------------------------------------------------------------------- reading
 

@@ -424,3 +424,21 @@ def test_penalties_are_on_by_default_and_a_novels_own_win(session_factory, embed
     run(engine.step(novel_id, "Mara climbs the tower."))
     sent = generator.calls_for("paragraph")[-1].penalties
     assert (sent.repetition, sent.dry_multiplier, sent.presence) == (1.0, 0.0, 0.3)
+
+
+def test_a_degraded_model_load_is_told_in_every_steps_notices(session_factory, embedder, novel_id):
+    from models.loading import LoadReport
+
+    generator = ScriptedGenerator()
+    generator.load_report = LoadReport(source_path="m.gguf", loaded_from="m.gguf",
+                                       notice="llama-cpp-python is not usable here; running the GGUF through "
+                                              "transformers instead (slower).")
+    engine = make_engine(session_factory, embedder, generator)
+    _, opening = run(engine.start(novel_id))
+    _, step = run(engine.step(novel_id, plan_index=0))
+    for outcome in (opening, step):
+        assert generator.load_report.notice in outcome.notices
+        assert outcome.notices.count(generator.load_report.notice) == 1
+    generator.load_report.notice = ""
+    _, quiet = run(engine.step(novel_id, plan_index=0))
+    assert not any("llama-cpp-python" in notice for notice in quiet.notices)
