@@ -6,7 +6,7 @@ run is deterministic: the sampler uses its own generator, so the same seed gives
 
 A backend with a `sampler` method (the native Mamba2 runtime) draws its tokens itself: penalties and sampling run
 on the device, fused with the decode step (one CUDA graph replay per token on GPU). Other backends go through the
-python chain here: `backend.step`, then models.sampling's penalties → probabilities → sample.
+python chain here: `backend.step`, then models.sampling's penalties → the kept tokens' probabilities → a draw.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from models.sampling import (
     SamplingParams,
     apply_penalties_chain,
     breaker_token_ids,
-    logits_to_probs,
+    draw,
     make_generator,
-    sample,
 )
 
 REPLACEMENT_CHAR = "\ufffd"
@@ -134,8 +133,7 @@ class ChainSampler:
 
     def first(self, logits: torch.Tensor) -> int:
         """Draw a token from logits [V]."""
-        probs = logits_to_probs(apply_penalties_chain(logits, self.tracker), self.sampling)  # [V]
-        return sample(probs.cpu(), self.generator)
+        return draw(apply_penalties_chain(logits, self.tracker).cpu(), self.sampling, self.generator)
 
     def next(self, token_id: int) -> int:
         """Read `token_id` into the state and draw the token after it."""

@@ -169,6 +169,42 @@ def logits_to_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
     return probs / probs.sum()
 
 
+def kept_probs(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [V] → (token ids [K], their probabilities [K]): the tokens `logits_to_probs` leaves above zero and
+    the same probabilities, computed on those K alone. Min-p keeps a token whose logit is within T·log(min_p) of
+    the largest (p_i / p_max = exp((l_i - l_max) / T)), so the tail is never softmaxed, sorted or sampled: K is a
+    handful where V is 49,152, and 49,152-wide torch ops are what a decoding CPU core stalls on under load."""
+    logits = logits.float()
+    if params.temperature == 0:
+        best = torch.argmax(logits).view(1)
+        return best, torch.ones(1, dtype=logits.dtype, device=logits.device)
+    scaled = logits / params.temperature
+    keep = torch.ones_like(scaled, dtype=torch.bool)
+    if params.top_k > 0 and params.top_k < scaled.numel():
+        keep &= scaled >= torch.topk(scaled, params.top_k).values[-1]
+    if params.min_p > 0:
+        keep &= scaled >= scaled.max() + math.log(params.min_p)
+    ids = keep.nonzero().squeeze(1)
+    probs = torch.softmax(scaled[ids], dim=-1)
+    if params.top_p < 1:
+        sorted_probs, order = torch.sort(probs, descending=True, stable=True)
+        cumulative = torch.cumsum(sorted_probs, dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the token that crosses the line stays).
+        kept = order[(cumulative - sorted_probs) < params.top_p * cumulative[-1]]
+        ids, probs = ids[kept], probs[kept]
+    return ids, probs / probs.sum()
+
+
+def draw(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    """One token id from logits [V] on the CPU under `params` (the distribution of `logits_to_probs`), drawn with
+    `generator` from the kept tokens only (`kept_probs`). The CPU chain's draw; a device-side sampler that must
+    keep fixed shapes (a captured CUDA graph) uses `logits_to_probs` instead."""
+    ids, probs = kept_probs(logits, params)
+    if ids.numel() == 1:
+        return int(ids[0])
+    return int(ids[torch.multinomial(probs, 1, generator=generator)].item())
+
+
 def sample(probs: torch.Tensor, generator: torch.Generator) -> int:
     """Draw one token id from probabilities [V] with `generator` (same generator state, same token)."""
     return int(torch.multinomial(probs, 1, generator=generator).item())

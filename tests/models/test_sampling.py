@@ -13,6 +13,8 @@ from models.sampling import (
     PenaltyParams,
     PenaltyTracker,
     SamplingParams,
+    draw,
+    kept_probs,
     logits_to_probs,
     make_generator,
     sample,
@@ -83,3 +85,31 @@ def test_tracker_updated_per_token_matches_the_reference_on_the_whole_history():
         expected = apply_dry_reference(expected, [history], breakers, params.dry_multiplier, params.dry_base,
                                        params.dry_allowed_length)[0]
         assert torch.allclose(tracker.apply(logits), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(), SamplingParams(temperature=1.3, top_p=0.5, min_p=0.0), SamplingParams(top_k=7, top_p=1.0),
+    SamplingParams(temperature=0.5, top_k=40, top_p=0.9, min_p=0.1), SamplingParams(min_p=0.0, top_p=1.0),
+])
+def test_the_kept_tokens_carry_exactly_the_chains_probabilities(params):
+    torch.manual_seed(0)
+    for _ in range(20):
+        logits = torch.randn(5000) * 3
+        logits[:10] += 8 * torch.rand(10)
+        full = logits_to_probs(logits, params)
+        ids, probs = kept_probs(logits, params)
+        assert sorted(ids.tolist()) == (full > 0).nonzero().squeeze(1).tolist()
+        assert torch.allclose(probs, full[ids], atol=1e-6)
+
+
+def test_draw_follows_the_distribution_and_the_seed():
+    logits = torch.log(torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03]))
+    params = SamplingParams(temperature=1.0, top_p=1.0, min_p=0.2)  # keeps p >= 0.1: the first three
+    generator, _ = make_generator(5)
+    draws = [draw(logits, params, generator) for _ in range(6000)]
+    assert set(draws) == {0, 1, 2}
+    for token, share in zip(range(3), [0.5 / 0.9, 0.25 / 0.9, 0.15 / 0.9]):
+        assert abs(draws.count(token) / len(draws) - share) < 0.03
+    again, _ = make_generator(5)
+    assert [draw(logits, params, again) for _ in range(50)] == draws[:50]
+    assert draw(logits, SamplingParams(temperature=0), generator) == 0
