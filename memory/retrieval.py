@@ -578,6 +578,25 @@ HUB_WEIGHT = 0.5
 HUB_NEIGHBOURS = 10
 HUB_REFERENCE = 512
 HUB_MAX_SENTENCES = EXACT_SEARCH_MAX_SENTENCES
+# Above it hubness stays off: it needs one [M, HUB_REFERENCE] product over every sentence whenever the novel's
+# mean moves (any edit), ~100 GFLOP at 100,000 paragraphs, seconds on two cores; computing it only for a query's
+# candidates would cost ~1 GFLOP a query, past the 20 ms budget. More references change nothing measurable: 4,096
+# instead of 512 (10 or 50 neighbours) gave the same recall@3 at 300 / 1,000 / 3,000 paragraphs.
+# What the default still misses at recall@3 on bench/recall.py, and what was tried on it (numpy on the same cached
+# vectors, recall@3 of the 15 facts at 300 / 1,000 / 3,000, the 6 held out 1.00 unless said): two facts, the
+# keeper's key (Q1, rank 6 at every size: its sentence's centred cosine is 0.23, below vague one-line sentences of
+# other planted paragraphs, "Nobody could say who had put it there." 0.27) and the alibi (Q12, rank 7-10). None of
+# these reached 0.9: the second-best sentence or the paragraph's mean sentence added (0.5 x), a three-sentence
+# window, paragraph weight 0 or 1 (0.87; held out 0.83 at 3,000 with 0), 3 or 30 hubness neighbours (0.87; 30:
+# held out 0.83 at 3,000), hubness weight 0.75 (0.87, held out 1.00 / 0.83 / 0.83) or 1 (0.87 / 0.80 / 0.87, held
+# out 0.83), hubness as a z-score of each sentence's cosines to the references (0.87, held out 0.83 at 3,000) or as
+# mutual proximity with the query's own cosine spread (0.80 / 0.80 / 0.87), the question's opening ("Where did")
+# stripped before embedding (0.80 at each size; averaged with the whole question's vector 0.80 / 0.87 / 0.80), at
+# 1,000 only each sentence embedded again with the one before it or with the paragraph's first as context text (a
+# second vector per sentence; as the window 0.87, alone 0.80), and a query-side hubness, each sentence less 0.5 x
+# its mean cosine to its 3 nearest of the other 20 benchmark questions: recall@1 0.80 and @5 1.00 at every size,
+# held out @1 0.83, but @3 still 0.87, and it needs a pool of past queries the app does not keep. The lexical side
+# cannot help either fact: neither question shares a word or a stem with its fact's paragraph.
 # The two-stage search picks its TWO_STAGE_CANDIDATES through a projection of the centred paragraph vectors on the
 # novel's top PROJECTION_DIM principal directions ([N, 128] float32: a third of the [N, 384] product), then exact
 # cosines of the PROJECTION_SHORTLIST x candidates rows it ranks first choose the candidates. 0: exact first stage.
