@@ -20,7 +20,9 @@ The easy needle (the fact as a paragraph of its own, as bench/quality.py plants 
 At 1,000, 10,000 and 100,000 paragraphs (random unit vectors, 5 sentences each; filler text for FTS) the warm
 query latency of each method is measured too, two-stage as the app runs it and exact (every paragraph scored by
 sentence), and two-stage with an exact first stage instead of the projection; with the bytes per
-paragraph the cached matrix holds. Embeddings are cached per text within the run (--embedding-cache: across runs).
+paragraph the cached matrix holds, and the seconds the cached matrix takes to follow an edit, its undo and redo
+(memory.retrieval._matrix_from) with the first query after each. Embeddings are cached per text within the run
+(--embedding-cache: across runs).
 
     python -m bench.recall --out bench/results/recall.json --large 0
     python -m bench.recall --sizes 300 --large 1000,10000,100000 --out bench/results/recall_latency.json
@@ -45,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.report import commit, machine, write_result  # noqa: E402
-from memory import embeddings, retrieval, store  # noqa: E402
+from memory import embeddings, retrieval, revisions, store  # noqa: E402
 from memory.embeddings import Vector  # noqa: E402
 from memory.db import open_database  # noqa: E402
 from memory.schema import Embedding, Novel, Paragraph, utcnow  # noqa: E402
@@ -509,7 +511,34 @@ def large_latency(workdir: Path, dim: int, fillers: list[str], size: int) -> dic
                 times.append(1000 * (time.perf_counter() - start))
             out[f"{label}_ms_median"] = round(statistics.median(times), 2)
         out["memory_bytes_per_paragraph"] = matrix_bytes(s, novel_id, dim)
+    out.update(edit_update(Session, rng, novel_id, dim, questions[0]))
     out["paragraph_product_ms_median"] = storage_products(rng, size, dim)
+    return out
+
+
+def edit_update(Session, rng: np.random.Generator, novel_id: int, dim: int, question: str) -> dict:
+    """Seconds to bring the cached matrix up to date after an edit of one paragraph, its undo and its redo (the
+    edited paragraph's rows dropped, its new ones added, the novel-wide values recomputed), and the first fused
+    query after each (which also remakes the two-stage search's projection)."""
+    with Session() as s:
+        target = next(p for p in store.paragraphs(s, novel_id) if p.position == 2)
+    out: dict[str, float] = {}
+    changes = {
+        "edit": lambda s: store.edit_paragraph(s, target.id, target.text + " Edited.", expected_version=target.version,
+                                               embedding=Vector("bench", rng.normal(size=dim), sentences=rng.normal(
+                                                   size=(6, dim)).astype(np.float32))),
+        "undo": lambda s: revisions.undo(s, novel_id),
+        "redo": lambda s: revisions.redo(s, novel_id)}
+    for label, change in changes.items():
+        with Session() as s, s.begin():
+            change(s)
+        with Session() as s:
+            start = time.perf_counter()
+            retrieval._load_matrix(s, s.get(Novel, novel_id), "bench", dim)
+            out[f"{label}_matrix_update_s"] = round(time.perf_counter() - start, 2)
+            start = time.perf_counter()
+            retrieval.search(s, novel_id, Vector("bench", rng.normal(size=dim).astype(np.float32)), 5, text=question)
+            out[f"{label}_first_query_ms"] = round(1000 * (time.perf_counter() - start), 1)
     return out
 
 
@@ -542,6 +571,7 @@ def matrix_bytes(session, novel_id: int, dim: int) -> dict:
     projection = matrix.projection.projected.nbytes if matrix.projection is not None else 0
     centering = sum(getattr(matrix.centering, name).nbytes for name in (
         "sentence_offsets", "sentence_norms", "window_norms", "paragraph_offsets", "paragraph_norms"))
+    centering += matrix.sentence_squares.nbytes + matrix.paragraph_squares.nbytes
     if matrix.centering.sentence_hubness is not None:
         centering += matrix.centering.sentence_hubness.nbytes
     return {"paragraph_vectors": round(matrix.vectors.nbytes / count, 1),

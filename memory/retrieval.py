@@ -2,7 +2,8 @@
 
 Each paragraph is embedded once, when it is saved or edited (RecurrentGPT re-embedded the whole novel every step);
 vectors are stored unit-length with the embedder's name and dimension, so top-k is one matrix-vector product.
-The matrix of a novel is cached in memory; when the novel changed, only vectors not cached yet are read again.
+The matrix of a novel is cached in memory; when the novel changed (a step, an edit, an undo), the rows it kept are
+copied, only the new ones are read and computed, and the novel-wide values are recomputed from them (_matrix_from).
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class Embedder:
         return Vector(self.name, values[0], sentences=values[1:])
 
 
-_WINDOW_CHUNK = 65_536  # sentence rows per step when computing window norms
+_WINDOW_CHUNK = 65_536  # sentence rows per step when computing window norms and squares
 _HUB_CHUNK = 8_192  # sentence rows per step when computing hubness ([chunk, HUB_REFERENCE] cosines: 16 MB)
 
 
@@ -133,65 +134,187 @@ class _Centering:
 
 @dataclass
 class _Matrix:
+    """A novel's vectors for one embedder, in embedding id order, with what every query needs precomputed.
+
+    Made by _matrix_from: the rows kept from the previous matrix are copied as they were (with the values that
+    depend on nothing but the row: squares, window norms), the new ones are computed, then what depends on the
+    whole novel (the means, the centred offsets and norms, hubness) is recomputed from those (_centering)."""
+
     # (embedding_epoch, updated_at) of the novel when loaded: both move on every vector change, and the pair
     # also differs after a restore from a backup puts an older novel row back.
     epoch: tuple
-    embedding_ids: np.ndarray  # [N] int64; an embedding id always names the same vector (rows are never updated)
+    embedding_ids: np.ndarray  # [N] int64, ascending; an embedding id always names the same vector
     paragraph_ids: np.ndarray  # [N] int64
     positions: np.ndarray  # [N] int64
     vectors: np.ndarray  # [N, dim] float32
-    # Per row, its sentence vectors [S, dim] float32, or None (not made yet). The one exception to "never
-    # updated": backfill_sentences fills a None in place, so a cached None is re-read when the row has some now.
-    sentence_rows: list
-    sentences: np.ndarray = field(init=False)  # [M, dim] float32: every row's sentences, concatenated in row order
+    paragraph_squares: np.ndarray  # [N] float64: |p|^2
+    sentences: np.ndarray  # [M, dim] float32: every row's sentences, concatenated in row order
+    sentence_counts: np.ndarray  # [N] int64; 0 for a row without sentence vectors (not made yet)
+    sentence_squares: np.ndarray  # [M] float64: |s|^2
+    window_norms: np.ndarray  # [M] float32: |s_i + s_next|, so cos(q, window) needs no matmul
     sentence_starts: np.ndarray = field(init=False)  # [N] int64: where row i's sentences start in `sentences`
-    sentence_counts: np.ndarray = field(init=False)  # [N] int64; 0 for a row without sentence vectors
     rows_with_sentences: np.ndarray = field(init=False)  # [N'] int64: the rows that have sentence vectors
     window_next: np.ndarray = field(init=False)  # [M] int64: the next sentence of the same paragraph, else itself
-    window_norms: np.ndarray = field(init=False)  # [M] float32: |s_i + s_next|, so cos(q, window) needs no matmul
     centering: _Centering = field(init=False)  # the novel's mean directions, for scores that leave them out
     projection: _Projection | None = field(init=False)  # made by _projection() when the two-stage search runs
 
     def __post_init__(self) -> None:
-        dim = self.vectors.shape[1]
-        counts = np.fromiter((0 if r is None else r.shape[0] for r in self.sentence_rows), dtype=np.int64,
-                             count=len(self.sentence_rows))
-        self.sentence_counts = counts
-        self.sentence_starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if counts.size \
-            else np.zeros(0, dtype=np.int64)
-        present = [r for r in self.sentence_rows if r is not None]
-        self.sentences = np.concatenate(present) if present else np.zeros((0, dim), dtype=np.float32)
-        # Views into the one contiguous matrix, so the cache holds each sentence vector once.
-        for row in np.flatnonzero(counts):
-            start = self.sentence_starts[row]
-            self.sentence_rows[row] = self.sentences[start:start + counts[row]]
+        counts = self.sentence_counts
+        self.sentence_starts = _starts(counts)
         self.rows_with_sentences = np.flatnonzero(counts > 0)
-        total = self.sentences.shape[0]
-        last = np.zeros(total, dtype=bool)
-        last[(self.sentence_starts + counts - 1)[self.rows_with_sentences]] = True
-        self.window_next = np.where(last, np.arange(total), np.arange(total) + 1)
-        self.window_norms = np.empty(total, dtype=np.float32)
-        sentence_mean = (self.sentences.mean(axis=0) if total else np.zeros(dim)).astype(np.float32)
-        sentence_offsets = np.empty(total, dtype=np.float32)
-        sentence_norms = np.empty(total, dtype=np.float32)
-        centered_window_norms = np.empty(total, dtype=np.float32)
-        # In chunks: the sum of a whole novel's pairs would be a second copy of the matrix (768 MB at 100k).
-        for start in range(0, total, _WINDOW_CHUNK):
-            chunk = slice(start, min(start + _WINDOW_CHUNK, total))
-            pairs = self.sentences[chunk] + self.sentences[self.window_next[chunk]]
-            self.window_norms[chunk] = np.linalg.norm(pairs, axis=1)
-            centered_window_norms[chunk] = np.linalg.norm(pairs - 2 * sentence_mean, axis=1)
-            sentence_offsets[chunk] = self.sentences[chunk] @ sentence_mean
-            sentence_norms[chunk] = np.linalg.norm(self.sentences[chunk] - sentence_mean, axis=1)
-        paragraph_mean = (self.vectors.mean(axis=0) if self.vectors.shape[0] else np.zeros(dim)).astype(np.float32)
-        self.centering = _Centering(
-            sentence_mean=sentence_mean, sentence_offsets=sentence_offsets, sentence_norms=sentence_norms,
-            window_norms=centered_window_norms, paragraph_mean=paragraph_mean,
-            paragraph_offsets=self.vectors @ paragraph_mean,
-            paragraph_norms=np.linalg.norm(self.vectors - paragraph_mean, axis=1),
-            sentence_hubness=_hubness(self.sentences, sentence_mean, sentence_norms)
-            if total <= HUB_MAX_SENTENCES else None)
+        self.window_next = _window_next(self.sentence_starts, counts, self.sentences.shape[0])
+        self.centering = _centering(self)
         self.projection = None
+
+
+def _starts(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if counts.size \
+        else np.zeros(0, dtype=np.int64)
+
+
+def _window_next(starts: np.ndarray, counts: np.ndarray, total: int) -> np.ndarray:
+    """[M] each sentence's next one in the same paragraph, the last one itself."""
+    last = np.zeros(total, dtype=bool)
+    last[(starts + counts - 1)[counts > 0]] = True
+    return np.where(last, np.arange(total), np.arange(total) + 1)
+
+
+def _mean(values: np.ndarray) -> np.ndarray:
+    return (values.mean(axis=0) if values.shape[0] else np.zeros(values.shape[1])).astype(np.float32)
+
+
+def _squares(values: np.ndarray) -> np.ndarray:
+    """[rows] |v|^2 in float64, row by row (the same for a row whatever else is computed with it)."""
+    out = np.empty(values.shape[0], dtype=np.float64)
+    for start in range(0, values.shape[0], _WINDOW_CHUNK):
+        chunk = values[start:start + _WINDOW_CHUNK].astype(np.float64)
+        out[start:start + chunk.shape[0]] = np.einsum("ij,ij->i", chunk, chunk)
+    return out
+
+
+def _window_norms(sentences: np.ndarray, window_next: np.ndarray) -> np.ndarray:
+    """[M] |s_i + s_next| of sentences whose next ones are `window_next` (indices into the same array)."""
+    out = np.empty(sentences.shape[0], dtype=np.float32)
+    # In chunks: the sum of a whole novel's pairs would be a second copy of the matrix (768 MB at 100k).
+    for start in range(0, sentences.shape[0], _WINDOW_CHUNK):
+        chunk = slice(start, min(start + _WINDOW_CHUNK, sentences.shape[0]))
+        pairs = (sentences[chunk] + sentences[window_next[chunk]]).astype(np.float64)
+        out[chunk] = np.sqrt(np.einsum("ij,ij->i", pairs, pairs))
+    return out
+
+
+def _centering(matrix: _Matrix) -> _Centering:
+    """The novel-wide part of a matrix, from its rows and row values: the means and one matrix-vector product per
+    kind of vector for the offsets (both passes over the matrix in row order, so a matrix updated incrementally
+    gets the very values a full rebuild gets), the centred norms from the squares (|s - mu|^2 = |s|^2 - 2 s.mu +
+    |mu|^2, no centred copy of the matrix), and hubness up to HUB_MAX_SENTENCES."""
+    total = matrix.sentences.shape[0]
+    sentence_mean = _mean(matrix.sentences)
+    offsets = (matrix.sentences @ sentence_mean if total else np.zeros(0, dtype=np.float32)).astype(np.float32)
+    mean_square = float(sentence_mean.astype(np.float64) @ sentence_mean.astype(np.float64))
+    wide = offsets.astype(np.float64)
+    norms = np.sqrt(np.maximum(matrix.sentence_squares - 2 * wide + mean_square, 0.0)).astype(np.float32)
+    # (s_i + s_next) - 2 mu: |w|^2 - 4 (s_i + s_next).mu + 4 |mu|^2.
+    windows = matrix.window_norms.astype(np.float64) ** 2 - 4 * (wide + wide[matrix.window_next]) + 4 * mean_square
+    paragraph_mean = _mean(matrix.vectors)
+    paragraph_offsets = (matrix.vectors @ paragraph_mean).astype(np.float32)
+    paragraph_square = float(paragraph_mean.astype(np.float64) @ paragraph_mean.astype(np.float64))
+    paragraph_norms = np.sqrt(np.maximum(matrix.paragraph_squares - 2 * paragraph_offsets.astype(np.float64)
+                                         + paragraph_square, 0.0)).astype(np.float32)
+    return _Centering(
+        sentence_mean=sentence_mean, sentence_offsets=offsets, sentence_norms=norms,
+        window_norms=np.sqrt(np.maximum(windows, 0.0)).astype(np.float32), paragraph_mean=paragraph_mean,
+        paragraph_offsets=paragraph_offsets, paragraph_norms=paragraph_norms,
+        sentence_hubness=_hubness(matrix.sentences, sentence_mean, norms) if total <= HUB_MAX_SENTENCES else None)
+
+
+@dataclass
+class _NewRows:
+    """Rows read from the database for a matrix: their vectors and sentence vectors (None: not made yet)."""
+
+    vectors: np.ndarray  # [F, dim] float32
+    sentences: list  # F of [S, dim] float32 or None
+
+
+def _empty_matrix(dim: int) -> _Matrix:
+    return _Matrix(epoch=(), embedding_ids=np.zeros(0, dtype=np.int64), paragraph_ids=np.zeros(0, dtype=np.int64),
+                   positions=np.zeros(0, dtype=np.int64), vectors=np.zeros((0, dim), dtype=np.float32),
+                   paragraph_squares=np.zeros(0), sentences=np.zeros((0, dim), dtype=np.float32),
+                   sentence_counts=np.zeros(0, dtype=np.int64), sentence_squares=np.zeros(0),
+                   window_norms=np.zeros(0, dtype=np.float32))
+
+
+def _runs(source: np.ndarray) -> list[tuple[int, int, int]]:
+    """(first new row, first source row, length) of each stretch of consecutive rows taken from consecutive rows
+    of one source (`source`: the source row of each new row, fetched rows offset past the cached ones)."""
+    if source.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(source) != 1) + 1
+    firsts = np.concatenate([[0], breaks])
+    lengths = np.diff(np.concatenate([firsts, [source.size]]))
+    return [(int(f), int(source[f]), int(n)) for f, n in zip(firsts, lengths)]
+
+
+def _matrix_from(cached: _Matrix, epoch: tuple, embedding_ids: np.ndarray, paragraph_ids: np.ndarray,
+                 positions: np.ndarray, kept: np.ndarray, new: _NewRows) -> _Matrix:
+    """The matrix of rows `embedding_ids` (ascending): row i is the cached matrix's row kept[i] when that is
+    >= 0, else the next of `new`'s rows, in order. Kept rows' vectors, sentences and row values are copied (a few
+    slice copies, one per unchanged stretch); only the new rows' values are computed. So an edit costs a copy of
+    the matrix and the novel-wide recomputation (_centering), never re-reading or recomputing the rows it kept."""
+    dim = cached.vectors.shape[1]
+    fresh = kept < 0
+    present = [s for s in new.sentences if s is not None]
+    new_sentences = np.concatenate(present) if present else np.zeros((0, dim), dtype=np.float32)
+    new_counts = np.fromiter((0 if s is None else s.shape[0] for s in new.sentences), dtype=np.int64,
+                             count=len(new.sentences))
+    new_next = _window_next(_starts(new_counts), new_counts, new_sentences.shape[0])
+    added = _matrix_parts(new.vectors, new_counts, new_sentences, _squares(new.vectors), _squares(new_sentences),
+                          _window_norms(new_sentences, new_next))
+    old = _matrix_parts(cached.vectors, cached.sentence_counts, cached.sentences, cached.paragraph_squares,
+                        cached.sentence_squares, cached.window_norms)
+    # New rows numbered from one past the cached ones, so no stretch runs from a cached row into a new one.
+    offset = cached.vectors.shape[0] + 1
+    source = np.where(fresh, offset + np.cumsum(fresh) - 1, kept).astype(np.int64)
+    runs = _runs(source)
+    if len(runs) == 1 and runs[0][1] == offset and runs[0][2] == new.vectors.shape[0]:
+        parts = added  # everything new, in order (a first load): no copy
+    elif len(runs) == 1 and runs[0][1] == 0 and runs[0][2] == offset - 1:
+        parts = old  # the same rows (only positions moved)
+    else:
+        parts = _copy_runs(runs, offset, old, added, kept, new_counts)
+    return _Matrix(epoch=epoch, embedding_ids=embedding_ids, paragraph_ids=paragraph_ids, positions=positions,
+                   vectors=parts["vectors"], paragraph_squares=parts["paragraph_squares"],
+                   sentences=parts["sentences"], sentence_counts=parts["counts"],
+                   sentence_squares=parts["sentence_squares"], window_norms=parts["window_norms"])
+
+
+def _matrix_parts(vectors, counts, sentences, paragraph_squares, sentence_squares, window_norms) -> dict:
+    return {"vectors": vectors, "counts": counts, "sentences": sentences, "paragraph_squares": paragraph_squares,
+            "sentence_squares": sentence_squares, "window_norms": window_norms,
+            "starts": _starts(counts)}
+
+
+def _copy_runs(runs: list[tuple[int, int, int]], offset: int, old: dict, added: dict, kept: np.ndarray,
+               new_counts: np.ndarray) -> dict:
+    """The rows of `runs` gathered from the cached (`old`) and the new (`added`) parts into fresh arrays."""
+    counts = np.where(kept >= 0, old["counts"][np.maximum(kept, 0)], 0)
+    counts[kept < 0] = new_counts
+    starts = _starts(counts)
+    total = int(counts.sum())
+    dim = old["vectors"].shape[1]
+    out = {"vectors": np.empty((kept.size, dim), dtype=np.float32), "counts": counts,
+           "sentences": np.empty((total, dim), dtype=np.float32), "paragraph_squares": np.empty(kept.size),
+           "sentence_squares": np.empty(total), "window_norms": np.empty(total, dtype=np.float32)}
+    for first, source_first, length in runs:
+        part, row = (added, source_first - offset) if source_first >= offset else (old, source_first)
+        for name in ("vectors", "paragraph_squares"):
+            out[name][first:first + length] = part[name][row:row + length]
+        start = int(part["starts"][row])
+        stop = int(part["starts"][row + length - 1] + part["counts"][row + length - 1])
+        target = int(starts[first])
+        for name in ("sentences", "sentence_squares", "window_norms"):
+            out[name][target:target + stop - start] = part[name][start:stop]
+    return out
 
 
 def _hubness(sentences: np.ndarray, mean: np.ndarray, norms: np.ndarray) -> np.ndarray:
@@ -264,8 +387,9 @@ def _sentence_matrix(blob: bytes | None, dim: int) -> np.ndarray | None:
 
 def _load_matrix(session: Session, novel: Novel, embedder: str, dim: int) -> _Matrix:
     """The novel's paragraph (and sentence) vectors for one embedder. Unchanged since last time: the cached matrix.
-    Only rows added (a step): just those are read. Anything else: the (id, position) list is re-read and only
-    vectors not cached yet are fetched."""
+    Only rows added (a step): just those are read. Anything else (an edit, an undo or redo, a deletion, a move, a
+    backfill): the (id, position) list is re-read and only the vectors not cached yet are fetched. Either way the
+    new matrix keeps the cached rows' values and computes only the new rows' (_matrix_from)."""
     key = (novel.uid, embedder, dim)
     epoch = (novel.embedding_epoch, novel.updated_at)
     with _CACHE_LOCK:
@@ -279,6 +403,8 @@ def _load_matrix(session: Session, novel: Novel, embedder: str, dim: int) -> _Ma
         if appended is not None:
             _remember(key, appended)
             return appended
+    else:
+        cached = _empty_matrix(dim)
     rows = session.execute(
         select(Embedding.id, Embedding.paragraph_id, Paragraph.position, Embedding.sentence_vectors.is_not(None))
         .join(Paragraph, Paragraph.id == Embedding.paragraph_id)
@@ -286,33 +412,30 @@ def _load_matrix(session: Session, novel: Novel, embedder: str, dim: int) -> _Ma
     ).all()
     count = len(rows)
     embedding_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=count)
-    vectors = np.empty((count, dim), dtype=np.float32)
-    sentence_rows: list = [None] * count
-    have = np.zeros(count, dtype=bool)
-    if cached is not None and cached.embedding_ids.size:
-        # Both id lists are sorted: match them with searchsorted.
-        where = np.searchsorted(cached.embedding_ids, embedding_ids)
-        where = np.minimum(where, cached.embedding_ids.size - 1)
-        have = cached.embedding_ids[where] == embedding_ids
-        for i in np.flatnonzero(have):
-            old = cached.sentence_rows[where[i]]
-            if old is None and rows[i][3]:
-                have[i] = False
-            else:
-                sentence_rows[i] = old
-        vectors[have] = cached.vectors[where[have]]
-    missing = embedding_ids[~have]
-    row_of = {int(e): i for i, e in enumerate(embedding_ids)} if missing.size else {}
+    kept = np.full(count, -1, dtype=np.int64)
+    if cached.embedding_ids.size:
+        # Both id lists are sorted: match them with searchsorted. A cached row without sentence vectors that has
+        # some now (backfill_sentences fills them in place) is read again.
+        where_cached = np.minimum(np.searchsorted(cached.embedding_ids, embedding_ids),
+                                  cached.embedding_ids.size - 1)
+        has_sentences = np.fromiter((bool(r[3]) for r in rows), dtype=bool, count=count)
+        have = (cached.embedding_ids[where_cached] == embedding_ids) \
+            & ~((cached.sentence_counts[where_cached] == 0) & has_sentences)
+        kept[have] = where_cached[have]
+    missing = embedding_ids[kept < 0]
+    vectors = np.empty((missing.size, dim), dtype=np.float32)
+    sentences: list = [None] * missing.size
+    slot = {int(e): i for i, e in enumerate(missing)}
     for start in range(0, missing.size, _FETCH_CHUNK):
         chunk = [int(e) for e in missing[start:start + _FETCH_CHUNK]]
-        for embedding_id, blob, sentences in session.execute(
+        for embedding_id, blob, sentence_blob in session.execute(
                 select(Embedding.id, Embedding.vector, Embedding.sentence_vectors).where(Embedding.id.in_(chunk))):
-            vectors[row_of[embedding_id]] = np.frombuffer(blob, dtype="<f4")
-            sentence_rows[row_of[embedding_id]] = _sentence_matrix(sentences, dim)
-    matrix = _Matrix(epoch=epoch, embedding_ids=embedding_ids,
-                     paragraph_ids=np.fromiter((r[1] for r in rows), dtype=np.int64, count=count),
-                     positions=np.fromiter((r[2] for r in rows), dtype=np.int64, count=count), vectors=vectors,
-                     sentence_rows=sentence_rows)
+            vectors[slot[embedding_id]] = np.frombuffer(blob, dtype="<f4")
+            sentences[slot[embedding_id]] = _sentence_matrix(sentence_blob, dim)
+    matrix = _matrix_from(cached, epoch, embedding_ids,
+                          np.fromiter((r[1] for r in rows), dtype=np.int64, count=count),
+                          np.fromiter((r[2] for r in rows), dtype=np.int64, count=count), kept,
+                          _NewRows(vectors=vectors, sentences=sentences))
     _remember(key, matrix)
     return matrix
 
@@ -346,12 +469,12 @@ def _appended(session: Session, cached: _Matrix, where: tuple, epoch: tuple) -> 
         return None
     dim = cached.vectors.shape[1]
     added = np.frombuffer(b"".join(r[3] for r in new_rows), dtype="<f4").reshape(len(new_rows), dim)
-    return _Matrix(epoch=epoch,
-                   embedding_ids=np.concatenate([cached.embedding_ids, [r[0] for r in new_rows]]).astype(np.int64),
-                   paragraph_ids=np.concatenate([cached.paragraph_ids, [r[1] for r in new_rows]]).astype(np.int64),
-                   positions=np.concatenate([cached.positions, [r[2] for r in new_rows]]).astype(np.int64),
-                   vectors=np.concatenate([cached.vectors, added]),
-                   sentence_rows=cached.sentence_rows + [_sentence_matrix(r[4], dim) for r in new_rows])
+    kept = np.concatenate([np.arange(cached.embedding_ids.size), np.full(len(new_rows), -1)]).astype(np.int64)
+    return _matrix_from(
+        cached, epoch, np.concatenate([cached.embedding_ids, [r[0] for r in new_rows]]).astype(np.int64),
+        np.concatenate([cached.paragraph_ids, [r[1] for r in new_rows]]).astype(np.int64),
+        np.concatenate([cached.positions, [r[2] for r in new_rows]]).astype(np.int64), kept,
+        _NewRows(vectors=added, sentences=[_sentence_matrix(r[4], dim) for r in new_rows]))
 
 
 def _query(query_vector: Vector | np.ndarray, embedder: str | None) -> tuple[np.ndarray, str]:
@@ -455,6 +578,25 @@ HUB_WEIGHT = 0.5
 HUB_NEIGHBOURS = 10
 HUB_REFERENCE = 512
 HUB_MAX_SENTENCES = EXACT_SEARCH_MAX_SENTENCES
+# Above it hubness stays off: it needs one [M, HUB_REFERENCE] product over every sentence whenever the novel's
+# mean moves (any edit), ~100 GFLOP at 100,000 paragraphs, seconds on two cores; computing it only for a query's
+# candidates would cost ~1 GFLOP a query, past the 20 ms budget. More references change nothing measurable: 4,096
+# instead of 512 (10 or 50 neighbours) gave the same recall@3 at 300 / 1,000 / 3,000 paragraphs.
+# What the default still misses at recall@3 on bench/recall.py, and what was tried on it (numpy on the same cached
+# vectors, recall@3 of the 15 facts at 300 / 1,000 / 3,000, the 6 held out 1.00 unless said): two facts, the
+# keeper's key (Q1, rank 6 at every size: its sentence's centred cosine is 0.23, below vague one-line sentences of
+# other planted paragraphs, "Nobody could say who had put it there." 0.27) and the alibi (Q12, rank 7-10). None of
+# these reached 0.9: the second-best sentence or the paragraph's mean sentence added (0.5 x), a three-sentence
+# window, paragraph weight 0 or 1 (0.87; held out 0.83 at 3,000 with 0), 3 or 30 hubness neighbours (0.87; 30:
+# held out 0.83 at 3,000), hubness weight 0.75 (0.87, held out 1.00 / 0.83 / 0.83) or 1 (0.87 / 0.80 / 0.87, held
+# out 0.83), hubness as a z-score of each sentence's cosines to the references (0.87, held out 0.83 at 3,000) or as
+# mutual proximity with the query's own cosine spread (0.80 / 0.80 / 0.87), the question's opening ("Where did")
+# stripped before embedding (0.80 at each size; averaged with the whole question's vector 0.80 / 0.87 / 0.80), at
+# 1,000 only each sentence embedded again with the one before it or with the paragraph's first as context text (a
+# second vector per sentence; as the window 0.87, alone 0.80), and a query-side hubness, each sentence less 0.5 x
+# its mean cosine to its 3 nearest of the other 20 benchmark questions: recall@1 0.80 and @5 1.00 at every size,
+# held out @1 0.83, but @3 still 0.87, and it needs a pool of past queries the app does not keep. The lexical side
+# cannot help either fact: neither question shares a word or a stem with its fact's paragraph.
 # The two-stage search picks its TWO_STAGE_CANDIDATES through a projection of the centred paragraph vectors on the
 # novel's top PROJECTION_DIM principal directions ([N, 128] float32: a third of the [N, 384] product), then exact
 # cosines of the PROJECTION_SHORTLIST x candidates rows it ranks first choose the candidates. 0: exact first stage.
