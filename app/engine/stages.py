@@ -395,7 +395,7 @@ class ModelStages:
     def choose(self, view: NovelView, cancel, notices: list[str]) -> int:
         """Auto mode: the model picks one of the pending plans (bounded retries, then the first plan)."""
         numbered = "\n".join(f"{i}. {plan}" for i, plan in enumerate(view.plans, 1))
-        rendered = self.prompts.render("choose", memory=view.memory, plans=numbered)
+        rendered = self.prompts.render("choose", premise=view.premise, memory=view.memory, plans=numbered)
         for attempt in range(self.attempts(view)):
             parsed: Parsed[int] = parse_choice(
                 self._complete(rendered, view, attempt, CHOICE_TOKENS, cancel)[len(rendered.answer_prefix):],

@@ -60,3 +60,20 @@ def test_the_voice_is_still_asked_for_in_the_paragraph_prompt(session_factory, e
     system = paragraph.split("<|user|>", 1)[0]
     assert VOICES["write"] in paragraph and VOICES["write"] not in system
     assert not any(VOICES["write"] in c.prompt for c in generator.calls_for("memory") + generator.calls_for("plans"))
+
+
+def test_in_auto_mode_the_plans_the_choice_and_the_next_paragraph_share_their_start(session_factory, embedder,
+                                                                                     novel_id):
+    generator = ScriptedGenerator()
+    engine = Engine(session_factory, generator, embedder, max_attempts=2)
+    for _event in engine.auto_write(novel_id, 2):
+        pass
+    order = [c.stage for c in generator.calls]
+    plans = max(i for i, stage in enumerate(order) if stage == "plans" and "choose" in order[i:])
+    choose = order.index("choose", plans)
+    paragraph = order.index("paragraph", choose)
+    plans, choose, paragraph = (generator.calls[i].prompt for i in (plans, choose, paragraph))
+    memory = choose.split("Summary so far: ", 1)[1].split("\n", 1)[0]
+    head = f"Premise: {PREMISE}\nSummary so far: {memory}\n"
+    # Shared through the end of the summary (the choice reads the plans' memory; the paragraph reads it too).
+    assert memory and head in _shared(plans, choose) and head in _shared(choose, paragraph)
