@@ -21,7 +21,7 @@ from sqlalchemy.orm.attributes import flag_modified
 from memory import store
 from memory.embeddings import Vector
 from memory.errors import ValidationError
-from memory.revisions import Changes, get_row, lock_novel, locked_row, record
+from memory.revisions import Changes, check_version, get_row, lock_novel, locked_row, record
 from memory.schema import ALTERNATIVE_KINDS, ORIGINS, Alternative, Paragraph, Revision, ShortTermMemory
 
 
@@ -165,7 +165,7 @@ def pick(session: Session, alternative_id: int, expected_version: int, embedding
                               "manuscript.")
     paragraph = store.get_paragraph(session, alternative.paragraph_id)
     session.refresh(paragraph)
-    store._check_version("paragraph", paragraph, expected_version)
+    check_version("paragraph", paragraph, expected_version)
     changes = Changes(session, paragraph.novel_id)
     follows = _memory_follows(session, paragraph, alternative)
     outgoing_memory = outgoing_plans = None

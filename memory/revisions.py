@@ -19,7 +19,7 @@ from sqlalchemy import DateTime, LargeBinary, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
-from memory.errors import ConflictError, NotFoundError
+from memory.errors import ConflictError, NotFoundError, ValidationError
 from memory.schema import Base, Novel, Paragraph, Revision, utcnow
 
 # A mapped row type, for the readers that return the row they were asked for.
@@ -349,3 +349,16 @@ def _apply_positions(session: Session, novel_id: int, change: dict[str, Any], *,
         raise ConflictError(f"Cannot {verb} {cause!r}: the paragraphs it moved were moved again in a way the "
                             "history does not explain; nothing was changed.")
     set_positions(session, novel_id, {int(pid): int(pos) for pid, pos in target.items()})
+
+
+def check_version(kind: str, obj: Any, expected_version: int | None) -> None:
+    """Refuse an edit made from a stale copy: `expected_version` must be the row's saved version (a ConflictError
+    naming both), and must be given (a ValidationError)."""
+    if expected_version is None:
+        raise ValidationError(f"Editing a {kind} needs the version you started from (expected_version).")
+    if obj.version != expected_version:
+        where = f" {obj.position}" if isinstance(obj, Paragraph) else ""
+        raise ConflictError(
+            f"{kind.capitalize()}{where} was changed elsewhere since you opened it (your copy is version "
+            f"{expected_version}, the saved one is version {obj.version}); nothing was saved: reload it and "
+            "apply your change again.", current_version=obj.version)

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from memory.embeddings import Vector, drop_embeddings, put_embedding
 from memory.errors import ConflictError, NotFoundError, ValidationError
-from memory.revisions import Changes, get_row, lock_novel, locked_row, record
+from memory.revisions import Changes, check_version, get_row, lock_novel, locked_row, record
 from memory.schema import (
     MEMORY_ORIGINS,
     ORIGINS,
@@ -315,17 +315,6 @@ def mark_summary_stale(changes: Changes, chapter_id: int | None) -> None:
         changes.update(chapter, summary_stale=True)
 
 
-def _check_version(kind: str, obj: Any, expected_version: int | None) -> None:
-    if expected_version is None:
-        raise ValidationError(f"Editing a {kind} needs the version you started from (expected_version).")
-    if obj.version != expected_version:
-        where = f" {obj.position}" if isinstance(obj, Paragraph) else ""
-        raise ConflictError(
-            f"{kind.capitalize()}{where} was changed elsewhere since you opened it (your copy is version "
-            f"{expected_version}, the saved one is version {obj.version}); nothing was saved: reload it and "
-            "apply your change again.", current_version=obj.version)
-
-
 def _edited_origin(paragraph: Paragraph, origin: str | None) -> str:
     """The origin of a paragraph's new text: as asked, else "edited" (a writer's own paragraph stays "written")."""
     if origin is not None:
@@ -336,7 +325,7 @@ def _edited_origin(paragraph: Paragraph, origin: str | None) -> str:
 def _locked_paragraph(session: Session, paragraph_id: int, expected_version: int) -> Paragraph:
     """The paragraph, its novel locked and its row re-read, if it is still `expected_version`."""
     paragraph = locked_row(session, Paragraph, paragraph_id, what="paragraph")
-    _check_version("paragraph", paragraph, expected_version)
+    check_version("paragraph", paragraph, expected_version)
     return paragraph
 
 
@@ -488,7 +477,7 @@ def merge_paragraphs(session: Session, paragraph_id: int, expected_version: int,
     if following is None:
         raise ValidationError(f"Paragraph {paragraph.position} is the last one: there is nothing to merge it with.")
     session.refresh(following)
-    _check_version("paragraph", following, next_expected_version)
+    check_version("paragraph", following, next_expected_version)
     text = merged_text(paragraph.text, following.text)
     changes = Changes(session, paragraph.novel_id)
     _remove(changes, following)
@@ -610,7 +599,7 @@ def edit_lore(session: Session, lore_id: int, expected_version: int, *, name: st
               keys: list[str] | str | None = None, body: str | None = None, always_on: bool | None = None,
               enabled: bool | None = None, embedding: Vector | None = None) -> LoreEntry:
     entry = locked_row(session, LoreEntry, lore_id, what="lore entry")
-    _check_version("lore entry", entry, expected_version)
+    check_version("lore entry", entry, expected_version)
     values: dict[str, Any] = {}
     if name is not None:
         values["name"] = _check_text(name, "A lore name")
