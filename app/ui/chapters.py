@@ -53,6 +53,9 @@ def _history_choices(history) -> list[tuple[str, int]]:
     return [(f"v{item.version} ({item.origin}): {item.text[:60]}", item.version) for item in reversed(history)]
 
 
+OPEN_CHAPTER_TEXT = "(the open chapter: its text is the manuscript above, where you edit it)"
+
+
 def _panel(novel_id: int, chapter_id: int | None) -> dict:
     """Everything the panel shows for `chapter_id` (None or gone: the open chapter), in one short read."""
     with services.current().session() as session:
@@ -63,12 +66,16 @@ def _panel(novel_id: int, chapter_id: int | None) -> dict:
         selected = overview[ids.index(chapter_id)]
         summaries = book.summary_history(session, chapter_id)
         synopses = book.synopsis_history(session, novel_id)
-        texts = [(p.position, p.text) for p in book.chapter_paragraphs(session, chapter_id)]
+        # The open (last) chapter's text is the Write tab's manuscript already: sending it twice was half of a
+        # long chapter's reload.
+        is_open = chapter_id == ids[-1]
+        texts = [] if is_open else [(p.position, p.text) for p in book.chapter_paragraphs(session, chapter_id)]
         outline = store.story(store.get_novel(session, novel_id))["outline"]
     read = {"chapter_id": chapter_id, "chapter_version": selected.version,
             "summary_version": summaries[-1].version if summaries else 0,
             "synopsis_version": synopses[-1].version if synopses else 0}
-    text = "\n\n".join(f"{position}. {body}" for position, body in texts) or "(no paragraphs yet)"
+    text = (OPEN_CHAPTER_TEXT if is_open else
+            "\n\n".join(f"{position}. {body}" for position, body in texts) or "(no paragraphs yet)")
     return {
         "chapters_table": [[info.position, info.title, info.paragraphs, info.words, _state(info)] for info in overview],
         "chapter_pick": gr.update(choices=[(f"{info.position}. {info.title}", info.id) for info in overview],

@@ -36,7 +36,10 @@ def test_move_merge_and_delete_with_confirmation_then_undo(novel, with_embedder)
     storm = panel.new_chapter(novel, "The Storm")["read_state"]
     shown = panel.move_paragraph(novel, storm, 2)
     assert [row[2] for row in shown["chapters_table"]] == [2, 1]
-    assert shown["chapter_text"] == "3. Four five."
+    # The open chapter's text is the Write tab's manuscript; another chapter's is shown here.
+    assert shown["chapter_text"] == panel.OPEN_CHAPTER_TEXT
+    first_id = shown["chapter_pick"]["choices"][0][1]
+    assert panel.select(novel, first_id)["chapter_text"] == "1. One two three.\n\n2. Six."
     shown = panel.move_up(novel, storm)
     assert [row[1] for row in shown["chapters_table"]] == ["The Storm", "Chapter 1"]
     with pytest.raises(gr.Error, match="Tick the confirmation"):
