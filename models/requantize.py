@@ -62,7 +62,10 @@ def fast_copy(path: Path, *, cache_dir: Path, threads: int = 1,
               max_bytes: int = MAX_COPY_BYTES) -> tuple[Path, str]:
     """(the file llama.cpp should load, a one-line note for the load report; "" when the file is loaded as is)."""
     path = Path(path)
-    kind = weight_type(path)
+    try:
+        kind = weight_type(path)
+    except OSError:
+        return path, ""  # not a GGUF llama.cpp can read: loading it says so, with the file's name
     if kind not in SLOW_ON_CPU:
         return path, ""
     target = copy_path(path, cache_dir=cache_dir)

@@ -70,6 +70,13 @@ def test_a_file_that_is_fast_already_is_loaded_as_it_is(made, tmp_path):
     assert not (tmp_path / "gguf-q8_0").exists()
 
 
+def test_a_file_that_is_not_a_gguf_is_left_to_the_load_to_refuse(tmp_path):
+    fake = tmp_path / "weights.gguf"
+    fake.write_bytes(b"definitely not gguf")
+    assert fast_copy(fake, cache_dir=tmp_path, threads=1) == (fake, "")
+    assert not (tmp_path / "gguf-q8_0").exists()
+
+
 def test_a_copy_too_large_is_not_made_and_the_note_says_how(tmp_path):
     path, note = fast_copy(default_lm_path(), cache_dir=tmp_path, threads=1, max_bytes=1000)
     assert path == default_lm_path()
