@@ -16,7 +16,12 @@ Two phases, so the engine of another checkout (the code before the guards) can w
 
     nice python -m bench.continuity write --label after --strategies instruction document --steps 8 \\
         --premises lighthouse detective generation_ship --out /tmp/after.json
-    (one process per strategy, `--strategies instruction` and `--strategies document`, writes both at once)
+    (one process per strategy, `--strategies instruction` and `--strategies document`, writes both at once; on a
+     shared machine pin each to a core of its own, `taskset -c 0 nice python -m bench.continuity write ...`: llama.cpp
+     takes one thread per core the process may use, and two spin-waiting threads per process under other load took
+     ~20 minutes for a step that takes ~40 s with one; `--threads` sets only torch's, for the embedder)
+    (`--seed` is the first premise's sampling seed, the next premise's is one more: a second sample of the same
+     premises takes another `--seed`, e.g. 2234 beside the default 1234)
     (copy this file into <checkout before>/bench/, then there: nice python -m bench.continuity write --label before
      --strategies instruction --commit <sha> ...; run as a script from here, bench/kernels.py would shadow the
      `kernels` package transformers imports)

@@ -134,8 +134,16 @@ def _tail_words(text: str, count: int) -> str:
     return ("… " if len(tokens) > count else "") + " ".join(tokens[-count:])
 
 
+# The input a template slot is filled from, where their names differ (the rest share their name).
+_SLOT_INPUTS = {"bible": "lore"}
+
+
 class _Fitter:
-    def __init__(self, inputs: ContextInputs):
+    """What is left to put in the prompt. Inputs the stage's template has no slot for are emptied first: the
+    document prompts (continue_*) hold fewer sections than the instruction prompts, and what a template cannot
+    show must neither be dropped to make room (it takes none) nor be reported as dropped or kept."""
+
+    def __init__(self, inputs: ContextInputs, template_slots: frozenset[str]):
         self.premise = inputs.premise
         self.outline = inputs.outline
         self.style = inputs.style
@@ -153,6 +161,9 @@ class _Fitter:
         self.instruction = inputs.instruction
         self.dropped: list[str] = []
         self.truncated: set[str] = set()
+        for slot in self.slots().keys() - template_slots:
+            name = _SLOT_INPUTS.get(slot, slot)
+            setattr(self, name, type(getattr(self, name))())
 
     def slots(self) -> dict[str, object]:
         return {"premise": self.premise, "outline": self.outline, "style": self.style,
@@ -210,10 +221,11 @@ class _Fitter:
 def build_context(library: PromptLibrary, generator, inputs: ContextInputs, budget: int, *, stage: str = "paragraph",
                   strategy: str = PROMPT_ONLY) -> ContextPreview:
     """Render `stage` from `inputs`, dropping the least important sections until the prompt fits `budget` tokens."""
-    fitter = _Fitter(inputs)
+    template_slots = library.slots(stage)
+    fitter = _Fitter(inputs, template_slots)
     had = {name: bool(value) for name, value in fitter.slots().items()}
     while True:
-        rendered = library.render(stage, **{k: v for k, v in fitter.slots().items() if k in library.slots(stage)})
+        rendered = library.render(stage, **{k: v for k, v in fitter.slots().items() if k in template_slots})
         prompt_text = rendered.prompt_text(generator)
         total = generator.count_tokens(prompt_text)
         if total <= budget:

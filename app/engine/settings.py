@@ -28,17 +28,18 @@ MODES = ("write", "interactive")
 # next paragraph) or "document" (prompts/continue_*.txt: the manuscript itself, continued; see PARAGRAPH_PROMPT).
 PARAGRAPH_PROMPTS = ("instruction", "document")
 # The default for the default model, by bench/continuity.py (bench/results/continuity.json): SmolLM2-135M-Instruct
-# through llama.cpp, default penalties, 3 premises x 8 steps per strategy (24 paragraphs each, 21 consecutive pairs),
-# on the prompts that open alike for prefix reuse (issue 16). Instruction vs document, both with the guards:
-# carry-over 9/21 vs 6/21, restarts 2 vs 0, leaking paragraphs 0 vs 0, memory moved 24/24 vs 24/24, memories
-# copying a paragraph 0.25 vs 0.17 (extractive fallbacks 7 vs 8), paragraphs in the asked voice 24/24 vs 22/24,
-# length score 84 vs 86 (short paragraphs continued 4 vs 7, 3 vs 3 left short). Instruction keeps the story's names
-# going and its voice better, document restarts less and copies less: carry-over is the point, so instruction stays
-# the default and document the per-novel choice (also for models without a chat template). Document could not be
-# the default as it is anyway: under a tight context budget its prompt loses the plan ("What happens next"), which
-# the instruction prompt never drops (tests/engine/test_engine_scripted.py::
-# test_budget_drops_least_important_sections_first_and_never_the_plan fails with "document"). Before the guards
-# (5b4915b, instruction, 8 paragraphs): 2 leaked meta-text, memory moved 0.63, copies 0.38, length 84.
+# through llama.cpp, default penalties, 3 premises x 8 steps x 3 seeds (1234, 2234, 3334) per strategy. Instruction
+# vs document, both with the guards: 72 vs 68 paragraphs (one document run stopped at step 5: no usable paragraph
+# in 3 tries), carry-over 23/63 vs 17/59 (0.37 vs 0.29; instruction ahead on every seed: 9/21, 7/21, 7/21 vs 6/21,
+# 5/17, 6/21), restarts 3 vs 0, leaking paragraphs 0 vs 0, memory moved 72/72 vs 68/68, memories copying a
+# paragraph 16/72 vs 4/68 (extractive fallbacks 23 vs 18), paragraphs in the asked voice 70/72 vs 61/68, length
+# score 87 vs 72 (short paragraphs continued 10 vs 13, 6 vs 18 left short). Instruction keeps the story's names
+# going, its voice and its length better and finished every run; document restarts and copies less. Carry-over is
+# the point, so instruction stays the default and document the per-novel choice (also for models without a chat
+# template). Both prompts keep the plan and their own closing lines under any budget and drop the same sections in
+# app/engine/context.py TRUNCATION_ORDER (tests/engine/test_engine_chapters.py, test_engine_scripted.py).
+# Before the guards (5b4915b, instruction, 8 paragraphs): 2 leaked meta-text, memory moved 0.63, copies 0.38,
+# length 84.
 PARAGRAPH_PROMPT = "instruction"
 MAX_MODEL_CHARS = 4096
 MAX_OUTLINE_CHARS = 100_000

@@ -34,27 +34,51 @@ def full_inputs() -> ContextInputs:
         chapter_so_far="sofar " * 40)
 
 
-def removal_sequence(generator) -> list[str]:
-    """Lower the budget one token at a time and note which piece goes next, until nothing more can go."""
+# The never-cut words of each paragraph prompt: the instruction's plan and closing line, the document's plan and
+# narration lines (prompts/paragraph.txt, prompts/continue_paragraph.txt, prompts/continue_opening.txt).
+NEVER_CUT = {"paragraph": ("Plan for the next paragraph: PLAN words here", "Write the next paragraph, about 100 words. "
+                           "Third person."),
+             "continue_paragraph": ("What happens next: PLAN words here",
+                                    "Narration: Third person. Paragraphs of about 100 words."),
+             "continue_opening": ("Narration: Third person. Paragraphs of about 100 words.",)}
+
+
+# Each piece of full_inputs() (two of its words) and what `dropped` says when it is removed altogether.
+REMOVED = (("retrieved retrieved", "retrieved paragraph 3"), ("triggered triggered", "lore entry 'Triggered'"),
+           ("outline outline", "outline"), ("style style", "style"), ("first first", "summary of 'One'"),
+           ("second second", "summary of 'Two'"), ("always always", "lore entry 'Always' (always on)"),
+           ("last last", "last paragraph (dropped)"), ("memory memory", "memory (dropped)"),
+           ("sofar sofar", "chapter so far (dropped)"), ("synopsis synopsis", "synopsis (dropped)"),
+           ("premise premise", "premise (dropped)"))
+
+
+def removal_sequence(generator, stage: str = "paragraph") -> list[str]:
+    """Lower the budget one token at a time and note which piece goes next, until nothing more can go; every
+    prompt on the way keeps the stage's never-cut lines verbatim and shows each piece unless it says it dropped it."""
     library = PromptLibrary()
     inputs = full_inputs()
-    budget = build_context(library, generator, inputs, 100_000).total_tokens
+    budget = build_context(library, generator, inputs, 100_000, stage=stage).total_tokens
     seen: list[str] = []
     while True:
         budget -= 1
         try:
-            preview = build_context(library, generator, inputs, budget)
+            preview = build_context(library, generator, inputs, budget, stage=stage)
         except ContextTooLargeError:
             return seen
-        assert "PLAN words here" in preview.prompt_text
-        assert "Write the next paragraph" in preview.prompt_text
+        assert preview.total_tokens <= budget
+        for line in NEVER_CUT[stage]:
+            assert line in preview.prompt_text
+        for filler, label in REMOVED:
+            shown, removed = filler in preview.prompt_text, label in preview.dropped
+            assert not (shown and removed), label
+            assert shown or removed or stage == "continue_opening", label
         for item in preview.dropped:
             if item not in seen:
                 seen.append(item)
 
 
-def test_truncation_follows_the_documented_order_and_never_cuts_instruction_or_plan():
-    seen = removal_sequence(ScriptedGenerator())
+def removal_kinds(seen: list[str]) -> list[str]:
+    """The TRUNCATION_ORDER names of the removed pieces, in the order they first went."""
     kinds = []
     for item in seen:
         kind = ("retrieved" if item.startswith("retrieved") else "triggered lore" if "'Triggered'" in item
@@ -62,9 +86,25 @@ def test_truncation_follows_the_documented_order_and_never_cuts_instruction_or_p
                 else item.split(" (")[0].replace(" ", "_"))
         if kind not in kinds:
             kinds.append(kind)
-    assert kinds == list(TRUNCATION_ORDER)
+    return kinds
+
+
+@pytest.mark.parametrize("stage", ["paragraph", "continue_paragraph"])
+def test_truncation_follows_the_documented_order_and_never_cuts_instruction_or_plan(stage):
+    seen = removal_sequence(ScriptedGenerator(), stage)
+    assert removal_kinds(seen) == list(TRUNCATION_ORDER)
     # The less relevant chapter summary goes first.
     assert seen.index("summary of 'One'") < seen.index("summary of 'Two'")
+
+
+def test_sections_a_template_cannot_hold_are_neither_dropped_nor_listed():
+    """The document opening has no memory, retrieved passages or chapter summaries: a tight budget drops only what
+    its prompt shows, and the inspector lists only those sections."""
+    library = PromptLibrary()
+    seen = removal_sequence(ScriptedGenerator(), "continue_opening")
+    assert removal_kinds(seen) == ["triggered lore", "outline", "style", "always-on lore", "premise"]
+    preview = build_context(library, ScriptedGenerator(), full_inputs(), 100_000, stage="continue_opening")
+    assert [s.name for s in preview.sections] == ["instruction", "premise", "outline", "style", "bible"]
 
 
 def engine_for(session_factory, embedder, generator) -> Engine:

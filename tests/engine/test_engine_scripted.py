@@ -230,20 +230,37 @@ def test_inspector_shows_edited_memory_and_plan_verbatim(session_factory, embedd
     assert sum(s.tokens for s in preview.sections) == preview.total_tokens
 
 
-def test_budget_drops_least_important_sections_first_and_never_the_plan(session_factory, embedder, novel_id):
+# The words each paragraph prompt never cuts, besides the plan (prompts/paragraph.txt, continue_paragraph.txt).
+NEVER_CUT = {"instruction": ("Plan for the next paragraph: ", "Write the next paragraph, about 110 words."),
+             "document": ("What happens next: ", "Narration: Write in the third person")}
+
+
+@pytest.mark.parametrize("paragraph_prompt", ["instruction", "document"])
+def test_budget_drops_least_important_sections_first_and_never_the_plan(session_factory, embedder, novel_id,
+                                                                       paragraph_prompt):
+    with session_factory() as session, session.begin():
+        store.update_novel_settings(session, novel_id, {"paragraph_prompt": paragraph_prompt})
     engine, generator = started(session_factory, embedder, novel_id)
     for i in range(4):
         generator.script["paragraph"] = [f"Paragraph {i} tells of the lamp and of the sea for a while. " * 6]
         run(engine.step(novel_id, "Mara climbs the tower."))
     plan = "Mara opens the lamp-room door."
     full = engine.inspect_context(novel_id, plan)
+    assert full.stage == ("paragraph" if paragraph_prompt == "instruction" else "continue_paragraph")
     assert any(s.name == "retrieved" and s.kept for s in full.sections)
     with session_factory() as session, session.begin():
         store.update_novel_settings(session, novel_id, {"context_tokens": full.total_tokens + 250 - 40})
     tight = engine.inspect_context(novel_id, plan)
     assert tight.total_tokens <= tight.budget
     assert tight.dropped and tight.dropped[0].startswith("retrieved paragraph")
-    assert plan in tight.prompt_text and "Write the next paragraph" in tight.prompt_text
+    for item in tight.dropped:
+        assert item.startswith("retrieved paragraph ")  # the last paragraph and memory are only shortened later
+        assert f"(paragraph {item.rsplit(' ', 1)[1]})" not in tight.prompt_text
+    assert NEVER_CUT[paragraph_prompt][0] + plan in tight.prompt_text
+    for words in NEVER_CUT[paragraph_prompt][1:]:
+        assert words in tight.prompt_text
+    other = NEVER_CUT["document" if paragraph_prompt == "instruction" else "instruction"]
+    assert not any(words in tight.prompt_text for words in other)
     with session_factory() as session, session.begin():
         store.update_novel_settings(session, novel_id, {"context_tokens": 250 + 30})
     with pytest.raises(ContextTooLargeError):
