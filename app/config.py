@@ -45,6 +45,7 @@ class Config:
     dtype: str = "auto"
     gguf_backend: str = "auto"
     gguf_requantize: str = "auto"  # "auto": llama.cpp reads a Q4_1/Q5_1 GGUF through a Q8_0 copy (models/requantize.py)
+    threads: int | None = None  # CPU threads for the model (llama.cpp and torch); None: one per physical core
     host: str = "127.0.0.1"
     port: int = 7860
     allow_download: bool = False
@@ -99,6 +100,19 @@ def _parse_port(name: str, value: str | int) -> int:
     return port
 
 
+def _parse_threads(name: str, value: str | int) -> int | None:
+    """A positive thread count, or "auto" / 0 for the default (one per physical core)."""
+    if str(value).strip().lower() in ("auto", "0"):
+        return None
+    try:
+        threads = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a whole number of threads or auto, got {value!r}") from None
+    if threads < 1:
+        raise ConfigError(f"{name} must be 1 or more (or auto), got {threads}")
+    return threads
+
+
 def _parse_choice(choices: tuple[str, ...]):
     def parse(name: str, value: str) -> str:
         if value not in choices:
@@ -144,6 +158,7 @@ SETTINGS = {
     "dtype": ("LONGHAND_DTYPE", _parse_choice(DTYPES)),
     "gguf_backend": ("LONGHAND_GGUF_BACKEND", _parse_choice(GGUF_BACKENDS)),
     "gguf_requantize": ("LONGHAND_GGUF_REQUANTIZE", _parse_choice(GGUF_REQUANTIZE)),
+    "threads": ("LONGHAND_THREADS", _parse_threads),
     "host": ("LONGHAND_HOST", _parse_str),
     "port": ("LONGHAND_PORT", _parse_port),
     "allow_download": ("LONGHAND_ALLOW_DOWNLOAD", _parse_bool),
@@ -168,8 +183,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gguf-backend", help=f"how a .gguf runs: one of {', '.join(GGUF_BACKENDS)} (auto: llama.cpp "
                        "on the CPU when it is installed, else transformers)")
     group.add_argument("--gguf-requantize", help=f"one of {', '.join(GGUF_REQUANTIZE)} (auto: llama.cpp reads a Q4_1 or "
-                       "Q5_1 .gguf through a Q8_0 copy made once in the data dir, which prefills several times faster; "
+                       "Q5_1 .gguf through a Q8_0 copy made once in the data dir, which reads prompts faster; "
                        "off: the file as it is)")
+    group.add_argument("--threads", help="CPU threads the model runs on (default auto: one per physical core; on a "
+                       "machine busy with other work, 1 can be many times faster than threads that wait for cores)")
     group.add_argument("--host", help="address to listen on (default 127.0.0.1, this machine only)")
     group.add_argument("--port", help="port to listen on (default 7860)")
     group.add_argument("--allow-download", action="store_const", const=True,

@@ -73,7 +73,8 @@ class ModelService:
                 self._generator = load_generator(source, device=device, dtype=dtype, cache_dir=self.models_dir,
                                                  trust_remote_code=self.config.trust_remote_code,
                                                  gguf_backend=self.config.gguf_backend,
-                                                 gguf_requantize=self.config.gguf_requantize)
+                                                 gguf_requantize=self.config.gguf_requantize,
+                                                 threads=self.config.threads)
                 self._generator_key = key
             return self._generator
 

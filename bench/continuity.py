@@ -17,9 +17,9 @@ Two phases, so the engine of another checkout (the code before the guards) can w
     nice python -m bench.continuity write --label after --strategies instruction document --steps 8 \\
         --premises lighthouse detective generation_ship --out /tmp/after.json
     (one process per strategy, `--strategies instruction` and `--strategies document`, writes both at once; on a
-     shared machine pin each to a core of its own, `taskset -c 0 nice python -m bench.continuity write ...`: llama.cpp
-     takes one thread per core the process may use, and two spin-waiting threads per process under other load took
-     ~20 minutes for a step that takes ~40 s with one; `--threads` sets only torch's, for the embedder)
+     shared machine keep `--threads 1` (the default; the model's threads, llama.cpp's and torch's) or pin each to a
+     core of its own, `taskset -c 0 nice python -m bench.continuity write ...`: two spin-waiting llama.cpp threads per
+     process under other load took ~20 minutes for a step that takes ~40 s with one)
     (`--seed` is the first premise's sampling seed, the next premise's is one more: a second sample of the same
      premises takes another `--seed`, e.g. 2234 beside the default 1234)
     (copy this file into <checkout before>/bench/, then there: nice python -m bench.continuity write --label before
@@ -85,7 +85,8 @@ def write(args) -> int:
     if args.premises:
         premises = [p for p in premises if p.id in args.premises]
     work = Path(tempfile.mkdtemp(prefix="longhand-continuity-"))
-    config = Config(data_dir=work, database_url=f"sqlite:///{work / 'continuity.db'}", device="cpu", dtype="float32")
+    config = Config(data_dir=work, database_url=f"sqlite:///{work / 'continuity.db'}", device="cpu", dtype="float32",
+                    threads=args.threads)
     parts = open_parts(config, models_dir=default_data_dir() / "models")
     session_factory, embedder = parts.session_factory, parts.embedder()
     engine = parts.engine(parts.models.generator())
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     writing.add_argument("--steps", type=int, default=4, help="steps per run, the opening included (default 4)")
     writing.add_argument("--premises", nargs="*", default=[], help="premise ids from data/premises (default: all)")
     writing.add_argument("--seed", type=int, default=1234)
-    writing.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    writing.add_argument("--threads", type=int, default=1, help="CPU threads of the model (llama.cpp and torch)")
     writing.add_argument("--out", required=True)
     writing.add_argument("--commit", help="the commit written from, when the checkout is no git repository")
     measuring = commands.add_parser("measure", help="compute the figures of written files")

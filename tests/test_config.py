@@ -19,7 +19,11 @@ def test_defaults_put_data_outside_the_repo_and_bind_localhost(tmp_path):
     assert config.port == 7860
     assert config.model == "default"
     assert config.allow_download is False and config.trust_remote_code is False and config.share is False
-    assert config.gguf_backend == "auto" and config.gguf_requantize == "auto"
+    assert config.gguf_backend == "auto" and config.gguf_requantize == "auto" and config.threads is None
+    assert load_config(parse(["--threads", "1"]), environ={"HOME": str(tmp_path)}).threads == 1
+    assert load_config(parse(["--threads", "auto"]), environ={"HOME": str(tmp_path), "LONGHAND_THREADS": "3"}).threads \
+        is None
+    assert load_config(parse([]), environ={"HOME": str(tmp_path), "LONGHAND_THREADS": "3"}).threads == 3
 
 
 def test_xdg_data_home_is_honoured(tmp_path):
@@ -71,6 +75,8 @@ def test_database_url_follows_data_dir(tmp_path):
         (["--auth", "nocolon"], {}, "--auth must look like user:password"),
         (["--model", "  "], {}, "--model must not be empty"),
         (["--gguf-requantize", "q4_0"], {}, "--gguf-requantize must be one of auto, off"),
+        (["--threads", "-2"], {}, "--threads must be 1 or more"),
+        ([], {"LONGHAND_THREADS": "two"}, "LONGHAND_THREADS must be a whole number of threads or auto"),
     ],
 )
 def test_bad_settings_name_the_setting(argv, env, message):

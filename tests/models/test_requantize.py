@@ -100,3 +100,14 @@ def test_the_app_loads_the_copy_unless_told_off(made, choice):
     assert generator.backend.path == expected
     assert generator.load_report.loaded_from == str(expected)
     assert bool(generator.load_report.note) == (choice == "auto")
+
+
+def test_the_launch_threads_reach_llama_cpp_through_the_one_wiring(made, tmp_path):
+    from app.config import Config
+    from app.wiring import open_parts
+
+    cache, copy, _ = made
+    config = Config(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'l.db'}", device="cpu",
+                    gguf_backend="llama.cpp", threads=1)
+    generator = open_parts(config, models_dir=cache).models.generator()
+    assert generator.backend.threads == 1 and generator.backend.path == copy
