@@ -17,21 +17,14 @@ from pathlib import Path
 import pytest
 
 from models.service import TextGenerator
+from tests.refuse_llama_cpp import HOOK
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 # Run in the child: refuse llama_cpp, load the default GGUF with the backend choice in argv[2], write a few tokens.
-CHILD = r"""
-import importlib.abc, json, sys
-
-class RefuseLlamaCpp(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "llama_cpp" or name.startswith("llama_cpp."):
-            raise ImportError("libllama.so: cannot open shared object file (simulated)")
-        return None
-
-sys.meta_path.insert(0, RefuseLlamaCpp())
+CHILD = HOOK + r"""
+import json
 from app.offline import DEFAULT_LM_NAME, default_lm_path
 from models.errors import ModelLoadError
 from models.sampling import SamplingParams

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.refuse_llama_cpp import HOOK
 from tests.ui.test_ui_browser import (  # noqa: F401 (fixtures)
     REPO,
     _create_novel,
@@ -25,24 +26,11 @@ from tests.ui.test_ui_browser import (  # noqa: F401 (fixtures)
     stop_server,
 )
 
-REFUSE_LLAMA_CPP = '''
-import importlib.abc, sys
-
-class RefuseLlamaCpp(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "llama_cpp" or name.startswith("llama_cpp."):
-            raise ImportError("libllama.so: cannot open shared object file (simulated)")
-        return None
-
-sys.meta_path.insert(0, RefuseLlamaCpp())
-'''
-
-
 @pytest.fixture
 def served_without_llama_cpp(tmp_path: Path):
     hook = tmp_path / "hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(REFUSE_LLAMA_CPP)
+    (hook / "sitecustomize.py").write_text(HOOK)
     port, data_dir, log = _free_port(), tmp_path / "data", tmp_path / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{hook}{os.pathsep}{REPO}"}
