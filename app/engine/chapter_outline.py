@@ -75,15 +75,18 @@ class ChapterOutliner:
         outline = str(view.settings.get("outline") or "")
         rendered = self.prompts.render("chapter_outline", premise=view.premise, style=view.style,
                                        outline=outline, chapters=chapters)
-        prompt = self.generator.render_chat(rendered.messages) + rendered.answer_prefix
+        chat = self.generator.render_chat(rendered.messages)
         best: list[str] = []
         for attempt in range(max(1, int(view.setting("max_attempts")))):
             params = view.config.sampling_params()
             if params.seed is not None:
                 params.seed += attempt
             raw = rendered.answer_prefix + "".join(self.generator.stream(
-                prompt, sampling=params, max_new_tokens=OUTLINE_TOKENS_PER_CHAPTER * chapters, cancel=cancel))
+                chat + rendered.answer_prefix, sampling=params, max_new_tokens=OUTLINE_TOKENS_PER_CHAPTER * chapters,
+                cancel=cancel))
             lines = parse_chapter_outline(raw, chapters)
+            if 0 < len(lines) < chapters:
+                lines = self._continue_lines(chat, lines, chapters, params=params, cancel=cancel)
             best = lines if len(lines) > len(best) else best
             if len(best) == chapters:
                 break
@@ -97,3 +100,17 @@ class ChapterOutliner:
                 raise EngineError("The outline was edited while the new one was written; it was not replaced.")
             store.edit_story(session, novel_id, read["premise"], read["style_notes"], outline_text(best), read)
         return best
+
+    def _continue_lines(self, chat: str, lines: list[str], chapters: int, *, params, cancel) -> list[str]:
+        """The missing lines asked for one at a time, the answer so far ending "Chapter k:": a small model often
+        stops after its first line, though it writes the next one when its number is given. A line that repeats
+        an earlier one ends the outline there (a copy is no plan)."""
+        while len(lines) < chapters:
+            head = outline_text(lines) + f"\nChapter {len(lines) + 1}:"
+            got = "".join(self.generator.stream(chat + head, sampling=params, max_new_tokens=OUTLINE_TOKENS_PER_CHAPTER,
+                                                stop=["\n"], cancel=cancel))
+            more = parse_chapter_outline(head + got.split("\n", 1)[0], chapters)
+            if len(more) <= len(lines) or more[-1].strip().lower() in {line.strip().lower() for line in lines}:
+                break
+            lines = more
+        return lines

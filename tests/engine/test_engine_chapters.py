@@ -296,3 +296,22 @@ def test_the_outline_by_chapter_is_saved_and_steers_each_chapters_first_step(ses
     generator.script["chapter_outline"] = ["nothing useful"]
     with pytest.raises(Exception, match="no usable outline"):
         engine.chapter_outliner(novel_id).propose(novel_id, 3)
+
+
+def test_an_outline_that_stops_after_one_line_is_asked_for_the_next_lines_by_number(session_factory, embedder,
+                                                                                     novel_id):
+    generator = ScriptedGenerator({"chapter_outline": [" Mara finds the bottle.", " A stranger asks for Mara.",
+                                                       " The lamp is lit at last."]})
+    engine = engine_for(session_factory, embedder, generator)
+    lines = engine.chapter_outliner(novel_id).propose(novel_id, 3)
+    assert lines == ["Mara finds the bottle.", "A stranger asks for Mara.", "The lamp is lit at last."]
+    asked = [call.prompt for call in generator.calls_for("chapter_outline")]
+    assert len(asked) == 3
+    assert asked[1].endswith("Chapter 1: Mara finds the bottle.\nChapter 2:")
+    assert asked[2].endswith("Chapter 2: A stranger asks for Mara.\nChapter 3:")
+    # A model that only repeats its line gives no outline: the repeat is refused, the old outline kept.
+    generator.script["chapter_outline"] = [" The same line again."]
+    with pytest.raises(Exception, match="no usable outline"):
+        engine.chapter_outliner(novel_id).propose(novel_id, 3)
+    with session_factory() as s:
+        assert store.story(store.get_novel(s, novel_id))["outline"].startswith("Chapter 1: Mara finds the bottle.")
