@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from models.requantize import CHOICES as GGUF_REQUANTIZE
+
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # How a .gguf runs: llama.cpp (quantized, several times faster on a CPU) or transformers (dequantized); "auto" takes
 # llama.cpp on the CPU when llama-cpp-python is installed (bench/results/llamacpp.json).
 GGUF_BACKENDS = ("auto", "llama.cpp", "transformers")
-GGUF_REQUANTIZE = ("auto", "off")
 DEFAULT_MODEL = "default"
 DEFAULT_EMBEDDER = "default"
 

@@ -17,6 +17,8 @@ import hashlib
 import os
 from pathlib import Path
 
+# --gguf-requantize: "auto" makes and loads the copy when it helps, "off" loads every file as it is.
+CHOICES = ("auto", "off")
 # Weight types llama.cpp multiplies one row at a time on a CPU (no tinyBLAS kernel), and Q8_0 holds exactly enough.
 SLOW_ON_CPU = frozenset({"Q4_1", "Q5_1"})
 TARGET = "Q8_0"

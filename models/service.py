@@ -20,12 +20,12 @@ from models.backend import State
 from models.errors import ModelLoadError
 from models.generate import GenerationInfo, generate
 from models.loading import LoadReport, load_folder_backend, load_gguf_backend, resolve_device, resolve_dtype
+from models.requantize import CHOICES as GGUF_REQUANTIZE, fast_copy
 from models.sampling import PenaltyParams, SamplingParams
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 Prompt = Union[str, Sequence[Message]]
 GGUF_BACKENDS = ("auto", "llama.cpp", "transformers")
-GGUF_REQUANTIZE = ("auto", "off")
 CHATS_KEPT = 16
 
 
@@ -292,8 +292,6 @@ def _llamacpp_file(path: Path, *, requantize: str, cache_dir: Path, threads: int
         raise ModelLoadError(f"Unknown GGUF requantize choice {requantize!r}: use one of {', '.join(GGUF_REQUANTIZE)}.")
     if requantize == "off" or not path.is_file():
         return path
-    from models.requantize import fast_copy
-
     loaded, note = fast_copy(path, cache_dir=cache_dir, threads=threads)
     report.loaded_from, report.note = str(loaded), note
     if note:

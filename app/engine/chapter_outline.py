@@ -109,7 +109,7 @@ class ChapterOutliner:
             head = outline_text(lines) + f"\nChapter {len(lines) + 1}:"
             got = "".join(self.generator.stream(chat + head, sampling=params, max_new_tokens=OUTLINE_TOKENS_PER_CHAPTER,
                                                 stop=["\n"], cancel=cancel))
-            more = parse_chapter_outline(head + got.split("\n", 1)[0], chapters)
+            more = parse_chapter_outline(head + got, chapters)  # `stop` ends it at the line's end
             if len(more) <= len(lines) or more[-1].strip().lower() in {line.strip().lower() for line in lines}:
                 break
             lines = more
