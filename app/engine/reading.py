@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import select
 
-from memory import chapters, embeddings, retrieval, revisions, store
+from memory import chapters, embeddings, rerank, retrieval, revisions, store
 from memory.embeddings import Vector
 from memory.schema import PlanSet
 
@@ -104,6 +104,8 @@ class StoreReader:
 
     session_factory: object
     embedder: object
+    scorer: rerank.Scorer | None = None  # the LM rerank's (app/engine/rerank.py); None: skipped, for `skipped`
+    skipped: str = ""
 
     def read(self, novel_id: int, *, for_retry: bool = False) -> NovelView:
         """Everything a step starts from, in one transaction: the novel and its settings (so its model), the
@@ -173,6 +175,7 @@ class StoreReader:
         last = view.paragraphs[-1][1] if view.paragraphs else ""
         lore: list[LoreItem] = []
         retrieved: list[RetrievedItem] = []
+        notice = ""
         query = self.retrieval_query(plan, last)
         with self.session_factory() as session, session.begin():
             for entry in retrieval.triggered_lore(session, view.novel_id, f"{plan}\n{last}\n{view.memory}", query):
@@ -183,14 +186,17 @@ class StoreReader:
                 # The last paragraph is in the context already; during a retry the store still holds the
                 # paragraph being rewritten (last_position + 1), which this view does not contain.
                 exclude = [last_position, last_position + 1]
-                for hit in retrieval.search(session, view.novel_id, query, k, text=plan, exclude_positions=exclude):
+                found = rerank.search_reranked(session, view.novel_id, query, k, text=plan, scorer=self.scorer,
+                                               skipped=self.skipped, exclude_positions=exclude)
+                notice = found.notice
+                for hit in found.hits:
                     retrieved.append(RetrievedItem(hit.paragraph.position, hit.paragraph.text, hit.score,
                                                    why=hit.why(), sentence=hit.sentence or ""))
         retrieved.sort(key=lambda item: -item.score)
         chapter_so_far = view.open_chapter.summary if view.open_chapter is not None else ""
         return ContextInputs(
             premise=view.premise, outline=str(view.settings.get("outline") or ""), style=view.style, lore=lore,
-            memory=view.memory, retrieved=retrieved, synopsis=view.synopsis,
+            memory=view.memory, retrieved=retrieved, retrieval_notice=notice, synopsis=view.synopsis,
             chapters=self.relevant_chapters(view, plan), chapter_so_far=chapter_so_far,
             last_paragraph=last if strategy == PROMPT_ONLY else "", plan=plan, voice=VOICES[mode],
             words=int(view.setting("paragraph_words")))
