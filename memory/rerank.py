@@ -42,14 +42,24 @@ def rerank(hits: list[Hit], question: str, scorer: Scorer, *, k: int, rrf_k: int
     return [replace(hits[i], score=fused[i], lm_rank=lm_rank[i], lm_score=scores[i]) for i in order]
 
 
+def search_depth(k: int, text: str, scorer: Scorer | None, depth: int = RERANK_DEPTH) -> int:
+    """How many hits to ask memory.retrieval.search for so that `finish` can rerank them down to k."""
+    return max(k, depth) if scorer is not None and text.strip() else k
+
+
+def finish(hits: list[Hit], text: str, scorer: Scorer | None, *, k: int, skipped: str = "") -> Reranked:
+    """The search's `hits` (search_depth of them) reranked by `scorer` down to k; with no scorer (or no question
+    text) its own top k and a notice saying the rerank was skipped and why (`skipped`). Reads no database, so a
+    caller runs it after its transaction: the model reads every candidate (seconds on a CPU)."""
+    if scorer is None or not text.strip():
+        reason = skipped if scorer is None else "the query has no text to score"
+        return Reranked(hits[:k], notice=f"LM rerank skipped: {reason or 'no scorer'}.")
+    return Reranked(rerank(hits, text, scorer, k=k))
+
+
 def search_reranked(session: Session, novel_id: int, query_vector: Vector | None, k: int, *, text: str,
                     scorer: Scorer | None, skipped: str = "", depth: int = RERANK_DEPTH,
                     **search_options) -> Reranked:
-    """memory.retrieval.search's top `depth` (at least k) reranked by `scorer` down to k; with no scorer (or no
-    question text) the search's own top k and a notice saying the rerank was skipped and why (`skipped`)."""
-    if scorer is None or not text.strip():
-        reason = skipped if scorer is None else "the query has no text to score"
-        return Reranked(search(session, novel_id, query_vector, k, text=text, **search_options),
-                        notice=f"LM rerank skipped: {reason or 'no scorer'}.")
-    hits = search(session, novel_id, query_vector, max(k, depth), text=text, **search_options)
-    return Reranked(rerank(hits, text, scorer, k=k))
+    """memory.retrieval.search's top `depth` (at least k) reranked by `scorer` down to k (`finish`)."""
+    hits = search(session, novel_id, query_vector, search_depth(k, text, scorer, depth), text=text, **search_options)
+    return finish(hits, text, scorer, k=k, skipped=skipped)

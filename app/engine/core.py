@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memory import alternatives, rerank, revisions, store
+from memory import alternatives, rerank, retrieval, revisions, store
 from memory.alternatives import Version
 from memory.schema import Paragraph
 from models.errors import Cancelled
@@ -182,7 +182,8 @@ class Engine(VersionsMixin):
         scorer, skipped = lm_scorer(getattr(generator, "backend", None), enabled=self.lm_rerank)
         vector = self.reader.query_vector(query)
         with self.session_factory() as session:
-            return rerank.search_reranked(session, novel_id, vector, k, text=query, scorer=scorer, skipped=skipped)
+            hits = retrieval.search(session, novel_id, vector, rerank.search_depth(k, query, scorer), text=query)
+        return rerank.finish(hits, query, scorer, k=k, skipped=skipped)  # the model reads outside the session
 
     def _read(self, novel_id: int, *, for_retry: bool = False) -> NovelView:
         """Everything a step starts from, in one transaction (app/engine/reading.py StoreReader.read)."""

@@ -176,6 +176,7 @@ class StoreReader:
         lore: list[LoreItem] = []
         retrieved: list[RetrievedItem] = []
         notice = ""
+        hits: list[retrieval.Hit] = []
         query = self.retrieval_query(plan, last)
         with self.session_factory() as session, session.begin():
             for entry in retrieval.triggered_lore(session, view.novel_id, f"{plan}\n{last}\n{view.memory}", query):
@@ -186,12 +187,14 @@ class StoreReader:
                 # The last paragraph is in the context already; during a retry the store still holds the
                 # paragraph being rewritten (last_position + 1), which this view does not contain.
                 exclude = [last_position, last_position + 1]
-                found = rerank.search_reranked(session, view.novel_id, query, k, text=plan, scorer=self.scorer,
-                                               skipped=self.skipped, exclude_positions=exclude)
-                notice = found.notice
-                for hit in found.hits:
-                    retrieved.append(RetrievedItem(hit.paragraph.position, hit.paragraph.text, hit.score,
-                                                   why=hit.why(), sentence=hit.sentence or ""))
+                hits = retrieval.search(session, view.novel_id, query, rerank.search_depth(k, plan, self.scorer),
+                                        text=plan, exclude_positions=exclude)
+        if hits:
+            # After the transaction: the LM rerank reads every candidate (seconds on a CPU).
+            found = rerank.finish(hits, plan, self.scorer, k=k, skipped=self.skipped)
+            notice = found.notice
+            retrieved = [RetrievedItem(hit.paragraph.position, hit.paragraph.text, hit.score, why=hit.why(),
+                                       sentence=hit.sentence or "") for hit in found.hits]
         retrieved.sort(key=lambda item: -item.score)
         chapter_so_far = view.open_chapter.summary if view.open_chapter is not None else ""
         return ContextInputs(
