@@ -414,7 +414,7 @@ LM_RERANK = "fused + LM rerank"
 
 def reranked_ranks(Session, cache: EmbeddingCache, novel_id: int, positions: list[int], scorer) -> dict:
     """Each question's rank of its fact paragraph by the fused search reranked by the LM, and the query's ms."""
-    row: dict[str, list] = {"ranks": [], "ms": [], "tokens": []}
+    row: dict[str, list] = {"ranks": [], "ms": []}
     with Session() as s:
         for fact, position in zip(ALL_FACTS, positions):
             question = fact["question"]

@@ -32,7 +32,7 @@ VOICES = {
 # plan alone 0.87, plus 0.25 last 0.73 (fused). With the hubness correction and names-only fusion (issue 19, 6
 # held-out facts beside the 15): plan alone 0.87 at 300 / 1,000 / 3,000, plus 0.25 last 0.87 too (recall@1 0.67 /
 # 0.73 / 0.80 against 0.73 each), plus 0.5 last (vectors) 0.87 / 0.80 / 0.80. So the last paragraph, which is in
-# the context already, no longer steers what is found.
+# the context already, no longer steers what is found. The fused top 12 are then reranked by the LM (memory/rerank.py).
 LAST_PARAGRAPH_WEIGHT = 0.0
 # How many closed chapters' summaries a step's context holds at most: the ones most similar to the plan (cosine of
 # MiniLM vectors), shown in book order. The truncation drops the least similar first.
