@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +152,8 @@ class LlamaCppBackend:
         self._formatter = None
         self._context: list[int] = []  # the tokens the llama.cpp context holds now
         self._scoring = None  # (context, batch) of scoring's own llama.cpp context, made on first use
+        # A step and a Memory tab search may score at once (two Gradio workers): one at a time in that context.
+        self._scoring_lock = threading.Lock()
         self.reads = 0  # tokens evaluated since load (what prefix reuse and snapshots save)
 
     # Text ---------------------------------------------------------------------------------------------------
@@ -336,19 +339,21 @@ class LlamaCppBackend:
         if not prefix_ids or not continuation_ids or len(ids) > SCORING_CONTEXT:
             raise ValueError(f"scoring needs a prefix and a continuation of {SCORING_CONTEXT} tokens at most together, "
                              f"got {len(prefix_ids)} + {len(continuation_ids)}")
-        context, batch = self._scoring_context()
-        self._lib.llama_memory_clear(context.memory, True)
         first = len(prefix_ids) - 1  # the position whose logits predict the first continuation token
-        raw = batch.batch
-        raw.n_tokens = len(ids)
-        for i, token in enumerate(ids):
-            raw.token[i], raw.pos[i], raw.n_seq_id[i], raw.logits[i] = token, i, 1, first <= i < len(ids) - 1
-            raw.seq_id[i][0] = 0
-        context.decode(batch)
+        with self._scoring_lock:
+            context, batch = self._scoring_context()
+            self._lib.llama_memory_clear(context.memory, True)
+            raw = batch.batch
+            raw.n_tokens = len(ids)
+            for i, token in enumerate(ids):
+                raw.token[i], raw.pos[i], raw.n_seq_id[i], raw.logits[i] = token, i, 1, first <= i < len(ids) - 1
+                raw.seq_id[i][0] = 0
+            context.decode(batch)
+            rows = [np.ctypeslib.as_array(self._lib.llama_get_logits_ith(context.ctx, first + offset),
+                                          shape=(self.vocab_size,)).astype(np.float64)  # [V]
+                    for offset in range(len(continuation_ids))]
         total = 0.0
-        for offset, token in enumerate(continuation_ids):
-            pointer = self._lib.llama_get_logits_ith(context.ctx, first + offset)
-            logits = np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).astype(np.float64)  # [V]
+        for logits, token in zip(rows, continuation_ids):
             peak = logits.max()
             total += float(logits[int(token)] - peak - np.log(np.exp(logits - peak).sum()))
         return total
