@@ -324,9 +324,11 @@ class LlamaCppBackend:
         if self._scoring is None:
             from llama_cpp._internals import LlamaBatch, LlamaContext  # the wrappers llama_cpp.Llama itself uses
 
-            params = self._lib.llama_context_default_params()
+            # The generation context's own settings (flash attention off, as llama_cpp.Llama sets it: the
+            # library default differs, and moved scores by up to 0.9 nats), only its sizes changed.
+            source = self.llm.context_params
+            params = type(source).from_buffer_copy(source)
             params.n_ctx = params.n_batch = params.n_ubatch = SCORING_CONTEXT
-            params.n_threads = params.n_threads_batch = self.threads
             params.n_seq_max = 1
             context = LlamaContext(model=self.llm._model, params=params, verbose=False)
             self._scoring = (context, LlamaBatch(n_tokens=SCORING_CONTEXT, embd=0, n_seq_max=1, verbose=False))
