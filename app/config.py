@@ -55,6 +55,8 @@ class Config:
     share: bool = False
     # Model servers other than this machine that a novel's settings may name (every step sends the novel there).
     allow_remote_host: tuple[str, ...] = ()
+    # Retrieval's top paragraphs reranked by the language model (memory/rerank.py, issue 19).
+    lm_rerank: bool = True
     extra: dict = field(default_factory=dict)
 
     @property
@@ -166,6 +168,7 @@ SETTINGS = {
     "trust_remote_code": ("LONGHAND_TRUST_REMOTE_CODE", _parse_bool),
     "auth": ("LONGHAND_AUTH", _parse_auth),
     "share": ("LONGHAND_SHARE", _parse_bool),
+    "lm_rerank": ("LONGHAND_LM_RERANK", _parse_bool),
     "allow_remote_host": ("LONGHAND_ALLOW_REMOTE_HOST", _parse_hosts),
 }
 
@@ -196,6 +199,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                        help="run a checkpoint's own Python code (off by default; only for models you trust)")
     group.add_argument("--auth", help="require a login, as user:password")
     group.add_argument("--share", action="store_const", const=True, help="open a public Gradio share link")
+    group.add_argument("--lm-rerank", help="1/0: rerank retrieval's top paragraphs by the language model (default "
+                       "1; it reads about 1,200 tokens a query, seconds a step on a CPU)")
     group.add_argument("--allow-remote-host", action="append", metavar="HOST",
                        help="a model server host (not this machine) that a novel's settings may name; repeatable "
                             "(env: comma-separated). Without it only localhost, 127.0.0.0/8 and ::1 are accepted")

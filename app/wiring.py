@@ -109,7 +109,7 @@ class Parts:
         load `--model` up front)."""
         models = self.models if generator is None else None
         return Engine(self.session_factory, generator, self.embedder(), snapshot_store=self.snapshot_store,
-                      models=models)
+                      models=models, lm_rerank=self.config.lm_rerank)
 
 
 def open_store(config: Config) -> tuple[DatabaseEngine, sessionmaker[Session]]:

@@ -16,6 +16,10 @@ the paragraph; lexical (FTS5 bm25 over the question's words); fused (RRF of best
 lexical over the question's rare names, memory.retrieval.FUSION_NAMES_ONLY; or over every rare word); the same
 without the hubness correction; the two-stage search forced, its first stage through the projection or exact.
 Step-query variants weigh in the last paragraph and the short-term memory the way the engine would.
+"fused + LM rerank" (hard variant only; --lm-rerank 0 skips it): the fused top memory.rerank.RERANK_DEPTH reranked by
+RRF of their fused rank and log P(question | paragraph) under the default LM (SmolLM2-135M-Instruct Q4_1 through
+llama.cpp, --lm-threads threads; app/engine/rerank.py's prompt), as the step and the Memory tab do; ranks below
+the reranked ones are the fused ranking's; its latency is the whole reranked query (the LM reads every candidate).
 The easy needle (the fact as a paragraph of its own, as bench/quality.py plants it) is measured beside them.
 At 1,000, 10,000 and 100,000 paragraphs (random unit vectors, 5 sentences each; filler text for FTS) the warm
 query latency of each method is measured too, two-stage as the app runs it and exact (every paragraph scored by
@@ -47,7 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.report import commit, machine, write_result  # noqa: E402
-from memory import embeddings, retrieval, revisions, store  # noqa: E402
+from memory import embeddings, rerank, retrieval, revisions, store  # noqa: E402
 from memory.embeddings import Vector  # noqa: E402
 from memory.db import open_database  # noqa: E402
 from memory.schema import Embedding, Novel, Paragraph, utcnow  # noqa: E402
@@ -405,7 +409,30 @@ def methods(cache: EmbeddingCache, question: str, last: str, memory: str) -> dic
     }
 
 
-def measure(Session, cache: EmbeddingCache, novel_id: int, texts: list[str], positions: list[int]) -> dict:
+LM_RERANK = "fused + LM rerank"
+
+
+def reranked_ranks(Session, cache: EmbeddingCache, novel_id: int, positions: list[int], scorer) -> dict:
+    """Each question's rank of its fact paragraph by the fused search reranked by the LM, and the query's ms."""
+    row: dict[str, list] = {"ranks": [], "ms": []}
+    with Session() as s:
+        for fact, position in zip(ALL_FACTS, positions):
+            question = fact["question"]
+            vector = Vector(cache.embedder.name, cache.get([question])[0])
+            start = time.perf_counter()
+            found = rerank.search_reranked(s, novel_id, vector, rerank.RERANK_DEPTH, text=question, scorer=scorer)
+            elapsed = time.perf_counter() - start
+            if found.notice:
+                raise RuntimeError(found.notice)
+            rest = retrieval.search(s, novel_id, vector, DEPTH, text=question)[len(found.hits):]
+            ranks = [i for i, hit in enumerate(found.hits + rest, 1) if hit.paragraph.position == position]
+            row["ranks"].append(ranks[0] if ranks else None)
+            row["ms"].append(1000 * elapsed)
+    return row
+
+
+def measure(Session, cache: EmbeddingCache, novel_id: int, texts: list[str], positions: list[int],
+            scorer=None) -> dict:
     last = texts[-1]
     memory = " ".join(retrieval.sentence_texts(texts[-2])[:2] + retrieval.sentence_texts(texts[-3])[:2])
     per_method: dict[str, dict] = {}
@@ -422,6 +449,8 @@ def measure(Session, cache: EmbeddingCache, novel_id: int, texts: list[str], pos
                 row = per_method.setdefault(label, {"ranks": [], "ms": []})
                 row["ranks"].append(ranks[0] if ranks else None)
                 row["ms"].append(1000 * elapsed)
+    if scorer is not None:
+        per_method[LM_RERANK] = reranked_ranks(Session, cache, novel_id, positions, scorer)
     out = {}
     for label, row in per_method.items():
         ranks, held_out = row["ranks"][:len(FACTS)], row["ranks"][len(FACTS):]
@@ -581,6 +610,20 @@ def matrix_bytes(session, novel_id: int, dim: int) -> dict:
                 (centering + matrix.window_norms.nbytes + matrix.window_next.nbytes) / count, 1)}
 
 
+def default_lm_scorer(threads: int):
+    """The LM rerank's scorer over the default GGUF through llama.cpp (app/engine/rerank.py), and the model's name."""
+    # Imported here: llama.cpp and the app load only when the LM rerank is asked for.
+    from app.engine.rerank import lm_scorer
+    from app.offline import DEFAULT_LM_NAME, default_lm_path
+    from models.llamacpp_backend import load_llamacpp_backend
+
+    backend = load_llamacpp_backend(default_lm_path(), name=DEFAULT_LM_NAME, threads=threads, identity="bench")
+    scorer, reason = lm_scorer(backend, enabled=True)
+    if scorer is None:
+        raise RuntimeError(f"The LM rerank cannot run: {reason}")
+    return scorer, f"{DEFAULT_LM_NAME} (llama.cpp, {threads} thread(s))"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "recall.json"))
@@ -588,6 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=",".join(str(s) for s in SIZES))
     parser.add_argument("--embedding-cache", default="",
                         help="a pickle of text -> vector read before and written after the run (reruns embed less)")
+    parser.add_argument("--lm-rerank", type=int, choices=(0, 1), default=1,
+                        help="1: also the fused + LM rerank method (loads the default LM); 0: skip it")
+    parser.add_argument("--lm-threads", type=int, default=1, help="llama.cpp threads for the LM rerank")
     parser.add_argument("--large", default=LARGE_DEFAULT,
                         help="paragraph counts for the latency-only runs, comma-separated (0: skip)")
     args = parser.parse_args(argv)
@@ -605,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.embedding_cache and Path(args.embedding_cache).is_file():
         with open(args.embedding_cache, "rb") as handle:
             cache.vectors = pickle.load(handle)
+    scorer, lm_name = None, None
+    if args.lm_rerank:
+        scorer, lm_name = default_lm_scorer(args.lm_threads)
     fillers = filler(max(sizes))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -614,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
             for variant, easy in (("hard", False), ("easy_needle", True)):
                 texts, positions = manuscript(size, fillers, easy)
                 novel_id = build_novel(Session, cache, f"{variant} {size}", texts)
-                row[variant] = measure(Session, cache, novel_id, texts, positions)
+                row[variant] = measure(Session, cache, novel_id, texts, positions, None if easy else scorer)
                 if not easy:
                     row["float16_vs_float32"] = float16_check(cache, texts, positions)
                     row["storage_per_paragraph"] = storage(Session, novel_id)
@@ -638,6 +687,8 @@ def main(argv: list[str] | None = None) -> int:
                            load_average_at_end=list(os.getloadavg())),
         "embedder": cache.embedder.name,
         "embedding_seconds": round(cache.seconds, 1),
+        "lm_rerank_model": lm_name,
+        "lm_rerank_depth": rerank.RERANK_DEPTH if scorer is not None else None,
         "facts": len(FACTS),
         "held_out_facts": len(HELD_OUT_FACTS),
         "what": __doc__.split("\n\n")[1].replace("\n", " "),

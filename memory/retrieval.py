@@ -636,7 +636,8 @@ METHODS = ("paragraph", "sentence", "lexical", "fused")
 
 @dataclass(frozen=True)
 class Hit:
-    """A paragraph retrieval found, and why: its vector score and rank, its lexical rank, its best sentence."""
+    """A paragraph retrieval found, and why: its vector score and rank, its lexical rank, its best sentence, its LM
+    rerank rank."""
 
     paragraph: Paragraph
     score: float  # what the ranking sorted by: the vector score, bm25/ts_rank for lexical, the RRF score fused
@@ -645,6 +646,8 @@ class Hit:
     lexical_rank: int | None = None  # 1-based, among paragraphs sharing a word with the query
     sentence: str | None = None  # the paragraph's sentence closest to the query vector
     sentence_span: tuple[int, int] | None = None  # its [start, end) in paragraph.text
+    lm_rank: int | None = None  # 1-based, among the hits memory/rerank.py had the language model score
+    lm_score: float | None = None  # log P(query | paragraph) under the language model
 
     def why(self) -> str:
         """One line for the Context and Memory tabs."""
@@ -654,6 +657,8 @@ class Hit:
             parts.append(f"vector rank {self.vector_rank} ({what} match {self.vector_score:.2f})")
         if self.lexical_rank is not None:
             parts.append(f"lexical rank {self.lexical_rank} (shares rare words)")
+        if self.lm_rank is not None:
+            parts.append(f"LM rerank rank {self.lm_rank} (log P(query | paragraph) {self.lm_score:.1f})")
         return " + ".join(parts) or "no match"
 
 

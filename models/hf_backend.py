@@ -259,6 +259,20 @@ class TransformersBackend:
         state.length = length
         return state
 
+    # Scoring ------------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def continuation_log_likelihood(self, prefix_ids: list[int], continuation_ids: list[int]) -> float:
+        """log P(continuation | prefix), in nats, summed over the continuation's tokens: one forward pass without a
+        cache, so no generation state is touched."""
+        if not prefix_ids or not continuation_ids:
+            raise ValueError("scoring needs a prefix and a continuation of at least one token each")
+        ids = torch.tensor([[int(i) for i in prefix_ids] + [int(i) for i in continuation_ids]], dtype=torch.long,
+                           device=self.device)  # [1, L]
+        logits = self.model(input_ids=ids, use_cache=False).logits[0, len(prefix_ids) - 1:-1].float()  # [C, V]
+        targets = torch.tensor(continuation_ids, dtype=torch.long, device=self.device)  # [C]
+        return float(torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).sum())
+
 
 def _restore_layer(layer, values: dict[str, torch.Tensor]) -> None:
     """Fill one fresh cache layer from its saved tensors, through the layer's own lazy initialization, so it sets

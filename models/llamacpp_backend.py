@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from safetensors.torch import save as st_save
 from models import state_io
 from models.backend import common_prefix
 from models.errors import ModelLoadError
+from models.scoring import SCORING_CONTEXT
 
 STATE_FORMAT = "longhand-llamacpp-seq/1"
 # Pure recurrent models have no position limit of their own; llama.cpp still wants a context size.
@@ -149,6 +151,9 @@ class LlamaCppBackend:
         self.chat_template = self.metadata.get("tokenizer.chat_template") or None
         self._formatter = None
         self._context: list[int] = []  # the tokens the llama.cpp context holds now
+        self._scoring = None  # (context, batch) of scoring's own llama.cpp context, made on first use
+        # A step and a Memory tab search may score at once (two Gradio workers): one at a time in that context.
+        self._scoring_lock = threading.Lock()
         self.reads = 0  # tokens evaluated since load (what prefix reuse and snapshots save)
 
     # Text ---------------------------------------------------------------------------------------------------
@@ -310,6 +315,50 @@ class LlamaCppBackend:
         if len(tokens) != int(meta["length"]):
             raise ValueError("this state's token count does not match its header: it cannot be restored")
         return LlamaCppState(tokens, tensors["sequence"].numpy().tobytes(), len(tokens))
+
+    # Scoring ------------------------------------------------------------------------------------------------
+
+    def _scoring_context(self):
+        """A second llama.cpp context on the same weights (made on first use) that scoring reads in, so the
+        generation context and what its prefix reuse holds stay as they were."""
+        if self._scoring is None:
+            from llama_cpp._internals import LlamaBatch, LlamaContext  # the wrappers llama_cpp.Llama itself uses
+
+            # The generation context's own settings (flash attention off, as llama_cpp.Llama sets it: the
+            # library default differs, and moved scores by up to 0.9 nats), only its sizes changed.
+            source = self.llm.context_params
+            params = type(source).from_buffer_copy(source)
+            params.n_ctx = params.n_batch = params.n_ubatch = SCORING_CONTEXT
+            params.n_seq_max = 1
+            context = LlamaContext(model=self.llm._model, params=params, verbose=False)
+            self._scoring = (context, LlamaBatch(n_tokens=SCORING_CONTEXT, embd=0, n_seq_max=1, verbose=False))
+        return self._scoring
+
+    def continuation_log_likelihood(self, prefix_ids: list[int], continuation_ids: list[int]) -> float:
+        """log P(continuation | prefix), in nats, summed over the continuation's tokens: one batch read in the
+        scoring context with logits kept only where they predict a continuation token."""
+        ids = [int(i) for i in prefix_ids] + [int(i) for i in continuation_ids]
+        if not prefix_ids or not continuation_ids or len(ids) > SCORING_CONTEXT:
+            raise ValueError(f"scoring needs a prefix and a continuation of {SCORING_CONTEXT} tokens at most together, "
+                             f"got {len(prefix_ids)} + {len(continuation_ids)}")
+        first = len(prefix_ids) - 1  # the position whose logits predict the first continuation token
+        with self._scoring_lock:
+            context, batch = self._scoring_context()
+            self._lib.llama_memory_clear(context.memory, True)
+            raw = batch.batch
+            raw.n_tokens = len(ids)
+            for i, token in enumerate(ids):
+                raw.token[i], raw.pos[i], raw.n_seq_id[i], raw.logits[i] = token, i, 1, first <= i < len(ids) - 1
+                raw.seq_id[i][0] = 0
+            context.decode(batch)
+            rows = [np.ctypeslib.as_array(self._lib.llama_get_logits_ith(context.ctx, first + offset),
+                                          shape=(self.vocab_size,)).astype(np.float64)  # [V]
+                    for offset in range(len(continuation_ids))]
+        total = 0.0
+        for logits, token in zip(rows, continuation_ids):
+            peak = logits.max()
+            total += float(logits[int(token)] - peak - np.log(np.exp(logits - peak).sum()))
+        return total
 
 
 def load_llamacpp_backend(path: Path, *, name: str, threads: int | None, identity: str) -> LlamaCppBackend:

@@ -72,6 +72,7 @@ class ContextInputs:
     lore: list[LoreItem] = field(default_factory=list)
     memory: str = ""
     retrieved: list[RetrievedItem] = field(default_factory=list)
+    retrieval_notice: str = ""  # memory.rerank.Reranked.notice: why the LM rerank was skipped, if it was
     last_paragraph: str = ""
     plan: str = ""
     voice: str = ""
@@ -107,6 +108,7 @@ class ContextPreview:
     plan: str = ""
     manuscript_tokens: int = 0  # manuscript-state only: tokens the model reads (or restores) before the prompt
     retrieved: list[RetrievedItem] = field(default_factory=list)  # the passages kept in the prompt, best first
+    retrieval_notice: str = ""  # why the LM rerank was skipped, if it was (ContextInputs.retrieval_notice)
 
     @property
     def messages(self) -> list[dict]:
@@ -246,4 +248,4 @@ def build_context(library: PromptLibrary, generator, inputs: ContextInputs, budg
     sections.insert(0, Section(INSTRUCTION, instruction_text, max(0, total - counted)))
     return ContextPreview(stage=stage, strategy=strategy, sections=sections, budget=budget, total_tokens=total,
                           prompt_text=prompt_text, rendered=rendered, dropped=fitter.dropped, plan=inputs.plan,
-                          retrieved=list(fitter.retrieved))
+                          retrieved=list(fitter.retrieved), retrieval_notice=inputs.retrieval_notice)

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memory import alternatives, revisions, store
+from memory import alternatives, rerank, retrieval, revisions, store
 from memory.alternatives import Version
 from memory.schema import Paragraph
 from models.errors import Cancelled
@@ -37,6 +37,7 @@ from app.engine.errors import EngineError
 from app.engine.events import Event
 from app.engine.prompts import PROMPTS_DIR, PromptLibrary
 from app.engine.reading import NovelView, StoreReader
+from app.engine.rerank import lm_scorer
 from app.engine.settings import MODES
 from app.engine.stages import FALLBACK_PLANS, ModelStages
 from app.engine.strategies import ManuscriptState
@@ -115,7 +116,8 @@ class Engine(VersionsMixin):
     """
 
     def __init__(self, session_factory, generator, embedder, snapshot_store=None,
-                 prompts_dir: str | Path = PROMPTS_DIR, *, max_attempts: int | None = None, models=None):
+                 prompts_dir: str | Path = PROMPTS_DIR, *, max_attempts: int | None = None, models=None,
+                 lm_rerank: bool = True):
         self.session_factory = session_factory
         self.generator = generator
         self.embedder = embedder
@@ -123,11 +125,14 @@ class Engine(VersionsMixin):
         self.prompts = PromptLibrary(prompts_dir)
         self.max_attempts = max_attempts
         self.models = models
+        self.lm_rerank = lm_rerank  # retrieval reranked by the model (app/engine/rerank.py)
 
     @property
     def reader(self) -> StoreReader:
-        """Reading the store (app/engine/reading.py) with this engine's session factory and embedder."""
-        return StoreReader(self.session_factory, self.embedder)
+        """Reading the store (app/engine/reading.py) with this engine's session factory, embedder and, for the
+        LM rerank, the scorer over its model (or why there is none)."""
+        scorer, skipped = lm_scorer(getattr(self.generator, "backend", None), enabled=self.lm_rerank)
+        return StoreReader(self.session_factory, self.embedder, scorer=scorer, skipped=skipped)
 
     @property
     def stages(self) -> ModelStages:
@@ -168,6 +173,17 @@ class Engine(VersionsMixin):
                 and wants_snapshots):
             return MANUSCRIPT_STATE
         return PROMPT_ONLY
+
+    def search_memory(self, novel_id: int, query: str, k: int) -> rerank.Reranked:
+        """What retrieval finds for `query` by the step's path (vectors fused with rare names, then the LM rerank):
+        the Memory tab's search. The rerank uses the model already loaded (a search never loads one; before the
+        first step the notice says it was skipped). The hits' paragraphs stay readable after it returns."""
+        generator = self.models.loaded_generator() if self.models is not None else self.generator
+        scorer, skipped = lm_scorer(getattr(generator, "backend", None), enabled=self.lm_rerank)
+        vector = self.reader.query_vector(query)
+        with self.session_factory() as session:
+            hits = retrieval.search(session, novel_id, vector, rerank.search_depth(k, query, scorer), text=query)
+        return rerank.finish(hits, query, scorer, k=k, skipped=skipped)  # the model reads outside the session
 
     def _read(self, novel_id: int, *, for_retry: bool = False) -> NovelView:
         """Everything a step starts from, in one transaction (app/engine/reading.py StoreReader.read)."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import select
 
-from memory import chapters, embeddings, retrieval, revisions, store
+from memory import chapters, embeddings, rerank, retrieval, revisions, store
 from memory.embeddings import Vector
 from memory.schema import PlanSet
 
@@ -32,7 +32,7 @@ VOICES = {
 # plan alone 0.87, plus 0.25 last 0.73 (fused). With the hubness correction and names-only fusion (issue 19, 6
 # held-out facts beside the 15): plan alone 0.87 at 300 / 1,000 / 3,000, plus 0.25 last 0.87 too (recall@1 0.67 /
 # 0.73 / 0.80 against 0.73 each), plus 0.5 last (vectors) 0.87 / 0.80 / 0.80. So the last paragraph, which is in
-# the context already, no longer steers what is found.
+# the context already, no longer steers what is found. The fused top 12 are then reranked by the LM (memory/rerank.py).
 LAST_PARAGRAPH_WEIGHT = 0.0
 # How many closed chapters' summaries a step's context holds at most: the ones most similar to the plan (cosine of
 # MiniLM vectors), shown in book order. The truncation drops the least similar first.
@@ -104,6 +104,8 @@ class StoreReader:
 
     session_factory: object
     embedder: object
+    scorer: rerank.Scorer | None = None  # the LM rerank's (app/engine/rerank.py); None: skipped, for `skipped`
+    skipped: str = ""
 
     def read(self, novel_id: int, *, for_retry: bool = False) -> NovelView:
         """Everything a step starts from, in one transaction: the novel and its settings (so its model), the
@@ -173,6 +175,8 @@ class StoreReader:
         last = view.paragraphs[-1][1] if view.paragraphs else ""
         lore: list[LoreItem] = []
         retrieved: list[RetrievedItem] = []
+        notice = ""
+        hits: list[retrieval.Hit] = []
         query = self.retrieval_query(plan, last)
         with self.session_factory() as session, session.begin():
             for entry in retrieval.triggered_lore(session, view.novel_id, f"{plan}\n{last}\n{view.memory}", query):
@@ -183,14 +187,19 @@ class StoreReader:
                 # The last paragraph is in the context already; during a retry the store still holds the
                 # paragraph being rewritten (last_position + 1), which this view does not contain.
                 exclude = [last_position, last_position + 1]
-                for hit in retrieval.search(session, view.novel_id, query, k, text=plan, exclude_positions=exclude):
-                    retrieved.append(RetrievedItem(hit.paragraph.position, hit.paragraph.text, hit.score,
-                                                   why=hit.why(), sentence=hit.sentence or ""))
+                hits = retrieval.search(session, view.novel_id, query, rerank.search_depth(k, plan, self.scorer),
+                                        text=plan, exclude_positions=exclude)
+        if hits:
+            # After the transaction: the LM rerank reads every candidate (seconds on a CPU).
+            found = rerank.finish(hits, plan, self.scorer, k=k, skipped=self.skipped)
+            notice = found.notice
+            retrieved = [RetrievedItem(hit.paragraph.position, hit.paragraph.text, hit.score, why=hit.why(),
+                                       sentence=hit.sentence or "") for hit in found.hits]
         retrieved.sort(key=lambda item: -item.score)
         chapter_so_far = view.open_chapter.summary if view.open_chapter is not None else ""
         return ContextInputs(
             premise=view.premise, outline=str(view.settings.get("outline") or ""), style=view.style, lore=lore,
-            memory=view.memory, retrieved=retrieved, synopsis=view.synopsis,
+            memory=view.memory, retrieved=retrieved, retrieval_notice=notice, synopsis=view.synopsis,
             chapters=self.relevant_chapters(view, plan), chapter_so_far=chapter_so_far,
             last_paragraph=last if strategy == PROMPT_ONLY else "", plan=plan, voice=VOICES[mode],
             words=int(view.setting("paragraph_words")))

@@ -23,7 +23,8 @@ def _why_retrieved(preview) -> str:
         if item.sentence:
             line += f" — matched: “{item.sentence}”"
         lines.append(line)
-    return ("**Why these passages**\n" + "\n".join(lines)) if lines else "No earlier passages retrieved."
+    notice = f"\n\n{preview.retrieval_notice}" if preview.retrieval_notice else ""
+    return (("**Why these passages**\n" + "\n".join(lines)) if lines else "No earlier passages retrieved.") + notice
 
 
 @handler

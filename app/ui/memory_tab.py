@@ -187,19 +187,16 @@ def _highlighted(text: str, span: tuple[int, int] | None) -> str:
 
 @handler
 def search_memory(novel_id, query: str, k) -> list[list]:
-    """What retrieval returns for `query` by the path a step uses (memory.retrieval.search: best sentence plus
-    paragraph, fused with the query's rare words): the top-k paragraphs with their score, why each was found, and
-    the matching sentence in bold."""
-    from memory.retrieval import search
-
+    """What retrieval returns for `query` by the path a step uses (Engine.search_memory: best sentence plus
+    paragraph, fused with the query's rare names, reranked by the language model): the top-k paragraphs with their
+    score, why each was found, and the matching sentence in bold; a last row says when the LM rerank was skipped."""
     novel_id = require_novel(novel_id)
     query = clean_text(query, "The search query", required=True, max_chars=5000)
-    vector = services.current().embedder().vector(query)
-    with services.current().session() as session:
-        hits = search(session, novel_id, vector, int(k or 5), text=query)
-        rows = [[hit.paragraph.position, round(float(hit.score), 4), hit.why(),
-                 _highlighted(hit.paragraph.text, hit.sentence_span)] for hit in hits]
-    return rows or [["", "", "", "(no paragraphs yet)"]]
+    found = services.current().engine().search_memory(novel_id, query, int(k or 5))
+    rows = [[hit.paragraph.position, round(float(hit.score), 4), hit.why(),
+             _highlighted(hit.paragraph.text, hit.sentence_span)] for hit in found.hits]
+    rows = rows or [["", "", "", "(no paragraphs yet)"]]
+    return rows + ([["", "", found.notice, ""]] if found.notice else [])
 
 
 # ---------------------------------------------------------------- story bible

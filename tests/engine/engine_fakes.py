@@ -113,6 +113,19 @@ class FakeBackend:
         return len(self.state_to_bytes(state))
 
 
+class ScoringBackend(FakeBackend):
+    """The fake backend plus a hand-made scorer: a passage is likelier the more of the question's words it holds."""
+
+    def __init__(self):
+        super().__init__(fixed_size_state=False)
+        self.scored: list[tuple[list[str], list[str]]] = []
+
+    def continuation_log_likelihood(self, prefix_ids, continuation_ids) -> float:
+        self.scored.append((list(prefix_ids), list(continuation_ids)))
+        words = {w.strip(".?").lower() for w in continuation_ids}
+        return float(sum(w.strip(".?").lower() in words for w in prefix_ids)) - 100.0
+
+
 class ScriptedGenerator:
     """A TextGenerator look-alike. `script[stage]` is a list of answers used in order (the last one repeats);
     an answer is a string, an exception instance (raised after half the words are streamed), or a callable

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import gradio as gr
 import pytest
 
 from app.engine.continuity import MODE_VOICES
-from app.ui import common, library, memory_tab, settings, story_chart, write
+from app.ui import common, context, library, memory_tab, settings, story_chart, write
 from memory import store
+from tests.engine.engine_fakes import ScoringBackend, ScriptedGenerator
 
 
 def _novel(ui_services, premise="A lighthouse keeper finds a message in a bottle.") -> int:
@@ -469,3 +471,22 @@ def test_the_app_builds_with_every_tab(ui_services):
     assert labels == {"Library", "Write", "Memory", "Context", "Settings", "Reader", "Story chart"}
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
     assert {"plan_radio", "next_step_btn", "stop_btn", "memory_box", "context_box", "create_btn"} <= ids
+
+
+def test_search_says_the_lm_rank_or_that_the_rerank_was_skipped(with_embedder):
+    novel_id = _novel(with_embedder)
+    texts = ["The lamp needed oil. Mara climbed the stairs.", "Mara hid the brass key in the blue teapot."]
+    _add_paragraphs(with_embedder, novel_id, texts, with_embedder.embedder())
+    rows = memory_tab.search_memory(novel_id, "Where is the brass key?", 2)
+    assert rows[-1][2] == "LM rerank skipped: no language model is loaded."
+    assert all("LM rerank rank" not in row[2] for row in rows)
+    generator = ScriptedGenerator()
+    generator.backend = ScoringBackend()
+    with_embedder.use_generator(generator)
+    rows = memory_tab.search_memory(novel_id, "Where is the brass key?", 2)
+    assert len(rows) == 2 and rows[0][0] == 2 and "LM rerank rank 1" in rows[0][2]
+
+
+def test_context_tab_shows_why_the_rerank_was_skipped():
+    preview = SimpleNamespace(retrieved=[], retrieval_notice="LM rerank skipped: turned off.")
+    assert context._why_retrieved(preview) == "No earlier passages retrieved.\n\nLM rerank skipped: turned off."
