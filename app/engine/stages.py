@@ -48,13 +48,13 @@ MEMORY_CHUNK_WORDS = 600
 # How much of the writer's changed text a step's memory stage folds in before the new paragraph (four chunks: a
 # step stays a step); Update memory now reads all of it.
 MAX_STEP_CATCH_UP_WORDS = 4 * MEMORY_CHUNK_WORDS
-# A summary (the memory, a chapter's) is not its text pasted: DRY over that text alone (not the old memory, which a
-# rewrite keeps) makes every token of a run copied from it past `dry_allowed_length` costlier, so the "copies
+# The memory is a summary, not the new text pasted: DRY over that text alone (not the old memory, which a rewrite
+# keeps) makes every token of a run copied from it past `dry_allowed_length` costlier, so the "memory copies
 # paragraph N" retries, and the extractive fallback after them, become rare. On 21 memory updates of the
 # bench/continuity novels with the default model (llama.cpp, seeded): copies refused 10 -> 0, first tries accepted
 # 11 -> 15, tokens decoded -18%. Allowed length 4 took those to 18 and -26% but broke names the text repeats
 # ("RavensholME"). A remote server's DRY reads the whole prompt, old memory and all, so remote models get none.
-COPY_GUARD = PenaltyParams(dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=8)
+MEMORY_COPY_GUARD = PenaltyParams(dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=8)
 
 
 def memory_chunks(texts: list[str], max_words: int) -> list[str]:
@@ -97,14 +97,6 @@ TRIM_TO = 1.2
 CONTINUE_BELOW = 0.7
 MIN_CONTINUATION_WORDS = 3
 
-
-
-def copy_guard(generator, source: str) -> dict:
-    """The stream arguments of a stage that summarizes `source`: COPY_GUARD over `source` alone for a local model;
-    none for a remote one (its server's DRY would read the whole prompt) or an empty source."""
-    if not source or not generator.supports_state:
-        return {}
-    return {"penalties": COPY_GUARD, "penalty_history": source}
 
 @dataclass
 class ModelStages:
@@ -375,7 +367,7 @@ class ModelStages:
             raw = rendered.answer_prefix
             for piece in self.generator.stream(prompt, sampling=self._sampling(view, attempt, temperature_cap=0.7),
                                                max_new_tokens=int(max_words * 1.6) + 16, cancel=cancel,
-                                               **copy_guard(self.generator, text)):
+                                               **self.memory_penalties(text)):
                 raw += piece
                 yield Event("token", piece)
             parsed = parse_memory(raw, max_words)
@@ -392,6 +384,12 @@ class ModelStages:
                        "the Memory tab's history); edit it there if it needs more.")
         yield Event("memory", fallback)
         return fallback, "extractive"
+
+    def memory_penalties(self, text: str) -> dict:
+        """The memory stage's penalties: MEMORY_COPY_GUARD over `text` for a local model, none for a remote one."""
+        if not self.generator.supports_state:
+            return {}
+        return {"penalties": MEMORY_COPY_GUARD, "penalty_history": text}
 
     def plans(self, view: NovelView, memory: str, paragraph: str, cancel, notices: list[str]) -> list[str]:
         rendered = self.prompts.render("plans", premise=view.premise, memory=memory, paragraph=paragraph)

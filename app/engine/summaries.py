@@ -18,7 +18,6 @@ from memory import chapters, store
 from app.engine.parsing import copies_text, parse_memory
 from app.engine.prompts import PromptLibrary
 from app.engine.reading import NovelView, StoreReader
-from app.engine.stages import copy_guard
 from app.engine.text import sentences
 
 SUMMARY_WORDS = 100
@@ -67,16 +66,14 @@ class Summarizer:
     reader: StoreReader
     max_chapter_words: int = MAX_CHAPTER_WORDS
 
-    def _generate(self, view: NovelView, rendered, source: str, max_new_tokens: int, cancel, attempt: int) -> str:
+    def _generate(self, view: NovelView, rendered, max_new_tokens: int, cancel, attempt: int) -> str:
         prompt = self.generator.render_chat(rendered.messages) + rendered.answer_prefix
         params = view.config.sampling_params()
         if params.seed is not None:
             params.seed = params.seed + attempt
         # A summary wants the likeliest words, not variety.
         params.temperature = min(params.temperature, 0.5)
-        # DRY over the chapter's text: a summary that pastes it is refused below, so it is made costly here.
-        pieces = self.generator.stream(prompt, sampling=params, max_new_tokens=max_new_tokens, cancel=cancel,
-                                       **copy_guard(self.generator, source))
+        pieces = self.generator.stream(prompt, sampling=params, max_new_tokens=max_new_tokens, cancel=cancel)
         return rendered.answer_prefix + "".join(pieces)
 
     def _attempts(self, view: NovelView) -> int:
@@ -88,7 +85,7 @@ class Summarizer:
         problem = ""
         for attempt in range(self._attempts(view)):
             try:
-                raw = self._generate(view, rendered, source, max_new_tokens, cancel, attempt)
+                raw = self._generate(view, rendered, max_new_tokens, cancel, attempt)
             except Exception as exc:  # a model failure must keep the old summary, and say so
                 return None, f"the model failed: {exc}"
             parsed = parse_memory(raw, max_words)

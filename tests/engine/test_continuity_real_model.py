@@ -12,7 +12,7 @@ import pytest
 from app.engine import Engine
 from app.engine.continuity import copied_paragraph, leaks, longest_shared_run, memory_moved
 from app.engine.prompts import PromptLibrary
-from app.engine.stages import copy_guard
+from app.engine.stages import ModelStages
 from memory import store
 from models.sampling import SamplingParams
 from models.service import ModelSpec, load_generator
@@ -89,7 +89,7 @@ def test_the_copy_guard_keeps_a_memory_update_from_pasting_the_paragraph(default
                                       memory=OLD_MEMORY, paragraph=NEW_PARAGRAPH, max_words=80)
     prompt = generator.render_chat(rendered.messages) + rendered.answer_prefix
     greedy = SamplingParams(temperature=0.0)
-    guard = copy_guard(generator, NEW_PARAGRAPH)
+    guard = ModelStages(generator=generator, prompts=PromptLibrary()).memory_penalties(NEW_PARAGRAPH)
     assert guard["penalty_history"] == NEW_PARAGRAPH
     pasted = "".join(generator.stream(prompt, sampling=greedy, max_new_tokens=144))
     guarded = "".join(generator.stream(prompt, sampling=greedy, max_new_tokens=144, **guard))

@@ -19,7 +19,6 @@ from app.engine.context import (
     build_context,
 )
 from app.engine.prompts import PromptLibrary
-from app.engine.stages import COPY_GUARD
 from memory import chapters, store
 from tests.engine.engine_fakes import ScriptedGenerator, run
 
@@ -139,19 +138,6 @@ def test_closing_a_chapter_writes_its_summary_and_the_synopsis_and_the_next_step
     with session_factory() as s:
         assert [c.title for c in store.chapters(s, novel_id)] == ["Chapter 1", "Chapter 2"]
         assert store.paragraphs(s, novel_id)[-1].chapter_id != first
-
-
-def test_a_chapter_summary_is_asked_with_the_copy_guard_over_the_chapter(session_factory, embedder, novel_id):
-    generator = ScriptedGenerator(stateful=True)  # a local model: it takes a penalty history
-    engine = engine_for(session_factory, embedder, generator)
-    [first] = two_chapters(session_factory, engine, novel_id)
-    with session_factory() as s:
-        texts = [p.text for p in chapters.chapter_paragraphs(s, first)]
-    engine.summarizer(novel_id).close_chapter(novel_id, first)
-    [summary] = generator.calls_for("chapter_summary")
-    assert summary.penalties == COPY_GUARD and summary.penalty_history == "\n\n".join(texts)
-    # The synopsis is made of the summaries, which it may repeat: no guard.
-    assert [(c.penalties, c.penalty_history) for c in generator.calls_for("synopsis")] == [(None, "")]
 
 
 def test_a_failed_summary_keeps_the_old_one_and_says_so(session_factory, embedder, novel_id):

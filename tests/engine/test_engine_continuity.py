@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from app.engine import Engine
 from app.engine.continuity import entities, memory_moved
-from app.engine.stages import COPY_GUARD
+from app.engine.stages import MEMORY_COPY_GUARD
 from memory import store
 from tests.engine.engine_fakes import GOOD, ScriptedGenerator, db_state, run
 
@@ -100,11 +100,11 @@ def test_the_memory_is_asked_with_the_copy_guard_over_the_new_paragraph_only(ses
     old_memory = db_state(session_factory, novel_id)["memory"][-1][1]
     run(engine.step(novel_id, "Mara climbs the tower."))
     call = generator.calls_for("memory")[-1]
-    assert call.penalties == COPY_GUARD and call.penalties.dry_active
+    assert call.penalties == MEMORY_COPY_GUARD and call.penalties.dry_active
     assert call.penalty_history == GOOD["paragraph"]  # the new text: the old memory may be kept word for word
     assert old_memory and old_memory not in call.penalty_history
     # The paragraph stage keeps the writer's own penalties, over the manuscript.
-    assert generator.calls_for("paragraph")[-1].penalties != COPY_GUARD
+    assert generator.calls_for("paragraph")[-1].penalties != MEMORY_COPY_GUARD
 
 
 def test_a_remote_model_gets_no_copy_guard(session_factory, embedder, novel_id):
