@@ -34,7 +34,6 @@ from app.engine.parsing import (
 from app.engine.prompts import PromptLibrary
 from app.engine.reading import NovelView
 from app.engine.text import limit_words, normalized_sentence, sentences, words
-from models.sampling import PenaltyParams
 
 FALLBACK_PLANS = [
     "Continue the scene from where it stopped, with a new detail.",
@@ -48,13 +47,6 @@ MEMORY_CHUNK_WORDS = 600
 # How much of the writer's changed text a step's memory stage folds in before the new paragraph (four chunks: a
 # step stays a step); Update memory now reads all of it.
 MAX_STEP_CATCH_UP_WORDS = 4 * MEMORY_CHUNK_WORDS
-# The memory is a summary, not the new text pasted: DRY over that text alone (not the old memory, which a rewrite
-# keeps) makes every token of a run copied from it past `dry_allowed_length` costlier, so the "memory copies
-# paragraph N" retries, and the extractive fallback after them, become rare. On 21 memory updates of the
-# bench/continuity novels with the default model (llama.cpp, seeded): copies refused 10 -> 0, first tries accepted
-# 11 -> 15, tokens decoded -18%. Allowed length 4 took those to 18 and -26% but broke names the text repeats
-# ("RavensholME"). A remote server's DRY reads the whole prompt, old memory and all, so remote models get none.
-MEMORY_COPY_GUARD = PenaltyParams(dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=8)
 
 
 def memory_chunks(texts: list[str], max_words: int) -> list[str]:
@@ -366,8 +358,7 @@ class ModelStages:
             prompt = self.generator.render_chat(rendered.messages) + rendered.answer_prefix
             raw = rendered.answer_prefix
             for piece in self.generator.stream(prompt, sampling=self._sampling(view, attempt, temperature_cap=0.7),
-                                               max_new_tokens=int(max_words * 1.6) + 16, cancel=cancel,
-                                               **self.memory_penalties(text)):
+                                               max_new_tokens=int(max_words * 1.6) + 16, cancel=cancel):
                 raw += piece
                 yield Event("token", piece)
             parsed = parse_memory(raw, max_words)
@@ -384,12 +375,6 @@ class ModelStages:
                        "the Memory tab's history); edit it there if it needs more.")
         yield Event("memory", fallback)
         return fallback, "extractive"
-
-    def memory_penalties(self, text: str) -> dict:
-        """The memory stage's penalties: MEMORY_COPY_GUARD over `text` for a local model, none for a remote one."""
-        if not self.generator.supports_state:
-            return {}
-        return {"penalties": MEMORY_COPY_GUARD, "penalty_history": text}
 
     def plans(self, view: NovelView, memory: str, paragraph: str, cancel, notices: list[str]) -> list[str]:
         rendered = self.prompts.render("plans", premise=view.premise, memory=memory, paragraph=paragraph)

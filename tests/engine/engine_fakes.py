@@ -73,7 +73,6 @@ class Call:
     max_new_tokens: int
     state: object = None
     penalties: object = None  # the models.sampling.PenaltyParams the engine sent
-    penalty_history: str = ""  # the text those penalties look at ("" : the prompt)
 
 
 class FakeBackend:
@@ -166,8 +165,7 @@ class ScriptedGenerator:
                 c.stage in ("paragraph", "opening") and len(prompt) > len(c.prompt) and prompt.startswith(c.prompt)
                 for c in self.calls):
             stage = "continuation"
-        call = Call(stage, prompt, max_new_tokens, None if state is None else list(state["read"]), penalties,
-                    penalty_history)
+        call = Call(stage, prompt, max_new_tokens, None if state is None else list(state["read"]), penalties)
         self.calls.append(call)
         answers = self.script[stage]
         answer = answers.pop(0) if len(answers) > 1 else answers[0]

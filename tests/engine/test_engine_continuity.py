@@ -1,14 +1,12 @@
 """The engine's continuity guards with the scripted fake LM over a real SQLite store and the real MiniLM embedder:
 leaked labels stripped and said, an instruction-only answer retried, the voice retried within the bound, an
 overlong paragraph trimmed, a memory that copies a paragraph refused and replaced by the visible extractive
-fallback (origin "extractive" in the history), the memory stage's copy guard sent over the new text alone (local
-models), and the document strategy's prompt sent as plain text."""
+fallback (origin "extractive" in the history), and the document strategy's prompt sent as plain text."""
 
 from __future__ import annotations
 
 from app.engine import Engine
 from app.engine.continuity import entities, memory_moved
-from app.engine.stages import MEMORY_COPY_GUARD
 from memory import store
 from tests.engine.engine_fakes import GOOD, ScriptedGenerator, db_state, run
 
@@ -91,29 +89,6 @@ def test_a_memory_copying_a_paragraph_falls_back_to_the_extractive_memory(sessio
     with session_factory() as session:
         history = store.memory_history(session, novel_id)
         assert [m.origin for m in history][-2:] == ["generated", "extractive"]
-
-
-def test_the_memory_is_asked_with_the_copy_guard_over_the_new_paragraph_only(session_factory, embedder, novel_id):
-    generator = ScriptedGenerator(stateful=True)  # a local model: it takes a penalty history
-    engine = Engine(session_factory, generator, embedder, max_attempts=ATTEMPTS)
-    run(engine.start(novel_id))
-    old_memory = db_state(session_factory, novel_id)["memory"][-1][1]
-    run(engine.step(novel_id, "Mara climbs the tower."))
-    call = generator.calls_for("memory")[-1]
-    assert call.penalties == MEMORY_COPY_GUARD and call.penalties.dry_active
-    assert call.penalty_history == GOOD["paragraph"]  # the new text: the old memory may be kept word for word
-    assert old_memory and old_memory not in call.penalty_history
-    # The paragraph stage keeps the writer's own penalties, over the manuscript.
-    assert generator.calls_for("paragraph")[-1].penalties != MEMORY_COPY_GUARD
-
-
-def test_a_remote_model_gets_no_copy_guard(session_factory, embedder, novel_id):
-    # A server's DRY would read the whole prompt, the old memory too: the memory goes without it.
-    generator = ScriptedGenerator(stateful=False)
-    engine = Engine(session_factory, generator, embedder, max_attempts=ATTEMPTS)
-    run(engine.start(novel_id))
-    run(engine.step(novel_id, "Mara climbs the tower."))
-    assert all(call.penalties is None and call.penalty_history == "" for call in generator.calls_for("memory"))
 
 
 def test_a_first_memory_that_copies_the_opening_falls_back_within_the_word_limit(session_factory, embedder,
