@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan-tokens", type=int, help="plans token limit (default: the app's)")
     parser.add_argument("--memory-words", type=int, help="memory length (default: the app's)")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--lm-rerank", type=int, choices=(0, 1), default=1,
+                        help="retrieval's LM rerank (the app's default 1; 0 for the steps without it)")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "longhand-bench"))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -167,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     if premise is None:
         parser.error(f"unknown premise {args.premise!r}")
     work = Path(tempfile.mkdtemp(prefix="longhand-llamacpp-steps-"))
-    config = Config(data_dir=work, database_url=f"sqlite:///{work / 'steps.db'}", device="cpu", dtype="float32")
+    config = Config(data_dir=work, database_url=f"sqlite:///{work / 'steps.db'}", device="cpu", dtype="float32",
+                    lm_rerank=bool(args.lm_rerank))
     parts = open_parts(config, models_dir=Path(args.cache_dir))
     embedder = parts.embedder()
     source = ModelSpec("gguf", str(default_lm_path()), DEFAULT_LM_NAME)
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 "transformers (fp32); CPU",
         "commit": commit("app", "models", "prompts", "bench"),
         "machine": machine(load_average_at_start=load_at_start, load_average_at_end=list(os.getloadavg())),
-        "settings": settings, "premise": args.premise, "load_seconds": round(load_s, 1),
+        "settings": settings, "lm_rerank": bool(args.lm_rerank), "premise": args.premise, "load_seconds": round(load_s, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
         "transformers_over_llamacpp": _ratios(summary, args.threads),
         "transformers_whole_over_llamacpp": _ratios(summary, args.threads, baseline="transformers-whole"),

@@ -611,17 +611,21 @@ def matrix_bytes(session, novel_id: int, dim: int) -> dict:
 
 
 def default_lm_scorer(threads: int):
-    """The LM rerank's scorer over the default GGUF through llama.cpp (app/engine/rerank.py), and the model's name."""
+    """The LM rerank's scorer over the default GGUF loaded as the app loads it (models.service.load_generator:
+    llama.cpp, through its Q8_0 copy), and the model's name."""
     # Imported here: llama.cpp and the app load only when the LM rerank is asked for.
     from app.engine.rerank import lm_scorer
     from app.offline import DEFAULT_LM_NAME, default_lm_path
-    from models.llamacpp_backend import load_llamacpp_backend
+    from models.service import ModelSpec, load_generator
 
-    backend = load_llamacpp_backend(default_lm_path(), name=DEFAULT_LM_NAME, threads=threads, identity="bench")
-    scorer, reason = lm_scorer(backend, enabled=True)
+    generator = load_generator(ModelSpec("gguf", str(default_lm_path()), DEFAULT_LM_NAME), device="cpu",
+                               cache_dir=str(Path.home() / ".cache" / "longhand-bench"), threads=threads,
+                               gguf_backend="llama.cpp")
+    scorer, reason = lm_scorer(generator.backend, enabled=True)
     if scorer is None:
         raise RuntimeError(f"The LM rerank cannot run: {reason}")
-    return scorer, f"{DEFAULT_LM_NAME} (llama.cpp, {threads} thread(s))"
+    return scorer, f"{DEFAULT_LM_NAME} ({type(generator.backend).__name__} on {generator.backend.path.name}, " \
+                   f"{threads} thread(s))"
 
 
 def main(argv: list[str] | None = None) -> int:
