@@ -134,10 +134,10 @@ def test_the_launch_model_url_counts_as_named_at_launch(tmp_path):
     check_model_allowed("http://gpu.lan:9000/v1", config)
 
 
-def test_lm_rerank_is_on_by_default_and_turned_off_by_flag_or_environment(tmp_path):
+def test_lm_rerank_is_off_by_default_and_turned_on_by_flag_or_environment(tmp_path):
     home = {"HOME": str(tmp_path)}
-    assert load_config(parse([]), environ=home).lm_rerank is True
-    assert load_config(parse([]), environ={**home, "LONGHAND_LM_RERANK": "0"}).lm_rerank is False
+    assert load_config(parse([]), environ=home).lm_rerank is False
+    assert load_config(parse([]), environ={**home, "LONGHAND_LM_RERANK": "1"}).lm_rerank is True
     assert load_config(parse(["--lm-rerank", "0"]), environ=home).lm_rerank is False
     assert load_config(parse(["--lm-rerank", "1"]), environ={**home, "LONGHAND_LM_RERANK": "0"}).lm_rerank is True
     with pytest.raises(ConfigError, match="LONGHAND_LM_RERANK"):

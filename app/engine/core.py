@@ -117,7 +117,7 @@ class Engine(VersionsMixin):
 
     def __init__(self, session_factory, generator, embedder, snapshot_store=None,
                  prompts_dir: str | Path = PROMPTS_DIR, *, max_attempts: int | None = None, models=None,
-                 lm_rerank: bool = True):
+                 lm_rerank: bool = False):
         self.session_factory = session_factory
         self.generator = generator
         self.embedder = embedder

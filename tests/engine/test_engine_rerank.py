@@ -12,8 +12,8 @@ TEXTS = ["Mara hid the brass key in the blue teapot on the shelf.", "The ferryma
          "Gulls wheeled over the boathouse at dawn.", "The wind rattled the shutters."]
 
 
-def _engine(session_factory, embedder, novel_id, generator, **kwargs) -> Engine:
-    engine = Engine(session_factory, generator, embedder, **kwargs)
+def _engine(session_factory, embedder, novel_id, generator) -> Engine:
+    engine = Engine(session_factory, generator, embedder, lm_rerank=True)
     with session_factory() as session, session.begin():
         for text in TEXTS:
             store.add_paragraph(session, novel_id, text, embedding=embedder.passage(text))
@@ -47,9 +47,9 @@ def test_a_model_that_cannot_score_and_the_off_switch_say_the_rerank_was_skipped
 
     generator = ScriptedGenerator()
     generator.backend = ScoringBackend()
-    off = Engine(session_factory, generator, embedder, lm_rerank=False)
+    off = Engine(session_factory, generator, embedder)  # the default: off
     preview = off.inspect_context(novel_id, PLAN)
-    assert "LM rerank skipped: turned off" in preview.retrieval_notice and not generator.backend.scored
-    assert "turned off" in off.search_memory(novel_id, PLAN, 2).notice
+    assert "LM rerank skipped: off (--lm-rerank 1" in preview.retrieval_notice and not generator.backend.scored
+    assert "LM rerank skipped: off" in off.search_memory(novel_id, PLAN, 2).notice
     run(off.step(novel_id, PLAN))
     assert not generator.backend.scored

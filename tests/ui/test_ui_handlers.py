@@ -473,16 +473,36 @@ def test_the_app_builds_with_every_tab(ui_services):
     assert {"plan_radio", "next_step_btn", "stop_btn", "memory_box", "context_box", "create_btn"} <= ids
 
 
-def test_search_says_the_lm_rank_or_that_the_rerank_was_skipped(with_embedder):
+def test_search_says_the_rerank_is_off_by_default(with_embedder):
     novel_id = _novel(with_embedder)
+    _add_paragraphs(with_embedder, novel_id, ["Mara hid the brass key in the blue teapot."], with_embedder.embedder())
+    generator = ScriptedGenerator()
+    generator.backend = ScoringBackend()
+    with_embedder.use_generator(generator)
+    rows = memory_tab.search_memory(novel_id, "Where is the brass key?", 2)
+    assert rows[-1][2].startswith("LM rerank skipped: off (--lm-rerank 1") and not generator.backend.scored
+
+
+def test_search_says_the_lm_rank_or_that_the_rerank_was_skipped(data_dir, embedder):
+    from dataclasses import replace
+
+    from app.ui import services
+    from app.wiring import open_parts
+    from app.config import Config
+
+    config = Config(data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'longhand.db'}")
+    installed = services.Services(open_parts(replace(config, lm_rerank=True)))
+    services.install(installed)
+    installed.use_embedder(embedder)
+    novel_id = _novel(installed)
     texts = ["The lamp needed oil. Mara climbed the stairs.", "Mara hid the brass key in the blue teapot."]
-    _add_paragraphs(with_embedder, novel_id, texts, with_embedder.embedder())
+    _add_paragraphs(installed, novel_id, texts, installed.embedder())
     rows = memory_tab.search_memory(novel_id, "Where is the brass key?", 2)
     assert rows[-1][2] == "LM rerank skipped: no language model is loaded."
     assert all("LM rerank rank" not in row[2] for row in rows)
     generator = ScriptedGenerator()
     generator.backend = ScoringBackend()
-    with_embedder.use_generator(generator)
+    installed.use_generator(generator)
     rows = memory_tab.search_memory(novel_id, "Where is the brass key?", 2)
     assert len(rows) == 2 and rows[0][0] == 2 and "LM rerank rank 1" in rows[0][2]
 
