@@ -2,11 +2,12 @@
 after each one (UPR, Sachan et al. 2022), fused with their retrieval rank by reciprocal rank fusion.
 
 The scorer is a callable the caller builds from its model (app/engine/rerank.py); this module imports no model.
-On bench/recall.py at 1,000 paragraphs (SmolLM2-135M-Instruct, the fused top 12, the whole paragraph scored) the
-RRF of the LM rank and the fused rank lifts recall@3 from 0.87 to 1.00 (recall@1 0.73 to 0.87), held out 1.00
-(recall@1 0.50 to 0.83); at 300 and 3,000 0.87 to 0.93, held out 1.00 (bench/results/recall.json). The LM rank
-alone reaches 1.00 on the 15 at 1,000 but drops two held-out facts out of the top 3. The margins are thin: scores
-moved by up to 0.9 nats (llama.cpp with flash attention on) gave 0.93 at 1,000 and one held-out fact at rank 4.
+Off by default (app/config.py lm_rerank). On bench/recall.py with SmolLM2-135M-Instruct through the Q8_0 copy the
+app loads (the fused top 12, the whole paragraph scored; bench/results/recall.json): recall@3 on the 15 facts 0.87
+-> 0.93 / 0.93 / 0.87 at 300 / 1,000 / 3,000 paragraphs, on the 6 held out 1.00 -> 0.83 / 0.83 / 1.00; recall@1
+0.73 -> 0.80 each. Through the Q4_1 file an earlier run had 0.93 / 1.00 / 0.93 and held-out 1.00: the margins are
+thin (llama.cpp's flash attention alone moved scores by up to 0.9 nats). The LM rank alone drops two held-out facts
+out of the top 3, hence the fusion with the retrieval rank.
 """
 
 from __future__ import annotations
