@@ -17,8 +17,9 @@ lexical over the question's rare names, memory.retrieval.FUSION_NAMES_ONLY; or o
 without the hubness correction; the two-stage search forced, its first stage through the projection or exact.
 Step-query variants weigh in the last paragraph and the short-term memory the way the engine would.
 "fused + LM rerank" (hard variant only; --lm-rerank 0 skips it): the fused top memory.rerank.RERANK_DEPTH reranked by
-RRF of their fused rank and log P(question | paragraph) under the default LM (SmolLM2-135M-Instruct Q4_1 through
-llama.cpp, --lm-threads threads; app/engine/rerank.py's prompt), as the step and the Memory tab do; ranks below
+RRF of their fused rank and log P(question | paragraph) under the default LM loaded as the app loads it
+(SmolLM2-135M-Instruct through llama.cpp and its Q8_0 copy, --lm-threads threads; app/engine/rerank.py's prompt),
+as the step and the Memory tab do with --lm-rerank 1; ranks below
 the reranked ones are the fused ranking's; its latency is the whole reranked query (the LM reads every candidate).
 The easy needle (the fact as a paragraph of its own, as bench/quality.py plants it) is measured beside them.
 At 1,000, 10,000 and 100,000 paragraphs (random unit vectors, 5 sentences each; filler text for FTS) the warm

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import gradio as gr
 import pytest
 
 from app.engine.continuity import MODE_VOICES
-from app.ui import common, context, library, memory_tab, settings, story_chart, write
+from app.ui import common, context, library, memory_tab, services, settings, story_chart, write
+from app.wiring import open_parts
 from memory import store
 from tests.engine.engine_fakes import ScoringBackend, ScriptedGenerator
 
@@ -483,15 +485,8 @@ def test_search_says_the_rerank_is_off_by_default(with_embedder):
     assert rows[-1][2].startswith("LM rerank skipped: off (--lm-rerank 1") and not generator.backend.scored
 
 
-def test_search_says_the_lm_rank_or_that_the_rerank_was_skipped(data_dir, embedder):
-    from dataclasses import replace
-
-    from app.ui import services
-    from app.wiring import open_parts
-    from app.config import Config
-
-    config = Config(data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'longhand.db'}")
-    installed = services.Services(open_parts(replace(config, lm_rerank=True)))
+def test_search_says_the_lm_rank_or_that_the_rerank_was_skipped(ui_config, embedder):
+    installed = services.Services(open_parts(replace(ui_config, lm_rerank=True)))  # the UI fixture's, rerank on
     services.install(installed)
     installed.use_embedder(embedder)
     novel_id = _novel(installed)
