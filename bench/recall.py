@@ -1,6 +1,6 @@
 """Hard retrieval recall: a fact is one sentence inside an on-topic paragraph, and the question paraphrases it.
 
-Each of the FACTS below is the 3rd sentence of a 5-sentence paragraph about the same scene, planted early (positions
+Each of the FACTS (bench/recall_facts.py) is the 3rd sentence of a 5-sentence paragraph about the same scene, planted early (positions
 3, 5, 7, ...) in a manuscript of 300, 1,000 and 3,000 paragraphs whose other paragraphs are 5 story sentences
 recombined (seeded) from the demo worlds' sentence pool below: the same characters, places and topics as the facts.
 Each question avoids the fact's rare words. Every method ranks the novel's paragraphs through
@@ -9,7 +9,9 @@ all-MiniLM-L6-v2; recall@1/3/5 counts questions whose fact paragraph ranks that 
 one warm top-5 query (the novel's matrices cached) per question, the query vector already made.
 
 HELD_OUT_FACTS, planted after them the same way, are reported apart (each method's "held_out"): they were
-written before any result on them was seen, as a check that a change chosen on FACTS generalises.
+written before any result on them was seen, as a check that a change chosen on FACTS generalises (later weights
+were chosen with them in view). FRESH_FACTS ("fresh", 30 planted after those) were written blind, after every
+retrieval choice had been made, by a writer who saw no result of any method; "all" is recall over all of them.
 Methods: paragraph vectors with the question alone; the engine's old score cos(plan) + 0.5 cos(last paragraph)
 (the question as the plan, the manuscript's last paragraph as the last); best sentence; best sentence plus w x
 the paragraph; lexical (FTS5 bm25 over the question's words); fused (RRF of best sentence + w x paragraph with
@@ -21,7 +23,8 @@ RRF of their fused rank and log P(question | paragraph) under the default LM loa
 (SmolLM2-135M-Instruct through llama.cpp and its Q8_0 copy, --lm-threads threads; app/engine/rerank.py's prompt),
 as the step and the Memory tab do with --lm-rerank 1; ranks below
 the reranked ones are the fused ranking's; its latency is the whole reranked query (the LM reads every candidate).
-The easy needle (the fact as a paragraph of its own, as bench/quality.py plants it) is measured beside them.
+The easy needle (the fact as a paragraph of its own, as bench/quality.py plants it) is measured beside them, and
+"hard_dialogue": the hard manuscripts with two filler paragraphs in five cut to one sentence and one to two.
 At 1,000, 10,000 and 100,000 paragraphs (random unit vectors, 5 sentences each; filler text for FTS) the warm
 query latency of each method is measured too, two-stage as the app runs it and exact (every paragraph scored by
 sentence), and two-stage with an exact first stage instead of the projection; with the bytes per
@@ -51,6 +54,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.recall_facts import FACTS, FRESH_FACTS, HELD_OUT_FACTS, TEST_FACTS  # noqa: E402
 from bench.report import commit, machine, write_result  # noqa: E402
 from memory import embeddings, rerank, retrieval, revisions, store  # noqa: E402
 from memory.embeddings import Vector  # noqa: E402
@@ -65,144 +69,8 @@ DEPTH = 50  # ranks beyond this are reported as null
 SEED = 19
 NEVER_CENTER = 10 ** 12  # center_from for the raw-cosine rows
 
-# context: the four other sentences of the fact's paragraph (the fact goes 3rd); question: a paraphrase.
-FACTS = [
-    {"context": ["Mara climbed down from the gallery as the fog thickened over Skerry.",
-                 "She wiped the salt from her hands and set water to boil.",
-                 "The wind worried at the shutters all night.",
-                 "In the morning the boat from the mainland did not come."],
-     "fact": "Before bed she slipped the brass key to the lamp room inside the blue teapot on the cottage shelf.",
-     "question": "Where did the keeper tuck away the thing that unlocks the top of the tower?"},
-    {"context": ["Ottilie had run the bakery on Mill Lane since her mother died.",
-                 "Every morning she lit the ovens before the church bell rang four.",
-                 "She never showed it to her apprentice.",
-                 "Customers said the loaves tasted of honey and smoke."],
-     "fact": "The recipe for the festival bread was written on the back of a torn playing card, the queen of spades.",
-     "question": "On what odd scrap did the baker keep the method for the celebration loaf?"},
-    {"context": ["Inspector Vane reread the statements by the light of a single lamp.",
-                 "The widow had been calm, too calm, when she spoke of that night.",
-                 "Vane underlined the line twice.",
-                 "Outside, the rain turned to sleet."],
-     "fact": "The gardener admitted he had seen a woman in a green coat leave the house an hour before the fire.",
-     "question": "Who did the man tending the grounds notice departing before the blaze?"},
-    {"context": ["The hydroponics deck hummed with pumps and the smell of wet soil.",
-                 "Captain Ilse walked the rows of beans every evening.",
-                 "He had told no one, not even his daughter.",
-                 "The children sang in the commons below."],
-     "fact": "Only the chief engineer knew that the reactor coolant would run out in forty-one years.",
-     "question": "Which crew member alone was aware how long the cooling supply for the power core would last?"},
-    {"context": ["The caravan made camp in the lee of a red dune.",
-                 "Camels groaned as the drivers unloaded the water skins.",
-                 "He told the others only that the stars would guide them.",
-                 "By dawn the wind had wiped away every footprint."],
-     "fact": "Old Yusuf buried the map to the hidden well beneath the third palm at the oasis.",
-     "question": "Where did the elderly guide conceal the directions to the secret spring?"},
-    {"context": ["Mara kept one photograph on the mantel, turned to face the wall.",
-                 "She did not speak of the winters before she came to the island.",
-                 "Since then she had checked the signal twice every night.",
-                 "The village never asked her about it."],
-     "fact": "Her brother Tomas drowned off the point the winter the foghorn failed.",
-     "question": "How did the keeper's sibling lose his life?"},
-    {"context": ["The miller's son came to the bakery every Sunday with flowers.",
-                 "Ottilie teased him that he only came for the warmth of the ovens.",
-                 "He bought a loaf each week all the same and gave it to the ducks.",
-                 "She found out only after the wedding was announced."],
-     "fact": "He was allergic to wheat and had never once tasted her bread.",
-     "question": "Which young man fell ill from eating grain?"},
-    {"context": ["The constables searched the churchyard until well past midnight.",
-                 "Inspector Vane stood under the yew with his collar turned up.",
-                 "Nobody could say who had put it there.",
-                 "Vane sent the constables home to dry off."],
-     "fact": "The revolver was found wrapped in oilcloth at the bottom of the rain barrel behind the chapel.",
-     "question": "Where had the pistol been concealed?"},
-    {"context": ["The navigation room smelled of ozone and old coffee.",
-                 "Wen grew up among the star charts, asleep under the console.",
-                 "Her father called her his little eclipse.",
-                 "The crew still told the story at every birthday feast."],
-     "fact": "She was born during the solar storm that blinded the forward cameras for nine days.",
-     "question": "What happened to the ship's front-facing eyes when the girl came into the world?"},
-    {"context": ["The riders appeared on the ridge at noon, twenty of them, veiled in black.",
-                 "The drivers drew their knives but Yusuf told them to wait.",
-                 "The bandits counted it twice and rode away without a word.",
-                 "No one in the caravan mentioned it again."],
-     "fact": "The merchant paid the bandits forty bolts of indigo silk to let the caravan pass.",
-     "question": "What did the trader hand over to the raiders for safe passage?"},
-    {"context": ["Mara found the bottle wedged between two rocks below the boathouse.",
-                 "The cork came out with a sigh, as if it had been waiting.",
-                 "The handwriting was her own, slanted and careful.",
-                 "She read it three times and then sat down on the wet stones."],
-     "fact": "The message inside was dated twelve years in the future.",
-     "question": "What year did the letter from the sea claim to come from?"},
-    {"context": ["The widow received Inspector Vane in the cold front parlour.",
-                 "She poured tea with a steady hand and offered him the good chair.",
-                 "Vane turned it over in his fingers and said nothing.",
-                 "The clock on the mantel had stopped at ten past nine."],
-     "fact": "Her alibi rested on a train ticket to Harrowgate that nobody had punched.",
-     "question": "What proof of being elsewhere did the dead man's wife show, and why was it doubtful?"},
-    # Names: a writer asks about someone by name, which no paraphrase can avoid (and MiniLM is weakest on).
-    {"context": ["The harbourmaster came out on the supply boat once a month.",
-                 "He brought newspapers, tobacco and the gossip of the mainland.",
-                 "Mara always gave him tea and never let him stay for supper.",
-                 "He left each time before the tide turned."],
-     "fact": "Aldous Fenwick had once been engaged to her, before the island.",
-     "question": "What was Aldous Fenwick to the keeper, long ago?"},
-    {"context": ["The quartermaster kept the ship's oldest records on paper.",
-                 "Wen liked to read them when her shift was over.",
-                 "The entry was short and signed in a shaking hand.",
-                 "No one had spoken the name aloud in a generation."],
-     "fact": "The first captain, Orsolya Krell, had turned the ship away from the colony world in the second year.",
-     "question": "What did Orsolya Krell decide?"},
-    {"context": ["The market at Zerqa was loud with sellers and goats.",
-                 "Leila bargained for saffron while Yusuf watched the crowd.",
-                 "She paid in old coins that nobody in the market had seen before.",
-                 "Yusuf said nothing, but he moved his hand to his knife."],
-     "fact": "A woman called Nessarine Tal asked after the caravan's strongbox.",
-     "question": "Who was Nessarine Tal looking for?"},
-]
-
-# Held out: written before any result on them was seen, after the method had been tuned on FACTS (issue 19's
-# hubness correction); reported apart ("held_out"), so a change chosen on FACTS shows whether it generalises.
-# Planted after FACTS in the same manuscripts, the same way.
-HELD_OUT_FACTS = [
-    {"context": ["The ferryman tied up at the landing stage just after the storm broke.",
-                 "Mara brought him a blanket and a mug of tea in the boathouse.",
-                 "He did not say where the money had come from.",
-                 "By evening the sea had gone flat and grey again."],
-     "fact": "He carried a tin of gold sovereigns sewn into the lining of his oilskin coat.",
-     "question": "What was the boatman secretly hiding in his clothing?"},
-    {"context": ["Widow Haske came into the bakery every Thursday for a single rye loaf.",
-                 "She paid in pennies and counted every one onto the counter.",
-                 "Ottilie only learned the truth at the funeral.",
-                 "The apprentice said she had always smelled of lavender."],
-     "fact": "She owned half the mill on the river and most of the houses on Mill Lane.",
-     "question": "How rich was the old customer who bought cheap bread, really?"},
-    {"context": ["Constable Pike was sent to the railway inn to fetch the ledger.",
-                 "The landlord kept him waiting in the cold taproom for an hour.",
-                 "Pike copied the page out by candlelight.",
-                 "Inspector Vane read the copy twice on the walk back."],
-     "fact": ("The guest book showed that the gardener had taken a room there on the night of the fire under a "
-              "false name."),
-     "question": "Where was the groundsman staying when the house burned, and what did he call himself?"},
-    {"context": ["The school ring was quiet after the children had gone to their bunks.",
-                 "Wen sat at the teacher's desk and scrolled through the old lessons.",
-                 "Nobody had updated the file in thirty years.",
-                 "She closed it and went to find the quartermaster."],
-     "fact": "The lesson on the destination planet said its air could not be breathed without masks.",
-     "question": "What did the classroom records reveal about the atmosphere of the world they were heading to?"},
-    {"context": ["Leila sat with the drivers by the fire at the well of stones.",
-                 "She had joined the caravan at Zerqa with nothing but a saddlebag.",
-                 "The drivers fell silent when she told them.",
-                 "Old Yusuf only nodded, as if he had known all along."],
-     "fact": "She was the daughter of the bandit chief whose riders had stopped them on the ridge.",
-     "question": "Whose child was the young woman who came along from the market town?"},
-    {"context": ["The merchant kept a ledger of every trade he made on the salt road.",
-                 "He wrote in a cipher that only he could read.",
-                 "Leila found the key to it by chance one evening.",
-                 "She burned the page before he could see that she knew."],
-     "fact": "Thaddeus Orrin, a moneylender in the port, held the debt on every camel in the caravan.",
-     "question": "What hold did Thaddeus Orrin have over the caravan?"},
-]
-ALL_FACTS = FACTS + HELD_OUT_FACTS
+ALL_FACTS = FACTS + HELD_OUT_FACTS + FRESH_FACTS + TEST_FACTS
+DEVELOPMENT = len(FACTS) + len(HELD_OUT_FACTS) + len(FRESH_FACTS)  # the facts the weights were chosen on
 
 # The demo worlds (data/premises): people, places and sentence templates that filler paragraphs are built from.
 WORLDS = {
@@ -290,6 +158,14 @@ def filler(count: int, seed: int = SEED) -> list[str]:
             sentences.append(sentence[0].upper() + sentence[1:])
         out.append(" ".join(sentences))
     return out
+
+
+def dialogue_filler(fillers: list[str], seed: int = SEED) -> list[str]:
+    """The same filler with two paragraphs in five cut to their first sentence and one in five to two (seeded), as
+    a novel's dialogue lines are: a one-sentence paragraph's one match counts in both its sentence and paragraph
+    terms, which the five-sentence filler never tests."""
+    rng = random.Random(seed)
+    return [" ".join(retrieval.sentence_texts(text)[:rng.choice((1, 1, 2, 5, 5))]) for text in fillers]
 
 
 def fact_paragraph(fact: dict) -> str:
@@ -382,6 +258,10 @@ def methods(cache: EmbeddingCache, question: str, last: str, memory: str) -> dic
         "fused RRF, every rare word": {"query_vector": vec(q), "text": question, "method": "fused",
                                        "names_only": False},
         "fused RRF, no window": {"query_vector": vec(q), "text": question, "method": "fused", "window_weight": 0.0},
+        # The fused default before the weights were chosen again on the 51 development facts (memory.retrieval).
+        "fused RRF, old default (window 1.0, paragraph 0.5, hubness 0.5)": {
+            "query_vector": vec(q), "text": question, "method": "fused", "window_weight": 1.0, "paragraph_weight": 0.5,
+            "hub_weight": 0.5},
         # Forced two-stage: only the 100 paragraphs closest by paragraph vector are scored by sentence.
         "fused RRF, two-stage (100 candidates)": {"query_vector": vec(q), "text": question, "method": "fused",
                                                   "exact_up_to": 0, "candidates": 100},
@@ -454,10 +334,18 @@ def measure(Session, cache: EmbeddingCache, novel_id: int, texts: list[str], pos
         per_method[LM_RERANK] = reranked_ranks(Session, cache, novel_id, positions, scorer)
     out = {}
     for label, row in per_method.items():
-        ranks, held_out = row["ranks"][:len(FACTS)], row["ranks"][len(FACTS):]
+        ranks, held_out, fresh, test = split_groups(row["ranks"])
         out[label] = {**recall_at(ranks), "ranks": ranks, "held_out": {**recall_at(held_out), "ranks": held_out},
+                      "fresh": {**recall_at(fresh), "ranks": fresh}, "test": {**recall_at(test), "ranks": test},
+                      "development": recall_at(row["ranks"][:DEVELOPMENT]), "all": recall_at(row["ranks"]),
                       "query_ms_median": round(statistics.median(row["ms"]), 2)}
     return out
+
+
+def split_groups(ranks: list) -> tuple[list, list, list, list]:
+    """Per-question values in ALL_FACTS order, split into FACTS, HELD_OUT_FACTS, FRESH_FACTS and TEST_FACTS."""
+    tuned, held = len(FACTS), len(FACTS) + len(HELD_OUT_FACTS)
+    return ranks[:tuned], ranks[tuned:held], ranks[held:DEVELOPMENT], ranks[DEVELOPMENT:]
 
 
 def recall_at(ranks: list[int | None]) -> dict:
@@ -660,20 +548,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.lm_rerank:
         scorer, lm_name = default_lm_scorer(args.lm_threads)
     fillers = filler(max(sizes))
+    dialogue = dialogue_filler(fillers)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         _, Session = open_database(f"sqlite:///{Path(tmp) / 'recall.db'}")
         for size in sizes:
             row = {"paragraphs": size}
-            for variant, easy in (("hard", False), ("easy_needle", True)):
-                texts, positions = manuscript(size, fillers, easy)
+            for variant, easy, pool in (("hard", False, fillers), ("hard_dialogue", False, dialogue),
+                                        ("easy_needle", True, fillers)):
+                texts, positions = manuscript(size, pool, easy)
                 novel_id = build_novel(Session, cache, f"{variant} {size}", texts)
-                row[variant] = measure(Session, cache, novel_id, texts, positions, None if easy else scorer)
-                if not easy:
+                row[variant] = measure(Session, cache, novel_id, texts, positions,
+                                       scorer if variant == "hard" else None)
+                if variant == "hard":
                     row["float16_vs_float32"] = float16_check(cache, texts, positions)
                     row["storage_per_paragraph"] = storage(Session, novel_id)
                 print(f"{size:>5} {variant}: " + "; ".join(
-                    f"{label} r@3 {m['recall@3']}" for label, m in row[variant].items()), flush=True)
+                    f"{label} r@3 development {m['development']['recall@3']} test {m['test']['recall@3']}"
+                    for label, m in row[variant].items()), flush=True)
             rows.append(row)
         large = [large_latency(Path(tmp), cache.embedder.dim, fillers, int(size))
                  for size in args.large.split(",") if int(size) > 0]
@@ -696,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         "lm_rerank_depth": rerank.RERANK_DEPTH if scorer is not None else None,
         "facts": len(FACTS),
         "held_out_facts": len(HELD_OUT_FACTS),
+        "fresh_facts": len(FRESH_FACTS),
+        "test_facts": len(TEST_FACTS),
         "what": __doc__.split("\n\n")[1].replace("\n", " "),
         "sizes": rows,
         "large": large,
