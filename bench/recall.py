@@ -30,7 +30,7 @@ query latency of each method is measured too, two-stage as the app runs it and e
 sentence), and two-stage with an exact first stage instead of the projection; with the bytes per
 paragraph the cached matrix holds, and the seconds the cached matrix takes to follow an edit, its undo and redo
 (memory.retrieval._matrix_from) with the first query after each. Embeddings are cached per text within the run
-(--embedding-cache: across runs).
+(--embedding-cache: across runs, per embedder).
 
     python -m bench.recall --out bench/results/recall.json --large 0
     python -m bench.recall --sizes 300 --large 1000,10000,100000 --out bench/results/recall_latency.json
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import random
 import statistics
 import sys
@@ -202,6 +201,22 @@ class EmbeddingCache:
                     self.vectors[text] = vector
             self.seconds += time.perf_counter() - start
         return np.stack([self.vectors[t] for t in texts]) if texts else np.zeros((0, self.embedder.dim))
+
+    def load(self, path: Path) -> None:
+        """The texts and vectors `save` wrote (no pickle); refused when another embedder made them."""
+        with np.load(path, allow_pickle=False) as saved:
+            made_by = str(saved["embedder"])
+            if made_by != self.embedder.name:
+                raise SystemExit(f"{path} holds vectors from {made_by}, not {self.embedder.name}: "
+                                 "pass another --embedding-cache.")
+            self.vectors.update(zip(saved["texts"].tolist(), saved["vectors"]))
+
+    def save(self, path: Path) -> None:
+        texts = list(self.vectors)
+        vectors = np.stack([self.vectors[t] for t in texts]) if texts else np.zeros((0, self.embedder.dim))
+        with open(path, "wb") as handle:  # a handle, so numpy keeps the name as given (no ".npz" added)
+            np.savez(handle, embedder=np.array(self.embedder.name), texts=np.array(texts, dtype=str),
+                     vectors=vectors.astype(np.float32))
 
 
 def build_novel(Session, cache: EmbeddingCache, title: str, texts: list[str]) -> int:
@@ -523,7 +538,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for the embedder")
     parser.add_argument("--sizes", default=",".join(str(s) for s in SIZES))
     parser.add_argument("--embedding-cache", default="",
-                        help="a pickle of text -> vector read before and written after the run (reruns embed less)")
+                        help="an .npz of texts and their vectors read before and written after the run (reruns embed "
+                             "less); one made with another embedder is refused")
+    parser.add_argument("--embedder", default="default",
+                        help="'default' (all-MiniLM-L6-v2, offline) or a local sentence-transformers folder, as the "
+                             "app's --embedder")
     parser.add_argument("--lm-rerank", type=int, choices=(0, 1), default=1,
                         help="1: also the fused + LM rerank method (loads the default LM); 0: skip it")
     parser.add_argument("--lm-threads", type=int, default=1, help="llama.cpp threads for the LM rerank")
@@ -540,10 +559,10 @@ def main(argv: list[str] | None = None) -> int:
     load_at_start = list(os.getloadavg())
     wall = time.perf_counter()
     sizes = [int(s) for s in args.sizes.split(",")]
-    cache = EmbeddingCache(retrieval.Embedder(default_embedder_path()))
+    cache = EmbeddingCache(retrieval.Embedder(default_embedder_path() if args.embedder == "default"
+                                              else Path(args.embedder)))
     if args.embedding_cache and Path(args.embedding_cache).is_file():
-        with open(args.embedding_cache, "rb") as handle:
-            cache.vectors = pickle.load(handle)
+        cache.load(Path(args.embedding_cache))
     scorer, lm_name = None, None
     if args.lm_rerank:
         scorer, lm_name = default_lm_scorer(args.lm_threads)
@@ -572,8 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in large:
         print(f"{row['paragraphs']} paragraphs: {row}", flush=True)
     if args.embedding_cache:
-        with open(args.embedding_cache, "wb") as handle:
-            pickle.dump(cache.vectors, handle)
+        cache.save(Path(args.embedding_cache))
     result = {
         "benchmark": "recall",
         "command": "python -m bench.recall " + " ".join(argv if argv is not None else sys.argv[1:]),
