@@ -685,17 +685,20 @@ def _centered_shift(query: np.ndarray, mean: np.ndarray) -> tuple[float, float]:
 
 
 def _sentence_cosines(matrix: _Matrix, query: np.ndarray, index: np.ndarray | None,
-                      centered: bool, hub_weight: float = HUB_WEIGHT) -> tuple[np.ndarray, np.ndarray]:
-    """Per sentence (all of them, or those of `index`): cos(q, s) and cos(q, s + s_next), both after subtracting
-    the novel's mean sentence vector when `centered`, and then `hub_weight` x the sentence's hubness (a window: the
-    larger of its two); one matrix-vector product."""
+                      centered: bool, hub_weight: float = HUB_WEIGHT,
+                      with_window: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per sentence (all of them, or those of `index`): cos(q, s) and cos(q, s + s_next) (None unless
+    `with_window`), both after subtracting the novel's mean sentence vector when `centered`, and then `hub_weight` x
+    the sentence's hubness (a window: the larger of its two); one matrix-vector product."""
     if index is None:
         dots = matrix.sentences @ query  # [M]
         next_of = matrix.window_next
     else:
         dots = np.take(matrix.sentences, index, axis=0) @ query  # [M']
-        next_of = np.arange(index.size) + (matrix.window_next[index] - index)
+        next_of = np.arange(index.size) + (matrix.window_next[index] - index) if with_window else None
     if not centered:
+        if not with_window:
+            return dots, None
         norms = matrix.window_norms if index is None else matrix.window_norms[index]
         return dots, (dots + dots[next_of]) / norms
     centering = matrix.centering
@@ -703,18 +706,22 @@ def _sentence_cosines(matrix: _Matrix, query: np.ndarray, index: np.ndarray | No
     pick = (lambda values: values) if index is None else (lambda values: values[index])  # noqa: E731
     dots = dots - pick(centering.sentence_offsets) - shift  # (s - mean) . (q - mean)
     sentence = dots / (np.maximum(pick(centering.sentence_norms), 1e-6) * query_norm)
-    window = (dots + dots[next_of]) / (np.maximum(pick(centering.window_norms), 1e-6) * query_norm)
+    window = None
+    if with_window:
+        window = (dots + dots[next_of]) / (np.maximum(pick(centering.window_norms), 1e-6) * query_norm)
     if hub_weight and centering.sentence_hubness is not None:
         hubness = pick(centering.sentence_hubness)
         sentence = sentence - hub_weight * hubness
-        window = window - hub_weight * np.maximum(hubness, hubness[next_of])
+        if with_window:
+            window = window - hub_weight * np.maximum(hubness, hubness[next_of])
     return sentence, window
 
 
 def _sentence_scores(matrix: _Matrix, query: np.ndarray, rows: np.ndarray, centered: bool = False,
-                     hub_weight: float = HUB_WEIGHT) -> tuple[np.ndarray, np.ndarray]:
+                     hub_weight: float = HUB_WEIGHT, with_window: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """For each of `rows` (all having sentence vectors): its best sentence and its best window (a sentence with the
-    next one, cos(q, s_i + s_next)), from one matrix-vector product over just those rows' sentences."""
+    next one, cos(q, s_i + s_next); zeros unless `with_window`), from one matrix-vector product over just those
+    rows' sentences."""
     counts = matrix.sentence_counts[rows]
     if rows.size == matrix.rows_with_sentences.size:
         index = None
@@ -723,8 +730,9 @@ def _sentence_scores(matrix: _Matrix, query: np.ndarray, rows: np.ndarray, cente
         # The rows' sentence indices, concatenated: each row's start repeated over its count, plus 0, 1, 2, ...
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         index = np.repeat(matrix.sentence_starts[rows] - starts, counts) + np.arange(int(counts.sum()))
-    sentence, window = _sentence_cosines(matrix, query, index, centered, hub_weight)
-    return np.maximum.reduceat(sentence, starts), np.maximum.reduceat(window, starts)
+    sentence, window = _sentence_cosines(matrix, query, index, centered, hub_weight, with_window)
+    best = np.maximum.reduceat(sentence, starts)
+    return best, (np.maximum.reduceat(window, starts) if window is not None else np.zeros_like(best))
 
 
 def _paragraph_cosines(matrix: _Matrix, query: np.ndarray, centered: bool,
@@ -800,7 +808,7 @@ def _vector_scores(matrix: _Matrix, query: np.ndarray, method: str, paragraph_we
         has = matrix.sentence_counts[chosen] > 0
         rows, paragraph_of_rows = chosen[has], paragraph[has]
     if rows.size:
-        best, window = _sentence_scores(matrix, query, rows, centered, hub_weight)
+        best, window = _sentence_scores(matrix, query, rows, centered, hub_weight, with_window=window_weight != 0)
         scores[rows] = best + window_weight * window + paragraph_weight * paragraph_of_rows
     if exclude is not None:
         scores[exclude] = -np.inf
@@ -823,7 +831,8 @@ def _best_sentence(matrix: _Matrix, row: int, query: np.ndarray, text: str, cent
     if count == 0 or count != len(spans):
         return None
     start = int(matrix.sentence_starts[row])
-    sentence, _ = _sentence_cosines(matrix, query, np.arange(start, start + count), centered, hub_weight)
+    sentence, _ = _sentence_cosines(matrix, query, np.arange(start, start + count), centered, hub_weight,
+                                    with_window=False)
     best = int(np.argmax(sentence))
     return text[spans[best][0]:spans[best][1]], spans[best]
 
