@@ -213,7 +213,7 @@ class EmbeddingCache:
 
     def save(self, path: Path) -> None:
         texts = list(self.vectors)
-        vectors = np.stack([self.vectors[t] for t in texts]) if texts else np.zeros((0, self.embedder.dim))
+        vectors = self.get(texts)  # every one cached: nothing is embedded
         with open(path, "wb") as handle:  # a handle, so numpy keeps the name as given (no ".npz" added)
             np.savez(handle, embedder=np.array(self.embedder.name), texts=np.array(texts, dtype=str),
                      vectors=vectors.astype(np.float32))
